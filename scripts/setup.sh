@@ -20,9 +20,9 @@ else
   step 2/5 "virtual environment .venv exists"
 fi
 
-step 3/5 "installing metastream and its dependencies (pinned; progress below)"
+step 3/5 "installing metastream and its dependencies (pinned)"
 .venv/bin/pip install --progress-bar off -q -c requirements/constraints.txt \
-  -r requirements/metagpt-runtime.txt -e '.[dev]' 2>&1 | grep -v -E "is ignored: it is neither a file nor a directory|dependency resolver|requires websockets" || true
+  -r requirements/metagpt-runtime.txt -e '.[dev]' --config-settings editable_mode=compat 2>&1 | grep -v -E "is ignored: it is neither a file nor a directory|dependency resolver|requires websockets" || true
 .venv/bin/python -c 'import fastapi, zmq, msgspec, psutil, sqlalchemy, uvicorn'
 
 step 4/5 "installing MetaGPT 0.8.2 (--no-deps: its own pins cannot resolve here)"

@@ -1,0 +1,1 @@
+"""The ZeroMQ bus: protocol, proxy, and publisher/subscriber helpers."""

@@ -1,0 +1,12 @@
+"""``python -m bus``: run the stack's XSUB/XPUB proxy."""
+
+import logging
+
+from bus.proxy import serve
+from metastream import settings
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = settings.load()
+    cfg.ensure_dirs()
+    serve(cfg.bus_pub, cfg.bus_sub)

@@ -1,0 +1,96 @@
+"""Small publisher/subscriber helpers: blocking for task processes, asyncio for the gateway."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from bus.messages import BusMessage, bus_decoder, bus_encoder, task_id_of, topic
+
+PUB_HWM = 100_000
+SUB_HWM = 200_000
+
+
+class Publisher:
+    """A blocking PUB socket connected to the proxy's publisher side."""
+
+    def __init__(self, endpoint: str, ctx: zmq.Context | None = None, linger_ms: int = 2000):
+        self._ctx = ctx or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.PUB)
+        self._sock.setsockopt(zmq.SNDHWM, PUB_HWM)
+        # Linger so that what was published just before a clean exit still leaves the process.
+        self._sock.setsockopt(zmq.LINGER, linger_ms)
+        self._sock.connect(endpoint)
+
+    def publish(self, task_id: str, msg: BusMessage) -> None:
+        self.send(topic(task_id, msg.__struct_config__.tag), bus_encoder.encode(msg))  # type: ignore[arg-type]
+
+    def send(self, topic_frame: bytes, body: bytes) -> None:
+        try:
+            self._sock.send_multipart((topic_frame, body), flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            # High-water mark reached: the message is dropped on the bus only; it is in the
+            # event log, and subscribers refill the gap from there.
+            pass
+
+    def close(self, linger_ms: int | None = None) -> None:
+        if linger_ms is not None:
+            self._sock.setsockopt(zmq.LINGER, linger_ms)
+        self._sock.close()
+
+
+class DecodeFailure(msgspec.Struct):
+    """A frame that could not be decoded (kept so callers can count it)."""
+
+    topic: bytes
+    error: str
+
+
+class AsyncSubscriber:
+    """An asyncio SUB socket connected to the proxy's subscriber side."""
+
+    def __init__(self, endpoint: str, ctx: zmq.asyncio.Context | None = None) -> None:
+        self._ctx = ctx or zmq.asyncio.Context.instance()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.RCVHWM, SUB_HWM)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(endpoint)
+
+    def subscribe(self, prefixes: Iterable[bytes | str]) -> None:
+        for p in prefixes:
+            self._sock.setsockopt(zmq.SUBSCRIBE, p.encode() if isinstance(p, str) else p)
+
+    def unsubscribe(self, prefix: bytes | str) -> None:
+        self._sock.setsockopt(
+            zmq.UNSUBSCRIBE, prefix.encode() if isinstance(prefix, str) else prefix
+        )
+
+    async def recv(self) -> tuple[str, BusMessage | DecodeFailure]:
+        """Next message as (task_id, decoded message or DecodeFailure)."""
+        return decode_frames(await self._sock.recv_multipart())
+
+    async def recv_frames(self) -> list[bytes]:
+        """Next raw multipart message."""
+        return await self._sock.recv_multipart()
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+def decode_frames(frames: list[bytes]) -> tuple[str, BusMessage | DecodeFailure]:
+    """Decode a ``[topic, body]`` bus frame, never raising on hostile input."""
+    if len(frames) != 2:
+        head = frames[0] if frames else b""
+        return task_id_of(head), DecodeFailure(head, f"expected 2 frames, got {len(frames)}")
+    topic_frame, body = frames
+    try:
+        msg = bus_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return task_id_of(topic_frame), DecodeFailure(topic_frame, str(exc))
+    tid = task_id_of(topic_frame)
+    if msg.task_id != tid:
+        return tid, DecodeFailure(topic_frame, "topic and body name different tasks")
+    return tid, msg

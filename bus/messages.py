@@ -1,0 +1,157 @@
+"""The one protocol module: every message that crosses a ZeroMQ socket.
+
+Bus messages (task processes and the supervisor publish, gateways and third parties subscribe)
+are MessagePack maps whose keys are the WebSocket field names plus ``kind``, so any msgpack
+library decodes them. Each is sent as ``[topic, body]`` where the topic is
+``<task_id>/<kind>``: task ids are fixed-length UUIDs, so subscribing to a task id matches that
+task's messages and no other's. Control messages (gateway -> supervisor) travel on a separate
+DEALER/ROUTER channel as ``[request_id, body]``.
+
+New fields must get defaults so that old peers keep decoding newer messages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import msgspec
+
+TASK_ID_LENGTH = 36  # str(uuid.uuid4()); fixed length is what makes topic prefixes unambiguous
+TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+STATUSES = ("PENDING", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
+SYSTEM_TOPIC_PREFIX = b"_sys/"  # never a prefix of a task id (those are hex and dashes)
+
+
+# --- bus: task process / supervisor -> subscribers -------------------------------------------
+
+
+class Event(msgspec.Struct, tag="event", tag_field="kind", kw_only=True):
+    """One agent event; ``event_id`` is 1, 2, 3... per task."""
+
+    event_id: int
+    task_id: str
+    timestamp: str
+    agent_role: str
+    event_type: str
+    payload: dict[str, Any] = {}
+
+
+class State(msgspec.Struct, tag="state", tag_field="kind", kw_only=True):
+    """A task's state; published on every change."""
+
+    task_id: str
+    status: str
+    progress: float = 0.0
+    current_agent: str | None = None
+    last_message: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    # Bus-only: the id of the task's last persisted event when this state was written, so a
+    # subscriber holding a final state knows which events must precede it.
+    last_event_id: int = 0
+    # Bus-only: increases with every state change of the task; order states by it.
+    version: int = 0
+
+
+class Heartbeat(msgspec.Struct, tag="heartbeat", tag_field="kind", kw_only=True):
+    """Liveness of a task process, sent every heartbeat interval."""
+
+    task_id: str
+    last_event_id: int
+    pid: int
+    sent_at: float
+
+
+BusMessage = Event | State | Heartbeat
+
+# --- control: gateway -> supervisor ----------------------------------------------------------
+
+
+class StartTask(msgspec.Struct, tag="start", tag_field="kind"):
+    """Run the task (idempotent while it runs)."""
+
+    task_id: str
+
+
+class CancelTask(msgspec.Struct, tag="cancel", tag_field="kind"):
+    """Stop the task and its whole process tree."""
+
+    task_id: str
+    reason: str = "Cancelled by user"
+
+
+class Ping(msgspec.Struct, tag="ping", tag_field="kind"):
+    """Liveness probe of the supervisor."""
+
+
+ControlRequest = StartTask | CancelTask | Ping
+
+
+class Reply(msgspec.Struct, tag="reply", tag_field="kind"):
+    """The supervisor's answer to one control request."""
+
+    ok: bool
+    status: str | None = None
+    error: str | None = None
+
+
+# --- codecs, built once ----------------------------------------------------------------------
+
+bus_encoder = msgspec.msgpack.Encoder()
+bus_decoder = msgspec.msgpack.Decoder(BusMessage)
+control_encoder = bus_encoder
+control_decoder = msgspec.msgpack.Decoder(ControlRequest)
+reply_decoder = msgspec.msgpack.Decoder(Reply)
+json_encoder = msgspec.json.Encoder()
+
+
+def topic(task_id: str, kind: str) -> bytes:
+    """The bus topic of a task's message of the given kind."""
+    return f"{task_id}/{kind}".encode()
+
+
+def task_id_of(topic_frame: bytes) -> str:
+    """The task id a topic frame starts with."""
+    return topic_frame[:TASK_ID_LENGTH].decode("ascii", errors="replace")
+
+
+def new_task_id() -> str:
+    return str(uuid.uuid4())
+
+
+def is_task_id(value: str) -> bool:
+    """True for a canonical task id (so it can't be a prefix of another)."""
+    if len(value) != TASK_ID_LENGTH:
+        return False
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def utcnow() -> str:
+    """Now as ISO 8601 UTC with a ``Z`` suffix."""
+    return iso(dt.datetime.now(dt.UTC))
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event_data_json(ev: Event) -> bytes:
+    """The event's WebSocket ``data`` object as JSON (also what the event log stores)."""
+    return json_encoder.encode(msgspec.structs.asdict(ev))
+
+
+def state_data(st: State) -> dict[str, Any]:
+    """The state's WebSocket ``data`` object: exactly the seed's fields."""
+    data = msgspec.structs.asdict(st)
+    del data["last_event_id"], data["version"]
+    return data
+
+
+def ws_frame(msg_type: str, data_json: bytes) -> bytes:
+    """A WebSocket message ``{"type": ..., "data": ...}`` around pre-encoded data."""
+    return b'{"type":"' + msg_type.encode() + b'","data":' + data_json + b"}"

@@ -1,0 +1,99 @@
+"""The XSUB/XPUB forwarder every publisher and subscriber of a stack connects to."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import zmq
+
+log = logging.getLogger("metastream.bus")
+
+# Gaps are refilled from the event log, but every drop costs a database read, so the proxy
+# buffers generously before its high-water mark starts dropping.
+PROXY_HWM = 200_000
+
+
+class Proxy:
+    """A steerable XSUB/XPUB proxy running in a background thread."""
+
+    def __init__(self, frontend: str, backend: str, ctx: zmq.Context | None = None) -> None:
+        self.frontend_endpoint = frontend  # publishers connect (XSUB binds)
+        self.backend_endpoint = backend  # subscribers connect (XPUB binds)
+        self._ctx = ctx or zmq.Context.instance()
+        self._control_addr = f"inproc://proxy-control-{id(self)}"
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 5.0) -> None:
+        """Bind both sides and forward in a thread; raises if binding fails."""
+        self._thread = threading.Thread(target=self._run, name="bus-proxy", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("bus proxy did not start")
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        xsub = self._ctx.socket(zmq.XSUB)
+        xpub = self._ctx.socket(zmq.XPUB)
+        control = self._ctx.socket(zmq.PAIR)
+        try:
+            for sock in (xsub, xpub):
+                sock.setsockopt(zmq.SNDHWM, PROXY_HWM)
+                sock.setsockopt(zmq.RCVHWM, PROXY_HWM)
+                sock.setsockopt(zmq.LINGER, 0)
+            control.bind(self._control_addr)
+            for endpoint, sock in ((self.frontend_endpoint, xsub), (self.backend_endpoint, xpub)):
+                _prepare_ipc(endpoint)
+                sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self._error = exc
+            self._ready.set()
+            for sock in (xsub, xpub, control):
+                sock.close(linger=0)
+            return
+        self._ready.set()
+        try:
+            zmq.proxy_steerable(xsub, xpub, None, control)
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            for sock in (xsub, xpub, control):
+                sock.close(linger=0)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Terminate the forwarding loop and close the sockets."""
+        if self._thread is None:
+            return
+        ctl = self._ctx.socket(zmq.PAIR)
+        try:
+            ctl.connect(self._control_addr)
+            ctl.send(b"TERMINATE")
+        finally:
+            ctl.close(linger=1000)
+        self._thread.join(timeout)
+
+
+def _prepare_ipc(endpoint: str) -> None:
+    if endpoint.startswith("ipc://"):
+        path = Path(endpoint[len("ipc://") :])
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def serve(frontend: str, backend: str) -> None:
+    """Run the proxy until SIGINT or SIGTERM."""
+    # Block the stop signals before the proxy thread starts so that only this thread receives
+    # them, then wait for one: the handler's only job is to wake us.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    proxy = Proxy(frontend, backend)
+    proxy.start()
+    log.info("bus proxy up: publishers -> %s, subscribers -> %s", frontend, backend)
+    print(f"bus: publishers connect to {frontend}; subscribers connect to {backend}", flush=True)
+    received = signal.sigwait(stop_signals)
+    log.info("bus proxy stopping on %s", signal.Signals(received).name)
+    proxy.stop()

@@ -1,0 +1,1 @@
+"""The gateway: REST and WebSocket front of metastream (FastAPI on uvicorn)."""

@@ -1,0 +1,115 @@
+"""REST routes of the CONTRACT."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import Response
+
+from bus.messages import CancelTask, StartTask, new_task_id, utcnow
+from gateway.control import ControlClient, SupervisorUnavailable
+from gateway.models import EventPage, TaskCreate, TaskList, TaskOut
+from metastream.settings import Settings
+from store import Store, TaskRow
+
+router = APIRouter(prefix="/api")
+MAX_PAGE = 10_000
+
+
+def store_of(request: Request) -> Store:
+    return request.app.state.store
+
+
+def control_of(request: Request) -> ControlClient:
+    return request.app.state.control
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+StoreDep = Annotated[Store, Depends(store_of)]
+ControlDep = Annotated[ControlClient, Depends(control_of)]
+SettingsDep = Annotated[Settings, Depends(settings_of)]
+
+
+async def _task_or_404(store: Store, task_id: str) -> TaskRow:
+    row = await anyio.to_thread.run_sync(store.get_task, task_id)
+    if row is None:
+        raise HTTPException(404, detail="Task not found")
+    return row
+
+
+@router.post("/tasks", status_code=201, response_model=TaskOut)
+async def create_task(body: TaskCreate, store: StoreDep) -> TaskOut:
+    options = body.model_dump(exclude={"requirement", "test_mode"}, exclude_none=True)
+    row = await anyio.to_thread.run_sync(
+        store.create_task, new_task_id(), body.requirement, body.test_mode, options, utcnow()
+    )
+    return TaskOut.of(row)
+
+
+@router.get("/tasks", response_model=TaskList)
+async def list_tasks(
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> TaskList:
+    rows, total = await anyio.to_thread.run_sync(store.list_tasks, limit, offset)
+    return TaskList(tasks=[TaskOut.of(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/tasks/{task_id}", response_model=TaskOut)
+async def get_task(task_id: str, store: StoreDep) -> TaskOut:
+    return TaskOut.of(await _task_or_404(store, task_id))
+
+
+async def _command(
+    store: Store, control: ControlClient, cfg: Settings, task_id: str, msg: Any, timeout: float
+) -> TaskOut:
+    await _task_or_404(store, task_id)
+    try:
+        reply = await control.request(msg, timeout)
+    except SupervisorUnavailable as exc:
+        raise HTTPException(503, detail=f"Supervisor unavailable: {exc}") from exc
+    if not reply.ok:
+        status = 404 if reply.error == "Task not found" else 409
+        raise HTTPException(status, detail=reply.error)
+    return TaskOut.of(await _task_or_404(store, task_id))
+
+
+@router.post("/tasks/{task_id}/run", response_model=TaskOut)
+async def run_task(task_id: str, store: StoreDep, control: ControlDep, cfg: SettingsDep) -> TaskOut:
+    return await _command(store, control, cfg, task_id, StartTask(task_id), cfg.control_timeout)
+
+
+@router.post("/tasks/{task_id}/cancel", response_model=TaskOut)
+async def cancel_task(
+    task_id: str, store: StoreDep, control: ControlDep, cfg: SettingsDep
+) -> TaskOut:
+    # Cancelling waits for the whole stop sequence, so allow for it on top of the usual timeout.
+    budget = cfg.control_timeout + cfg.stop_ask_timeout + cfg.stop_term_timeout + 2
+    return await _command(store, control, cfg, task_id, CancelTask(task_id), budget)
+
+
+@router.get("/tasks/{task_id}/events", response_model=EventPage)
+async def task_events(
+    task_id: str,
+    store: StoreDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
+) -> Response:
+    await _task_or_404(store, task_id)
+    rows = await anyio.to_thread.run_sync(store.read_events, task_id, after, limit + 1)
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    # The log holds each event's JSON already: splice it, don't decode and re-encode.
+    body = b'{"task_id":"%s","events":[%s],"next_after":%d,"has_more":%s}' % (
+        task_id.encode(),
+        b",".join(d for _, d in rows),
+        rows[-1][0] if rows else after,
+        b"true" if has_more else b"false",
+    )
+    return Response(content=body, media_type="application/json")

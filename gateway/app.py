@@ -1,0 +1,72 @@
+"""The FastAPI application; every resource lives in the lifespan, none at module level."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import anyio
+import zmq.asyncio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from bus.messages import Ping
+from gateway import api, ws
+from gateway.control import ControlClient, SupervisorUnavailable
+from gateway.hub import Hub
+from metastream import settings as settings_mod
+from metastream.settings import Settings
+from store import Store
+
+
+def create_app(cfg: Settings | None = None) -> FastAPI:
+    """Build the gateway app (uvicorn calls this as a factory)."""
+    cfg = cfg or settings_mod.load()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        cfg.ensure_dirs()
+        store = Store(cfg.db_url)
+        await anyio.to_thread.run_sync(store.create_schema)
+        ctx = zmq.asyncio.Context()
+        hub = Hub(cfg.bus_sub, ctx, cfg.ws_queue_size)
+        control = ControlClient(cfg.control, ctx)
+        control.start()
+        hub_task = asyncio.create_task(hub.run())
+        app.state.settings = cfg
+        app.state.store = store
+        app.state.hub = hub
+        app.state.control = control
+        try:
+            yield
+        finally:
+            hub_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hub_task
+            await control.close()
+            hub.close()
+            ctx.term()
+            store.close()
+
+    app = FastAPI(title="metastream", version="0.1.0", lifespan=lifespan)
+    app.include_router(api.router)
+    app.include_router(ws.router)
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> JSONResponse:
+        """Gateway liveness plus whether the supervisor answers."""
+        control: ControlClient = request.app.state.control
+        try:
+            await control.request(Ping(), 1.0)
+            supervisor = "ok"
+        except SupervisorUnavailable as exc:
+            supervisor = f"unavailable: {exc}"
+        body = {
+            "status": "ok",
+            "supervisor": supervisor,
+            "watched_tasks": len(request.app.state.hub.watched()),
+        }
+        return JSONResponse(body)
+
+    return app

@@ -1,0 +1,98 @@
+"""Request and response bodies of the REST API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from store import TaskRow
+
+MAX_REQUIREMENT = 20_000
+
+
+class SyntheticIn(BaseModel):
+    """A synthetic workload (see CONTRACT)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: int = Field(ge=0, le=10_000_000)
+    rate: float = Field(0.0, ge=0, le=1_000_000, description="events per second, 0 = max")
+    payload_bytes: int = Field(0, ge=0, le=1_000_000)
+    exit_after: int | None = Field(None, ge=0)
+    exit_code: int = Field(1, ge=0, le=255)
+    hang_after: int | None = Field(None, ge=0)
+    spawn_children: int = Field(0, ge=0, le=16)
+    crash: Literal["exception", "segv", "kill", "oom"] | None = None
+
+
+class TaskCreate(BaseModel):
+    """``POST /api/tasks``."""
+
+    requirement: str = Field(min_length=1, max_length=MAX_REQUIREMENT)
+    test_mode: bool = False
+    synthetic: SyntheticIn | None = None
+    use_qa: bool = False
+    n_round: int = Field(10, ge=1, le=50)
+    investment: float = Field(3.0, gt=0, le=100)
+
+
+class TaskOut(BaseModel):
+    """A task and its current state."""
+
+    id: str
+    task_id: str
+    requirement: str
+    test_mode: bool
+    status: str
+    progress: float
+    current_agent: str | None
+    last_message: str | None
+    created_at: str
+    started_at: str | None
+    completed_at: str | None
+    last_event_id: int
+    exit_code: int | None = None
+    options: dict[str, Any] = {}
+
+    @classmethod
+    def of(cls, row: TaskRow) -> TaskOut:
+        return cls(
+            id=row.id,
+            task_id=row.id,
+            requirement=row.requirement,
+            test_mode=row.test_mode,
+            status=row.status,
+            progress=row.progress,
+            current_agent=row.current_agent,
+            last_message=row.last_message,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            completed_at=row.completed_at,
+            last_event_id=row.last_event_id,
+            exit_code=row.exit_code,
+            options=row.options,
+        )
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class EventOut(BaseModel):
+    event_id: int
+    task_id: str
+    timestamp: str
+    agent_role: str
+    event_type: str
+    payload: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    task_id: str
+    events: list[EventOut]
+    next_after: int = Field(description="pass as ?after= to get the next page")
+    has_more: bool

@@ -1,0 +1,241 @@
+"""The bridge between one WebSocket connection and one task's stream.
+
+Subscribe first, then replay from the event log, then forward live messages, dropping what
+was already sent and refilling any gap from the log (the ZeroMQ guide's "Clone" pattern). The
+log is the source of truth; the bus is only the fast path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from bus.messages import TERMINAL_STATUSES, StartTask, State, json_encoder, state_data, ws_frame
+from gateway.control import ControlClient, SupervisorUnavailable
+from gateway.hub import Hub, Listener, LiveBeat, LiveEvent, LiveState
+from metastream.settings import Settings
+from store import Store
+
+log = logging.getLogger("metastream.stream")
+T = TypeVar("T")
+
+CLOSE_NORMAL = 1000
+CLOSE_NOT_FOUND = 4404
+CLOSE_START_FAILED = 1011
+QUIET_POLL = 1.0  # with no bus traffic for this long, look at the log (a lost final state...)
+
+
+class Phase(enum.Enum):
+    CONNECTING = "connecting"
+    REPLAYING = "replaying"
+    LIVE = "live"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class InvalidTransition(RuntimeError):
+    pass
+
+
+class TaskStream:
+    """Streams one task to one WebSocket client."""
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        task_id: str,
+        last_event_id: int,
+        *,
+        store: Store,
+        hub: Hub,
+        control: ControlClient,
+        cfg: Settings,
+    ) -> None:
+        self.ws = ws
+        self.task_id = task_id
+        self.next_id = last_event_id + 1
+        self.store = store
+        self.hub = hub
+        self.control = control
+        self.cfg = cfg
+        self.phase = Phase.CONNECTING
+        self._last_state: dict[str, Any] | None = None
+        self._last_state_version = -1
+        self._last_send = time.monotonic()
+
+    def _move(self, expected: Phase, new: Phase) -> None:
+        if self.phase is not expected:
+            raise InvalidTransition(f"expected {expected.value}, got {self.phase.value}")
+        self.phase = new
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(fn, *args)
+
+    async def _send(self, text: str) -> None:
+        await self.ws.send_text(text)
+        self._last_send = time.monotonic()
+
+    async def _send_json(self, msg_type: str, data: dict[str, Any]) -> None:
+        await self._send(ws_frame(msg_type, json_encoder.encode(data)).decode())
+
+    # --- the connection ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        row = await self._db(self.store.get_task, self.task_id)
+        if row is None:
+            await self._send_json("error", {"message": "Task not found"})
+            await self._close(CLOSE_NOT_FOUND)
+            return
+        listener = self.hub.attach(self.task_id)  # subscribe before reading the log
+        try:
+            started = False
+            if row.status in ("PENDING", "FAILED"):
+                try:
+                    reply = await self.control.request(
+                        StartTask(self.task_id), self.cfg.control_timeout
+                    )
+                except SupervisorUnavailable as exc:
+                    await self._fail_start(str(exc))
+                    return
+                if not reply.ok:
+                    await self._fail_start(reply.error or "unknown error")
+                    return
+                started = True
+            message = (
+                "Task started and connected to event stream"
+                if started
+                else "Connected to event stream"
+            )
+            await self._send_json("connected", {"task_id": self.task_id, "message": message})
+            self._move(Phase.CONNECTING, Phase.REPLAYING)
+            row = await self._db(self.store.get_task, self.task_id)
+            assert row is not None
+            await self._offer_state(row.state())
+            await self._catch_up(None)
+            if row.status in TERMINAL_STATUSES and self.next_id > row.last_event_id:
+                await self._finish(row.state())
+                return
+            self._move(Phase.REPLAYING, Phase.LIVE)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_client, tg.cancel_scope)
+                tg.start_soon(self._forward, listener, tg.cancel_scope)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.hub.detach(listener)
+            self.phase = Phase.CLOSED
+
+    async def _fail_start(self, why: str) -> None:
+        await self._send_json("error", {"message": f"Task start failed: {why}"})
+        await self._close(CLOSE_START_FAILED)
+
+    async def _close(self, code: int) -> None:
+        self.phase = Phase.CLOSING
+        try:
+            await self.ws.close(code)
+        except RuntimeError:
+            pass  # the client closed first
+
+    async def _read_client(self, scope: anyio.CancelScope) -> None:
+        """Drain what the client sends; its disconnect ends the connection."""
+        try:
+            while True:
+                msg = await self.ws.receive()
+                if msg["type"] == "websocket.disconnect":
+                    break
+        finally:
+            scope.cancel()
+
+    async def _forward(self, listener: Listener, scope: anyio.CancelScope) -> None:
+        try:
+            while True:
+                if listener.overflowed:
+                    # Too far behind for the live queue: the log has everything, states too.
+                    listener.reset()
+                    await self._catch_up(None)
+                    if await self._on_quiet():
+                        return
+                    continue
+                try:
+                    item = await asyncio.wait_for(listener.queue.get(), QUIET_POLL)
+                except TimeoutError:
+                    if await self._on_quiet():
+                        return
+                    continue
+                match item:
+                    case LiveEvent(event_id=event_id, frame=frame):
+                        if event_id < self.next_id:
+                            continue  # already sent (replayed from the log)
+                        if event_id > self.next_id:
+                            await self._catch_up(event_id - 1)  # a gap: refill from the log
+                        if event_id == self.next_id:
+                            await self._send(frame)
+                            self.next_id += 1
+                    case LiveState(state=state):
+                        if state.status in TERMINAL_STATUSES:
+                            await self._catch_up(None)
+                            await self._finish(state)
+                            return
+                        await self._offer_state(state)
+                    case LiveBeat(last_event_id=last):
+                        if last >= self.next_id:
+                            await self._catch_up(last)
+        finally:
+            scope.cancel()
+
+    async def _on_quiet(self) -> bool:
+        """Nothing arrived for a while: check the log; True once the task has ended."""
+        row = await self._db(self.store.get_task, self.task_id)
+        if row is None:
+            return True
+        if row.last_event_id >= self.next_id:
+            await self._catch_up(row.last_event_id)
+        if row.status in TERMINAL_STATUSES:
+            await self._catch_up(None)
+            await self._finish(row.state())
+            return True
+        await self._offer_state(row.state())
+        if time.monotonic() - self._last_send >= self.cfg.ws_heartbeat_interval:
+            await self._send_json(
+                "heartbeat",
+                {"task_id": self.task_id, "last_event_id": self.next_id - 1, "status": row.status},
+            )
+        return False
+
+    async def _catch_up(self, upto: int | None) -> None:
+        """Send every logged event from ``next_id`` (up to ``upto``), in pages."""
+        page = self.cfg.replay_page
+        while upto is None or self.next_id <= upto:
+            limit = page if upto is None else min(page, upto - self.next_id + 1)
+            rows = await self._db(self.store.read_events, self.task_id, self.next_id - 1, limit)
+            for event_id, data in rows:
+                await self._send(ws_frame("event", data).decode())
+                self.next_id = event_id + 1
+            if len(rows) < limit:
+                return
+
+    async def _offer_state(self, state: State) -> None:
+        if state.version < self._last_state_version:
+            return  # older than what the client already has
+        data = state_data(state)
+        if data == self._last_state:
+            return
+        self._last_state = data
+        self._last_state_version = state.version
+        await self._send_json("state", data)
+
+    async def _finish(self, final: State) -> None:
+        # The final state carries the task's last event id: everything before it goes first.
+        if final.last_event_id >= self.next_id:
+            await self._catch_up(final.last_event_id)
+        self._last_state_version = -1
+        await self._offer_state(final)
+        await self._close(CLOSE_NORMAL)

@@ -1,0 +1,1 @@
+"""metastream: shared settings and the command-line interface."""

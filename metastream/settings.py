@@ -1,0 +1,136 @@
+"""Configuration from the environment, shared by every process of one stack.
+
+All runtime state lives under ``METASTREAM_HOME`` (default ``./var``) so that two stacks with
+different homes and ports can run side by side without touching each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+# Unix socket paths are limited to ~107 bytes; longer homes get their sockets in a private
+# directory under the system temp dir, named after the home so every process agrees on it.
+_MAX_IPC_PATH = 100
+
+
+class _Env:
+    """Typed reads of one environment mapping; a bad value names its variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def str(self, name: str, default: str) -> str:
+        value = self._environ.get(name)
+        return value if value else default
+
+    def float(self, name: str, default: float) -> float:
+        raw = self._environ.get(name)
+        if not raw:
+            return default
+        try:
+            return float(raw)
+        except ValueError as exc:
+            raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+    def int(self, name: str, default: int) -> int:
+        raw = self._environ.get(name)
+        if not raw:
+            return default
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Resolved configuration of one metastream stack."""
+
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    db_url: str = ""
+    bus_pub: str = ""  # publishers connect here (the proxy's XSUB side)
+    bus_sub: str = ""  # subscribers connect here (the proxy's XPUB side)
+    control: str = ""  # the supervisor's request channel
+    python: str = ""  # interpreter for task processes
+    max_running: int = 4
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 5.0
+    stop_ask_timeout: float = 2.0
+    stop_term_timeout: float = 3.0
+    control_timeout: float = 5.0
+    ws_queue_size: int = 2048
+    ws_heartbeat_interval: float = 15.0
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
+    replay_page: int = 2000
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.home / "tasks"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return run_dir_for(self.home)
+
+    def task_dir(self, task_id: str) -> Path:
+        return self.tasks_dir / task_id
+
+    def ensure_dirs(self) -> None:
+        """Create the state directories; the socket directory is private (0700)."""
+        for d in (self.data_dir, self.tasks_dir, self.logs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.run_dir, 0o700)
+
+
+def run_dir_for(home: Path) -> Path:
+    """Directory of the stack's ipc sockets."""
+    candidate = home / "run"
+    if len(str(candidate / "control.sock")) <= _MAX_IPC_PATH:
+        return candidate
+    digest = hashlib.sha1(str(home).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"metastream-{os.getuid()}-{digest}"
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from the environment (or the given mapping)."""
+    env = _Env(os.environ if environ is None else environ)
+    home = Path(env.str("METASTREAM_HOME", "var")).resolve()
+    run = run_dir_for(home)
+    return Settings(
+        home=home,
+        host=env.str("HOST", "127.0.0.1"),
+        port=env.int("PORT", 8000),
+        db_url=env.str("METASTREAM_DB_URL", f"sqlite:///{home / 'data' / 'metastream.db'}"),
+        bus_pub=env.str("METASTREAM_BUS_PUB", f"ipc://{run / 'bus-in.sock'}"),
+        bus_sub=env.str("METASTREAM_BUS_SUB", f"ipc://{run / 'bus-out.sock'}"),
+        control=env.str("METASTREAM_CONTROL", f"ipc://{run / 'control.sock'}"),
+        python=env.str("METASTREAM_TASK_PYTHON", sys.executable),
+        max_running=env.int("METASTREAM_MAX_RUNNING", 4),
+        heartbeat_interval=env.float("METASTREAM_HEARTBEAT_INTERVAL", 1.0),
+        heartbeat_timeout=env.float("METASTREAM_HEARTBEAT_TIMEOUT", 5.0),
+        stop_ask_timeout=env.float("METASTREAM_STOP_ASK_TIMEOUT", 2.0),
+        stop_term_timeout=env.float("METASTREAM_STOP_TERM_TIMEOUT", 3.0),
+        control_timeout=env.float("METASTREAM_CONTROL_TIMEOUT", 5.0),
+        ws_queue_size=env.int("METASTREAM_WS_QUEUE", 2048),
+        ws_heartbeat_interval=env.float("METASTREAM_WS_HEARTBEAT", 15.0),
+        ws_ping_interval=env.float("METASTREAM_WS_PING_INTERVAL", 20.0),
+        ws_ping_timeout=env.float("METASTREAM_WS_PING_TIMEOUT", 20.0),
+        replay_page=env.int("METASTREAM_REPLAY_PAGE", 2000),
+    )

@@ -1,0 +1,1 @@
+"""The supervisor and the task processes it runs."""

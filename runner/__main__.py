@@ -1,0 +1,85 @@
+"""``python -m runner``: the supervisor process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import zmq.asyncio
+
+from bus.client import AsyncSubscriber, DecodeFailure, Publisher, decode_frames
+from bus.messages import Heartbeat, topic
+from metastream import settings
+from runner.control import ControlServer
+from runner.supervisor import Supervisor
+from store import Store
+
+log = logging.getLogger("metastream.supervisor")
+
+
+async def main() -> None:
+    cfg = settings.load()
+    cfg.ensure_dirs()
+    store = Store(cfg.db_url)
+    store.create_schema()
+    ctx = zmq.asyncio.Context()
+    publisher = Publisher(cfg.bus_pub, ctx=zmq.Context.instance())
+    sup = Supervisor(cfg, store, publisher)
+    sub = AsyncSubscriber(cfg.bus_sub, ctx=ctx)
+    sub.subscribe([sup.beacon_topic])
+    sup.on_started = lambda tid: sub.subscribe([topic(tid, "heartbeat")])
+    sup.on_ended = lambda tid: sub.unsubscribe(topic(tid, "heartbeat"))
+    control = ControlServer(cfg.control, sup, ctx)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)  # record and wake; the loop does the rest
+
+    await sup.recover()
+    print(f"supervisor: node {sup.node}, control at {cfg.control}", flush=True)
+    async with asyncio.TaskGroup() as tg:
+        tasks = [
+            tg.create_task(control.serve()),
+            tg.create_task(_listen(sub, sup)),
+            tg.create_task(_tick(sup, publisher, cfg.heartbeat_interval)),
+        ]
+        await stop.wait()
+        log.info("supervisor stopping: stopping %d running task(s)", len(sup.running))
+        await sup.shutdown()
+        for t in tasks:
+            t.cancel()
+    control.close()
+    sub.close()
+    publisher.close(linger_ms=500)
+    store.close()
+    ctx.term()
+
+
+async def _listen(sub: AsyncSubscriber, sup: Supervisor) -> None:
+    while True:
+        frames = await sub.recv_frames()
+        if frames[0] == sup.beacon_topic:
+            sup.heartbeats.beacon()
+            continue
+        _tid, msg = decode_frames(frames)
+        match msg:
+            case Heartbeat():
+                sup.heard(msg)
+            case DecodeFailure(error=error):
+                log.warning("dropped a bad bus frame: %s", error)
+
+
+async def _tick(sup: Supervisor, pub: Publisher, interval: float) -> None:
+    while True:
+        # Our beacon travels through the proxy and back: hearing it proves the bus is up.
+        pub.send(sup.beacon_topic, str(time.time()).encode())
+        await sup.check_heartbeats()
+        await asyncio.sleep(interval / 2)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(main())

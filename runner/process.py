@@ -1,0 +1,184 @@
+"""Process mechanism: spawn in a new process group, wait for exit, signal, stop.
+
+Policy (when to stop, why) lives elsewhere; this module only knows how. Every signal tolerates
+a process that is already gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger("metastream.process")
+
+
+@dataclass
+class Child:
+    """A task process (our child, or one adopted after a supervisor restart)."""
+
+    pid: int
+    pgid: int
+    create_time: float
+    popen: subprocess.Popen[bytes] | None = None  # None when adopted: no exit code for us
+    returncode: int | None = None
+    _exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def exited(self) -> bool:
+        return self._exited.is_set()
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the exit; True if it exited within the timeout."""
+        try:
+            await asyncio.wait_for(self._exited.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path) -> Child:
+    """Start ``argv`` as the leader of a new process group and watch for its exit."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        popen = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own session and group: killpg reaches the whole tree
+            close_fds=True,
+        )
+    try:
+        create_time = psutil.Process(popen.pid).create_time()
+    except psutil.NoSuchProcess:
+        create_time = 0.0
+    child = Child(pid=popen.pid, pgid=popen.pid, create_time=create_time, popen=popen)
+    _watch(child)
+    return child
+
+
+def adopt(pid: int, create_time: float) -> Child | None:
+    """Watch a live process we did not start (after a supervisor restart), if it is ours."""
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) > 0.01:
+            return None  # the pid was reused by an unrelated process
+        pgid = os.getpgid(pid)
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return None
+    child = Child(pid=pid, pgid=pgid, create_time=create_time)
+    _watch(child)
+    return child
+
+
+def _watch(child: Child) -> None:
+    """Mark ``child`` exited as soon as the kernel says so (pidfd: no polling, no thread)."""
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(child.pid)
+    except ProcessLookupError:
+        _reap(child)
+        return
+
+    def on_exit() -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+        _reap(child)
+
+    loop.add_reader(fd, on_exit)
+
+
+def _reap(child: Child) -> None:
+    if child.popen is not None:
+        child.returncode = child.popen.wait()
+    child._exited.set()
+
+
+def signal_group(child: Child, sig: int) -> None:
+    """Send ``sig`` to the child's whole process group, plus any descendant that left it."""
+    strays = descendants(child)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pgid, sig)
+    for p in strays:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            p.send_signal(sig)
+
+
+def signal_leader(child: Child, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(child.pid, sig)
+
+
+def descendants(child: Child) -> list[psutil.Process]:
+    try:
+        return psutil.Process(child.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """Live (non-zombie) processes of a process group."""
+    found = []
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return found
+
+
+async def stop(
+    child: Child, ask_timeout: float, term_timeout: float, kill_timeout: float = 2.0
+) -> str:
+    """The one stop sequence: ask, wait, SIGTERM the group, wait, SIGKILL. Returns how it ended."""
+    strays = descendants(child)
+    if not child.exited:
+        signal_leader(child, signal.SIGINT)  # ask: the task flushes its log and exits
+        if await child.wait(ask_timeout):
+            how = "asked"
+        else:
+            signal_group(child, signal.SIGTERM)
+            if await child.wait(term_timeout):
+                how = "terminated"
+            else:
+                signal_group(child, signal.SIGKILL)
+                await child.wait(kill_timeout)
+                how = "killed"
+    else:
+        how = "exited"
+    reap_group(child, strays)
+    return how
+
+
+def reap_group(child: Child, strays: Sequence[psutil.Process] = ()) -> None:
+    """SIGKILL whatever is left of the task's tree once its leader is gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pgid, signal.SIGKILL)
+    for p in strays:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            p.kill()
+
+
+def describe_exit(returncode: int | None) -> str:
+    """Human text for an exit status (negative = killed by a signal)."""
+    if returncode is None:
+        return "exit status unknown"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exit code {returncode}"

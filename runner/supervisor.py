@@ -1,0 +1,321 @@
+"""The supervisor: one OS process per task, every lifecycle change persisted and published."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from bus.client import Publisher
+from bus.messages import (
+    SYSTEM_TOPIC_PREFIX,
+    TERMINAL_STATUSES,
+    Heartbeat,
+    Reply,
+    utcnow,
+)
+from metastream.settings import Settings
+from runner import process
+from runner.policy import Admission, HeartbeatPolicy
+from store import Store, TaskRow
+
+log = logging.getLogger("metastream.supervisor")
+T = TypeVar("T")
+
+EXIT_CANCELLED = 3
+STARTUP_GRACE = 10.0
+
+
+class Running:
+    """What the supervisor knows of one live task process."""
+
+    def __init__(self, task_id: str, child: process.Child) -> None:
+        self.task_id = task_id
+        self.child = child
+        self.stop_reason: tuple[str, str] | None = None  # (final status, message) if we stop it
+        self.stopping: asyncio.Task[str] | None = None
+        self.watcher: asyncio.Task[None] | None = None
+
+
+class Supervisor:
+    """Starts, watches and stops task processes on this node."""
+
+    def __init__(
+        self,
+        cfg: Settings,
+        store: Store,
+        publisher: Publisher,
+        node: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.pub = publisher
+        self.node = node or os.environ.get("METASTREAM_NODE") or socket.gethostname()
+        self.running: dict[str, Running] = {}
+        self.admission = Admission(cfg.max_running)
+        self.heartbeats = HeartbeatPolicy(cfg.heartbeat_timeout, STARTUP_GRACE, clock)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._pump_lock = asyncio.Lock()
+        self.on_started: Callable[[str], None] = lambda _tid: None
+        self.on_ended: Callable[[str], None] = lambda _tid: None
+
+    @property
+    def beacon_topic(self) -> bytes:
+        return SYSTEM_TOPIC_PREFIX + b"supervisor/" + self.node.encode()
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def _lock(self, task_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(task_id, asyncio.Lock())
+
+    def _publish(self, row: TaskRow) -> None:
+        self.pub.publish(row.id, row.state())
+
+    # --- commands ------------------------------------------------------------------------
+
+    async def start(self, task_id: str) -> Reply:
+        async with self._lock(task_id):
+            row = await self._db(self.store.get_task, task_id)
+            if row is None:
+                return Reply(ok=False, error="Task not found")
+            if row.status in ("RUNNING", "QUEUED"):
+                return Reply(ok=True, status=row.status)
+            if row.status not in ("PENDING", "FAILED"):
+                return Reply(ok=False, status=row.status, error=f"Task already {row.status}")
+            queued = await self._db(
+                self.store.transition,
+                task_id,
+                ("PENDING", "FAILED"),
+                status="QUEUED",
+                queued_at=utcnow(),
+                node=self.node,
+                progress=0.0,
+                current_agent=None,
+                last_message="Waiting for a free slot",
+                completed_at=None,
+                exit_code=None,
+                error=None,
+            )
+            if queued is None:  # someone else moved it meanwhile
+                row = await self._db(self.store.get_task, task_id)
+                return Reply(ok=True, status=row.status if row else None)
+            self._publish(queued)
+        await self.pump()
+        row = await self._db(self.store.get_task, task_id)
+        return Reply(ok=True, status=row.status if row else None)
+
+    async def cancel(self, task_id: str, reason: str) -> Reply:
+        run = self.running.get(task_id)
+        if run is not None:
+            await self.stop_task(run, "CANCELLED", reason, ask=True)
+            row = await self._db(self.store.get_task, task_id)
+            return Reply(ok=True, status=row.status if row else None)
+        async with self._lock(task_id):
+            row = await self._db(self.store.get_task, task_id)
+            if row is None:
+                return Reply(ok=False, error="Task not found")
+            if row.status in TERMINAL_STATUSES:
+                return Reply(ok=True, status=row.status)
+            ended = await self._db(
+                self.store.transition,
+                task_id,
+                ("PENDING", "QUEUED"),
+                status="CANCELLED",
+                completed_at=utcnow(),
+                last_message=reason,
+            )
+            if ended is not None:
+                self._publish(ended)
+                return Reply(ok=True, status="CANCELLED")
+        # It became RUNNING while we looked: stop the process.
+        run = self.running.get(task_id)
+        if run is not None:
+            await self.stop_task(run, "CANCELLED", reason, ask=True)
+        row = await self._db(self.store.get_task, task_id)
+        return Reply(ok=True, status=row.status if row else None)
+
+    async def stop_task(self, run: Running, status: str, message: str, ask: bool) -> str:
+        """Stop a running task (once, however many ask) and wait until it is down."""
+        if run.stop_reason is None:
+            run.stop_reason = (status, message)
+        if run.stopping is None:
+            ask_timeout = self.cfg.stop_ask_timeout if ask else 0.0
+            run.stopping = asyncio.create_task(
+                process.stop(run.child, ask_timeout, self.cfg.stop_term_timeout)
+            )
+        how = await run.stopping
+        if run.watcher is not None:
+            await run.watcher
+        return how
+
+    # --- admission and process lifecycle -------------------------------------------------
+
+    async def pump(self) -> None:
+        """Start queued tasks while slots are free, oldest first."""
+        async with self._pump_lock:
+            free = self.admission.free_slots(len(self.running))
+            if free == 0:
+                return
+            queued = await self._db(self.store.tasks_with_status, ("QUEUED",), self.node)
+            for row in queued[:free]:
+                await self._launch(row)
+
+    async def _launch(self, row: TaskRow) -> None:
+        task_id = row.id
+        # RUNNING is recorded before the process exists, so the task never reads an older status.
+        started = await self._db(
+            self.store.transition,
+            task_id,
+            ("QUEUED",),
+            status="RUNNING",
+            started_at=utcnow(),
+            last_message="Task process starting",
+            run_count=row.run_count + 1,
+        )
+        if started is None:
+            return  # cancelled while queued
+        workspace = self.cfg.task_dir(task_id)
+        try:
+            workspace.mkdir(parents=True, exist_ok=True)
+            child = process.spawn(
+                [self.cfg.python, "-m", "runner.task", task_id],
+                env=self._task_env(),
+                cwd=workspace,
+                log_path=self.cfg.logs_dir / f"task-{task_id}.log",
+            )
+        except OSError as exc:
+            failed = await self._db(
+                self.store.transition,
+                task_id,
+                ("RUNNING",),
+                status="FAILED",
+                completed_at=utcnow(),
+                last_message=f"Could not start the task process: {exc}",
+            )
+            if failed:
+                self._publish(failed)
+            return
+        await self._db(self.store.set_process, task_id, child.pid, child.create_time)
+        self._track(task_id, child)
+        self._publish(started)
+
+    def _track(self, task_id: str, child: process.Child) -> None:
+        run = Running(task_id, child)
+        self.running[task_id] = run
+        self.heartbeats.started(task_id)
+        self.on_started(task_id)
+        run.watcher = asyncio.create_task(self._watch(run))
+
+    def _task_env(self) -> dict[str, str]:
+        # Only what a task needs: paths, bus, database, its interpreter's basics; no secrets
+        # of the gateway (API tokens never reach task processes).
+        keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "TMPDIR", "VIRTUAL_ENV")
+        env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("METASTREAM_")}
+        env.pop("METASTREAM_API_TOKEN", None)
+        env.update(
+            METASTREAM_HOME=str(self.cfg.home),
+            METASTREAM_DB_URL=self.cfg.db_url,
+            METASTREAM_BUS_PUB=self.cfg.bus_pub,
+            METASTREAM_BUS_SUB=self.cfg.bus_sub,
+            PYTHONUNBUFFERED="1",
+        )
+        for k, v in os.environ.items():
+            if k.startswith("METASTREAM_LLM_"):
+                env[k] = v
+        return env
+
+    async def _watch(self, run: Running) -> None:
+        await run.child.wait()
+        task_id = run.task_id
+        if run.stopping is None:
+            process.reap_group(run.child)  # children it left behind die with it
+        self.heartbeats.forget(task_id)
+        self.running.pop(task_id, None)
+        row = await self._db(self.store.get_task, task_id)
+        status, message = self._outcome(run, row)
+        fields: dict[str, Any] = dict(
+            status=status,
+            completed_at=utcnow(),
+            last_message=message,
+            exit_code=run.child.returncode,
+            pid=None,
+        )
+        if status == "COMPLETED":
+            fields["progress"] = 1.0
+        ended = await self._db(self.store.transition, task_id, ("RUNNING",), **fields)
+        if ended is not None:
+            self._publish(ended)
+            log.info("task %s %s: %s", task_id, status, message)
+        self.on_ended(task_id)
+        await self.pump()
+
+    def _outcome(self, run: Running, row: TaskRow | None) -> tuple[str, str]:
+        rc = run.child.returncode
+        if run.stop_reason is not None:
+            return run.stop_reason
+        if rc is None and row is not None and row.exit_code is not None:
+            rc = row.exit_code  # adopted process: it recorded its own outcome
+        if rc == 0:
+            return "COMPLETED", "Completed"
+        if rc == EXIT_CANCELLED:
+            return "CANCELLED", "Cancelled"
+        detail = process.describe_exit(rc)
+        reason = row.error if row is not None and row.error else None
+        text = f"Task process failed ({detail})"
+        return "FAILED", f"{text}: {reason}" if reason else text
+
+    # --- heartbeats ----------------------------------------------------------------------
+
+    def heard(self, msg: Heartbeat) -> None:
+        self.heartbeats.beat(msg.task_id)
+
+    async def check_heartbeats(self) -> None:
+        for task_id, silent in self.heartbeats.overdue():
+            run = self.running.get(task_id)
+            if run is None or run.stop_reason is not None:
+                self.heartbeats.forget(task_id)
+                continue
+            msg = f"Task process unresponsive: no heartbeat for {silent:.1f} s; killed"
+            log.warning("task %s: %s", task_id, msg)
+            asyncio.create_task(self.stop_task(run, "FAILED", msg, ask=False))
+
+    # --- start-up and shutdown -----------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Re-adopt task processes a previous supervisor left running; fail the dead ones."""
+        rows = await self._db(self.store.tasks_with_status, ("RUNNING",), self.node)
+        for row in rows:
+            child = None
+            if row.pid is not None and row.pid_create_time is not None:
+                child = process.adopt(row.pid, row.pid_create_time)
+            if child is not None:
+                log.info("re-adopted task %s (pid %s)", row.id, row.pid)
+                self._track(row.id, child)
+                continue
+            ended = await self._db(
+                self.store.transition,
+                row.id,
+                ("RUNNING",),
+                status="FAILED",
+                completed_at=utcnow(),
+                pid=None,
+                last_message="Task process was lost while the supervisor was down",
+            )
+            if ended:
+                self._publish(ended)
+        await self.pump()
+
+    async def shutdown(self, reason: str = "Supervisor shut down") -> None:
+        """Stop every task (recording why) so nothing outlives the supervisor."""
+        runs = list(self.running.values())
+        await asyncio.gather(
+            *(self.stop_task(r, "CANCELLED", reason, ask=True) for r in runs),
+            return_exceptions=True,
+        )
+        # Queued tasks stay QUEUED: the next supervisor starts them.

@@ -1,0 +1,1 @@
+"""The task process: one OS process per task, publishing its events on the bus."""

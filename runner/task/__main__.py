@@ -1,0 +1,88 @@
+"""``python -m runner.task TASK_ID``: run one task and publish its events.
+
+Exit codes: 0 completed, 1 failed (reason stored in the task's ``error``), 3 cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import traceback
+from typing import Any
+
+import msgspec
+
+from bus.client import Publisher
+from metastream import settings
+from runner.task.outbox import Outbox
+from runner.task.workload import Cancelled
+from store import Store
+
+EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
+log = logging.getLogger("metastream.task")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m runner.task TASK_ID", file=sys.stderr)
+        return 2
+    task_id = argv[0]
+    cfg = settings.load()
+    store = Store(cfg.db_url)
+    row = store.get_task(task_id)
+    if row is None:
+        print(f"task {task_id} not found", file=sys.stderr)
+        return 2
+    publisher = Publisher(cfg.bus_pub)
+    outbox = Outbox(
+        store,
+        publisher,
+        task_id,
+        first_event_id=row.last_event_id + 1,
+        state=msgspec.structs.replace(row.state(), status="RUNNING"),
+        heartbeat_interval=cfg.heartbeat_interval,
+    )
+
+    def ask_to_stop(signum: int, _frame: Any) -> None:
+        # Record and wake: workloads poll ``cancelled`` (and wait on it instead of sleeping).
+        outbox.cancelled.set()
+
+    signal.signal(signal.SIGINT, ask_to_stop)
+    signal.signal(signal.SIGTERM, ask_to_stop)
+    outbox.start()
+    code = EXIT_OK
+    try:
+        _run_workload(row.options, row.requirement, row.test_mode, cfg.task_dir(task_id), outbox)
+        outbox.set_state(progress=1.0, last_message="Completed")
+        outbox.record(exit_code=EXIT_OK)
+    except Cancelled:
+        code = EXIT_CANCELLED
+    except Exception as exc:  # any failure of the workload ends the task FAILED, with its reason
+        code = EXIT_FAILED
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("task failed: %s", reason)
+        traceback.print_exc()
+        outbox.emit("System", "ERROR", {"message": reason, "error_type": type(exc).__name__})
+        outbox.record(error=reason[:2000])
+    finally:
+        outbox.close()
+        publisher.close()
+        store.close()
+    return code
+
+
+def _run_workload(options: dict[str, Any], requirement: str, test_mode: bool, workspace, out):  # type: ignore[no-untyped-def]
+    if options.get("synthetic") is not None:
+        from runner.task import synthetic
+
+        synthetic.run(msgspec.convert(options["synthetic"], synthetic.SyntheticSpec), out)
+        return
+    from runner.task import metagpt_task
+
+    metagpt_task.run(requirement, test_mode, options, workspace, out)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    sys.exit(main(sys.argv[1:]))

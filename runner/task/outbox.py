@@ -1,0 +1,213 @@
+"""Group-commit outbox: every event is in the log before it is on the bus.
+
+Workloads call :meth:`Outbox.emit` and :meth:`Outbox.set_state` from any thread. One writer
+thread takes whatever accumulated since its last commit, writes it in a single transaction,
+then publishes it. At low rates that is one commit per event (lowest latency); under load the
+batches grow by themselves (highest throughput). The same thread sends heartbeats, so they keep
+coming while a workload blocks its own event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import msgspec
+
+from bus.client import Publisher
+from bus.messages import Event, Heartbeat, State, event_data_json, utcnow
+from store import Store
+
+MAX_PENDING = 20_000  # emitters wait beyond this: memory stays bounded if the log is slow
+MAX_BATCH = 5_000
+
+
+class Outbox:
+    """Persist-then-publish writer for one task's events and state."""
+
+    def __init__(
+        self,
+        store: Store,
+        publisher: Publisher,
+        task_id: str,
+        first_event_id: int,
+        state: State,
+        heartbeat_interval: float = 1.0,
+    ) -> None:
+        self.task_id = task_id
+        self.cancelled = threading.Event()
+        self._store = store
+        self._pub = publisher
+        self._hb_interval = heartbeat_interval
+        self._cond = threading.Condition()
+        self._pending: list[Event] = []
+        self._next_id = first_event_id
+        self._written_id = first_event_id - 1
+        self._state = state
+        self._state_dirty = False
+        self._extra: dict[str, Any] = {}
+        self._stopping = False
+        self._beating = True
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # --- called by workloads -------------------------------------------------------------
+
+    def emit(self, agent_role: str, event_type: str, payload: dict[str, Any]) -> int:
+        """Queue one event; returns its id."""
+        with self._cond:
+            while len(self._pending) >= MAX_PENDING and not self._stopping:
+                self._cond.wait(0.5)
+            self._raise_if_failed()
+            event_id = self._next_id
+            self._next_id += 1
+            self._pending.append(
+                Event(
+                    event_id=event_id,
+                    task_id=self.task_id,
+                    timestamp=utcnow(),
+                    agent_role=agent_role,
+                    event_type=event_type,
+                    payload=payload,
+                )
+            )
+            if len(self._pending) == 1:
+                self._cond.notify_all()
+            return event_id
+
+    def set_state(
+        self,
+        *,
+        progress: float | None = None,
+        current_agent: str | None = None,
+        last_message: str | None = None,
+    ) -> None:
+        """Update the task's progress fields; published with the next commit."""
+        with self._cond:
+            st = self._state
+            if progress is not None:
+                st.progress = min(1.0, max(0.0, float(progress)))
+            if current_agent is not None:
+                st.current_agent = current_agent
+            if last_message is not None:
+                st.last_message = last_message
+            if not self._state_dirty:
+                self._state_dirty = True
+                self._cond.notify_all()
+
+    def record(self, **columns: Any) -> None:
+        """Store extra task columns (``error``, ``exit_code``) with the next commit."""
+        with self._cond:
+            self._extra.update(columns)
+            self._state_dirty = True
+            self._cond.notify_all()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything emitted so far is persisted and published."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._next_id - 1
+            while (self._written_id < target or self._state_dirty) and self._error is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.notify_all()
+                self._cond.wait(min(remaining, 0.1))
+            self._raise_if_failed()
+            return True
+
+    def stop_heartbeats(self) -> None:
+        """Stop beating (used by the synthetic ``hang_after`` drill)."""
+        with self._cond:
+            self._beating = False
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush, then stop the writer thread."""
+        try:
+            self.flush(timeout)
+        finally:
+            with self._cond:
+                self._stopping = True
+                self._cond.notify_all()
+            self._thread.join(timeout)
+
+    @property
+    def last_event_id(self) -> int:
+        return self._written_id
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"event log writer failed: {self._error}") from self._error
+
+    # --- the writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_beat = time.monotonic()
+        while True:
+            with self._cond:
+                while not (self._pending or self._state_dirty or self._stopping):
+                    wait = next_beat - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(wait)
+                if self._stopping and not (self._pending or self._state_dirty):
+                    return
+                batch = self._pending[:MAX_BATCH]
+                del self._pending[:MAX_BATCH]
+                state = None
+                extra: dict[str, Any] = {}
+                if self._state_dirty:
+                    state = State(
+                        **{f: getattr(self._state, f) for f in self._state.__struct_fields__}
+                    )
+                    extra, self._extra = self._extra, {}
+                    self._state_dirty = False
+                self._cond.notify_all()  # wake emitters blocked on MAX_PENDING
+                beating = self._beating
+            try:
+                self._commit(batch, state, extra)
+            except Exception as exc:  # the log is unusable: fail the task loudly, not silently
+                with self._cond:
+                    self._error = exc
+                    self._cond.notify_all()
+                return
+            if beating and time.monotonic() >= next_beat:
+                self._pub.publish(
+                    self.task_id,
+                    Heartbeat(
+                        task_id=self.task_id,
+                        last_event_id=self._written_id,
+                        pid=os.getpid(),
+                        sent_at=time.time(),
+                    ),
+                )
+                next_beat = time.monotonic() + self._hb_interval
+
+    def _commit(self, batch: list[Event], state: State | None, extra: dict[str, Any]) -> None:
+        columns: dict[str, Any] = dict(extra)
+        if state is not None:
+            columns.update(
+                progress=state.progress,
+                current_agent=state.current_agent,
+                last_message=state.last_message,
+            )
+        version = None
+        if batch or columns:
+            version = self._store.append_events(
+                self.task_id, [(ev.event_id, event_data_json(ev)) for ev in batch], columns
+            )
+        for ev in batch:
+            self._pub.publish(self.task_id, ev)
+        with self._cond:
+            if batch:
+                self._written_id = batch[-1].event_id
+            self._cond.notify_all()
+        if state is not None:
+            state.last_event_id = self._written_id
+            state.version = version or 0
+            self._pub.publish(self.task_id, state)

@@ -1,0 +1,52 @@
+"""Tables of the task store."""
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("requirement", Text, nullable=False),
+    Column("test_mode", Boolean, nullable=False, default=False),
+    Column("options", Text, nullable=False, default="{}"),  # JSON: synthetic spec, policies...
+    Column("status", String(16), nullable=False, index=True),
+    Column("progress", Float, nullable=False, default=0.0),
+    Column("current_agent", String(64)),
+    Column("last_message", Text),
+    Column("created_at", String(32), nullable=False, index=True),
+    Column("queued_at", String(32)),
+    Column("started_at", String(32)),
+    Column("completed_at", String(32)),
+    Column("last_event_id", Integer, nullable=False, default=0),
+    # Bumped by every state write, so subscribers can drop a state older than one they have.
+    Column("state_version", Integer, nullable=False, default=0),
+    Column("run_count", Integer, nullable=False, default=0),
+    Column("node", String(64)),
+    Column("pid", Integer),
+    Column("pid_create_time", Float),
+    Column("exit_code", Integer),
+    Column("error", Text),  # the task process's own account of a failure
+)
+
+# One row per event; ``data`` is the event's JSON object exactly as sent on the WebSocket, so
+# replay never re-encodes.
+events = Table(
+    "events",
+    metadata,
+    Column("task_id", String(36), primary_key=True),
+    Column("event_id", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    sqlite_with_rowid=False,
+)

@@ -1,0 +1,235 @@
+"""The store: one small interface over tasks and the event log.
+
+Every method is synchronous and short; asyncio callers run them in a worker thread. Writes use
+``BEGIN IMMEDIATE`` on SQLite so concurrent writers (gateway, supervisor, task processes) queue
+on the busy timeout instead of failing on a lock upgrade.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import msgspec
+from sqlalchemy import Connection, create_engine, event, func, insert, select, update
+from sqlalchemy.engine import Engine
+
+from bus.messages import State
+from store.schema import events, metadata, tasks
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+class TaskRow(msgspec.Struct, kw_only=True):
+    """A task as stored."""
+
+    id: str
+    requirement: str
+    test_mode: bool
+    options: dict[str, Any]
+    status: str
+    progress: float
+    current_agent: str | None
+    last_message: str | None
+    created_at: str
+    queued_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    last_event_id: int
+    state_version: int
+    run_count: int
+    node: str | None
+    pid: int | None
+    pid_create_time: float | None
+    exit_code: int | None
+    error: str | None
+
+    def state(self) -> State:
+        return State(
+            task_id=self.id,
+            status=self.status,
+            progress=self.progress,
+            current_agent=self.current_agent,
+            last_message=self.last_message,
+            started_at=self.started_at,
+            completed_at=self.completed_at,
+            last_event_id=self.last_event_id,
+            version=self.state_version,
+        )
+
+
+_options_decoder = msgspec.json.Decoder(dict[str, Any])
+_json = msgspec.json.Encoder()
+
+
+def _row(r: Mapping[str, Any]) -> TaskRow:
+    values = dict(r)
+    values["options"] = _options_decoder.decode(values["options"] or "{}")
+    return TaskRow(**values)
+
+
+def _engine(url: str, begin: str) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    if not url.startswith("sqlite"):
+        return engine
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's begin event decide how transactions start (the pysqlite default
+        # would defer BEGIN and break BEGIN IMMEDIATE).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+class Store:
+    """Tasks and their event log."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._write = _engine(url, "BEGIN IMMEDIATE")
+        self._read = _engine(url, "BEGIN")
+
+    def create_schema(self) -> None:
+        metadata.create_all(self._write)
+
+    def close(self) -> None:
+        self._write.dispose()
+        self._read.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self._write.begin() as conn:
+            yield conn
+
+    # --- tasks ---------------------------------------------------------------------------
+
+    def create_task(
+        self, task_id: str, requirement: str, test_mode: bool, options: dict[str, Any], now: str
+    ) -> TaskRow:
+        with self._tx() as c:
+            c.execute(
+                insert(tasks).values(
+                    id=task_id,
+                    requirement=requirement,
+                    test_mode=test_mode,
+                    options=_json.encode(options).decode(),
+                    status="PENDING",
+                    progress=0.0,
+                    created_at=now,
+                    last_event_id=0,
+                    state_version=0,
+                    run_count=0,
+                )
+            )
+        row = self.get_task(task_id)
+        assert row is not None
+        return row
+
+    def get_task(self, task_id: str) -> TaskRow | None:
+        with self._read.connect() as c:
+            r = c.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
+        return _row(r) if r else None
+
+    def list_tasks(self, limit: int, offset: int) -> tuple[list[TaskRow], int]:
+        with self._read.connect() as c:
+            rows = c.execute(
+                select(tasks)
+                .order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
+                .limit(limit)
+                .offset(offset)
+            ).mappings()
+            found = [_row(r) for r in rows]
+            total = c.execute(select(func.count()).select_from(tasks)).scalar_one()
+        return found, total
+
+    def tasks_with_status(self, statuses: Iterable[str], node: str | None = None) -> list[TaskRow]:
+        """Tasks in the given statuses, oldest first (queue order)."""
+        q = select(tasks).where(tasks.c.status.in_(list(statuses)))
+        if node is not None:
+            q = q.where(tasks.c.node == node)
+        q = q.order_by(tasks.c.queued_at, tasks.c.created_at)
+        with self._read.connect() as c:
+            return [_row(r) for r in c.execute(q).mappings()]
+
+    def transition(self, task_id: str, expected: Iterable[str], **values: Any) -> TaskRow | None:
+        """Update the task only if its status is one of ``expected``; the new row or None."""
+        with self._tx() as c:
+            res = c.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id, tasks.c.status.in_(list(expected)))
+                .values(state_version=tasks.c.state_version + 1, **values)
+            )
+            if res.rowcount == 0:
+                return None
+            r = c.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
+        return _row(r) if r else None
+
+    def set_process(self, task_id: str, pid: int | None, create_time: float | None) -> None:
+        """Record the task's process (not a state change: the version stays)."""
+        with self._tx() as c:
+            c.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id)
+                .values(pid=pid, pid_create_time=create_time)
+            )
+
+    def update_task(self, task_id: str, **values: Any) -> None:
+        with self._tx() as c:
+            c.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id)
+                .values(state_version=tasks.c.state_version + 1, **values)
+            )
+
+    # --- events --------------------------------------------------------------------------
+
+    def append_events(
+        self,
+        task_id: str,
+        batch: Sequence[tuple[int, bytes]],
+        state: Mapping[str, Any] | None = None,
+    ) -> int | None:
+        """Persist a batch of ``(event_id, data_json)`` and the task's state in one commit.
+
+        Returns the new state version when ``state`` was given.
+        """
+        with self._tx() as c:
+            if batch:
+                c.execute(
+                    insert(events),
+                    [{"task_id": task_id, "event_id": i, "data": d} for i, d in batch],
+                )
+            values: dict[str, Any] = dict(state or {})
+            if batch:
+                values["last_event_id"] = batch[-1][0]
+            if state:
+                values["state_version"] = tasks.c.state_version + 1
+            if not values:
+                return None
+            stmt = update(tasks).where(tasks.c.id == task_id).values(**values)
+            if not state:
+                c.execute(stmt)
+                return None
+            return c.execute(stmt.returning(tasks.c.state_version)).scalar_one_or_none()
+
+    def read_events(self, task_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` events with ``event_id > after``, in order."""
+        with self._read.connect() as c:
+            rows = c.execute(
+                select(events.c.event_id, events.c.data)
+                .where(events.c.task_id == task_id, events.c.event_id > after)
+                .order_by(events.c.event_id)
+                .limit(limit)
+            )
+            return [(int(i), bytes(d)) for i, d in rows]
