@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import zmq.asyncio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from bus.messages import Ping
 from gateway import api, ws
@@ -18,6 +20,8 @@ from gateway.hub import Hub
 from metastream import settings as settings_mod
 from metastream.settings import Settings
 from store import Store
+
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 def create_app(cfg: Settings | None = None) -> FastAPI:
@@ -52,6 +56,9 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     app = FastAPI(title="metastream", version="0.1.0", lifespan=lifespan)
     app.include_router(api.router)
     app.include_router(ws.router)
+    if STATIC_DIR.is_dir():
+        # The live web view: static files, no build step (mounted last: API routes win).
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:

@@ -1,6 +1,7 @@
 """Tables of the task store."""
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -25,7 +26,8 @@ tasks = Table(
     Column("progress", Float, nullable=False, default=0.0),
     Column("current_agent", String(64)),
     Column("last_message", Text),
-    Column("created_at", String(32), nullable=False, index=True),
+    Column("created_at", String(32), nullable=False),
+    Column("created_ns", BigInteger, nullable=False, index=True),  # exact order, newest first
     Column("queued_at", String(32)),
     Column("started_at", String(32)),
     Column("completed_at", String(32)),

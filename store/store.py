@@ -7,6 +7,7 @@ on the busy timeout instead of failing on a lock upgrade.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -33,6 +34,7 @@ class TaskRow(msgspec.Struct, kw_only=True):
     current_agent: str | None
     last_message: str | None
     created_at: str
+    created_ns: int
     queued_at: str | None
     started_at: str | None
     completed_at: str | None
@@ -127,6 +129,7 @@ class Store:
                     status="PENDING",
                     progress=0.0,
                     created_at=now,
+                    created_ns=time.time_ns(),
                     last_event_id=0,
                     state_version=0,
                     run_count=0,
@@ -144,10 +147,7 @@ class Store:
     def list_tasks(self, limit: int, offset: int) -> tuple[list[TaskRow], int]:
         with self._read.connect() as c:
             rows = c.execute(
-                select(tasks)
-                .order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
-                .limit(limit)
-                .offset(offset)
+                select(tasks).order_by(tasks.c.created_ns.desc()).limit(limit).offset(offset)
             ).mappings()
             found = [_row(r) for r in rows]
             total = c.execute(select(func.count()).select_from(tasks)).scalar_one()
@@ -158,7 +158,7 @@ class Store:
         q = select(tasks).where(tasks.c.status.in_(list(statuses)))
         if node is not None:
             q = q.where(tasks.c.node == node)
-        q = q.order_by(tasks.c.queued_at, tasks.c.created_at)
+        q = q.order_by(tasks.c.queued_at, tasks.c.created_ns)
         with self._read.connect() as c:
             return [_row(r) for r in c.execute(q).mappings()]
 

@@ -14,8 +14,6 @@ import threading
 import time
 from typing import Any
 
-import msgspec
-
 from bus.client import Publisher
 from bus.messages import Event, Heartbeat, State, event_data_json, utcnow
 from store import Store

@@ -1,0 +1,122 @@
+"""Run a whole stack (bus, supervisor, gateway) as real processes: for tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+COMPONENTS = {
+    "bus": ["-m", "bus"],
+    "supervisor": ["-m", "runner"],
+    "gateway": ["-m", "gateway"],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    """One metastream stack under its own home directory and port."""
+
+    def __init__(self, home: Path, port: int | None = None, env: dict[str, str] | None = None):
+        self.home = Path(home)
+        self.port = port or free_port()
+        self.env = {
+            **os.environ,
+            "METASTREAM_HOME": str(self.home),
+            "PORT": str(self.port),
+            "HOST": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> Stack:
+        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        for name in COMPONENTS:
+            self.start_component(name)
+        self.wait_healthy(timeout)
+        return self
+
+    def start_component(self, name: str) -> None:
+        log = open(self.home / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, *COMPONENTS[name]],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+
+    def wait_healthy(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until the gateway answers and reaches the supervisor."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited with {p.returncode}: {self.log(name)[-2000:]}"
+                    )
+            try:
+                r = httpx.get(f"{self.url}/healthz", timeout=2)
+                last = r.json()
+                if r.status_code == 200 and last.get("supervisor") == "ok":
+                    return last
+            except (httpx.HTTPError, ValueError) as exc:
+                last = exc
+            time.sleep(0.1)
+        raise TimeoutError(f"stack not healthy after {timeout} s: {last}")
+
+    def log(self, name: str) -> str:
+        path = self.home / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
+        p = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, sig)
+        p.wait(timeout)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop gateway, supervisor, bus in that order: ask (SIGTERM), then SIGKILL."""
+        for name in ("gateway", "supervisor", "bus"):
+            p = self.procs.get(name)
+            if p is None or p.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

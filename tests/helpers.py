@@ -1,0 +1,85 @@
+"""Test helpers: polling instead of sleeping, REST shortcuts, a WebSocket collector."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+import websockets
+
+T = TypeVar("T")
+
+
+def poll_for(fn: Callable[[], T], timeout: float, interval: float = 0.05, what: str = "") -> T:
+    """Call ``fn`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    value = fn()
+    while not value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or fn}")
+        time.sleep(interval)
+        value = fn()
+    return value
+
+
+def create_task(api: httpx.Client, **body: Any) -> dict[str, Any]:
+    body.setdefault("requirement", "synthetic test task")
+    r = api.post("/api/tasks", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def wait_status(api: httpx.Client, task_id: str, statuses: set[str], timeout: float = 30) -> dict:
+    def check() -> dict | None:
+        t = api.get(f"/api/tasks/{task_id}").json()
+        return t if t["status"] in statuses else None
+
+    return poll_for(check, timeout, what=f"task {task_id} in {statuses}")
+
+
+@dataclass
+class Received:
+    """Everything one WebSocket client got."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    close_code: int | None = None
+
+    def of(self, msg_type: str) -> list[dict[str, Any]]:
+        return [m["data"] for m in self.messages if m["type"] == msg_type]
+
+    @property
+    def event_ids(self) -> list[int]:
+        return [d["event_id"] for d in self.of("event")]
+
+
+async def collect(
+    ws_url: str,
+    task_id: str,
+    last_event_id: int | None = None,
+    timeout: float = 60,
+    stop_after_events: int | None = None,
+    delay: float = 0.0,
+) -> Received:
+    """Read a task's stream until the server closes (or ``stop_after_events`` events)."""
+    url = f"{ws_url}/ws/tasks/{task_id}"
+    if last_event_id is not None:
+        url += f"?last_event_id={last_event_id}"
+    got = Received()
+    async with asyncio.timeout(timeout):
+        async with websockets.connect(url, max_size=None) as ws:
+            try:
+                async for raw in ws:
+                    got.messages.append(json.loads(raw))
+                    if delay:
+                        await asyncio.sleep(delay)
+                    if stop_after_events is not None and len(got.event_ids) >= stop_after_events:
+                        break
+            except websockets.ConnectionClosed:
+                pass
+            got.close_code = ws.close_code
+    return got
