@@ -22,7 +22,7 @@ REQ = 'Create a "2048" game in the terminal'
 def _nodes_prompt(context: str, nodes: list[str]) -> str:
     # Mirrors ActionNode's SIMPLE_TEMPLATE: quoted documents first, the node list after.
     listing = "\n".join(f"- {n}" for n in nodes)
-    return f"## context\n{context}\n\n## nodes: \"<node>: <type>  # <instruction>\"\n{listing}\n"
+    return f'## context\n{context}\n\n## nodes: "<node>: <type>  # <instruction>"\n{listing}\n'
 
 
 PRD_PROMPT = _nodes_prompt(
@@ -77,15 +77,20 @@ def test_every_flow_action_is_recognised():
     design = json.dumps({"Implementation approach": f"Requirement: {REQ} | simple"})
     cases = {
         "write_prd": PRD_PROMPT,
-        "write_design": _nodes_prompt(f'{{"Original Requirements": {json.dumps(REQ)}}}', [
-            "Implementation approach: <class 'str'>  # x",
-            "File list: typing.List[str]  # x",
-        ]),
+        "write_design": _nodes_prompt(
+            f'{{"Original Requirements": {json.dumps(REQ)}}}',
+            [
+                "Implementation approach: <class 'str'>  # x",
+                "File list: typing.List[str]  # x",
+            ],
+        ),
         "write_tasks": _nodes_prompt(design, ["Task list: typing.List[str]  # x"]),
         "write_code": f"{design}\nwrite google-style, elegant, modular\n"
         "## Code: main.py. Write code with triple quoto, based on",
-        "code_review": f"{design}\n# Code Review Format example 1\n## Code to be Reviewed: utils.py",
-        "write_test": f"{design}\n1. Role: You are a QA engineer\n## test_utils.py: Write test code",
+        "code_review": f"{design}\n# Code Review Format example 1\n"
+        "## Code to be Reviewed: utils.py",
+        "write_test": f"{design}\n1. Role: You are a QA engineer\n"
+        "## test_utils.py: Write test code",
         "summarize_run": "your role is summarize the code running result",
         "is_pass": "Does the above log indicate anything that needs to be done?",
     }
@@ -112,11 +117,13 @@ def test_write_code_answer_is_one_fenced_block():
 
 
 def test_fault_http500():
-    with ScriptedLLM(fault="http500") as server:
-        with pytest.raises(openai.InternalServerError, match="scripted fault"):
-            _client(server).chat.completions.create(
-                model="m", messages=[{"role": "user", "content": "hi"}]
-            )
+    with (
+        ScriptedLLM(fault="http500") as server,
+        pytest.raises(openai.InternalServerError, match="scripted fault"),
+    ):
+        _client(server).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        )
 
 
 def test_fault_garbage_is_unparsable():

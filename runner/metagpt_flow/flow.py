@@ -1,0 +1,245 @@
+"""Run MetaGPT's software-company flow for one task, reporting through an Emitter.
+
+Importing this module is cheap; MetaGPT is imported by `preimport()` or on the first
+`run_metagpt()` call, after its environment (METAGPT_PROJECT_ROOT, config file) is prepared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.metagpt_flow.events import (
+    ERROR,
+    FLOW_END,
+    FLOW_START,
+    ROUND,
+    BudgetExceeded,
+    Emitter,
+    FlowCancelled,
+    FlowError,
+    describe,
+    truncate,
+)
+from runner.metagpt_flow.setup import MINIMAL_CONFIG, build_context, import_metagpt, retarget
+
+SCRIPTED_MODEL = "scripted-metagpt"
+# Priced as a cheap real model so COST events and the budget check have real numbers.
+SCRIPTED_PRICING = "gpt-4o-mini"
+STREAM_TICK_S = 0.05
+
+
+@dataclass
+class FlowSpec:
+    """What to run: the requirement and how to reach the LLM."""
+
+    requirement: str
+    test_mode: bool = True
+    use_qa: bool = False
+    n_round: int = 10
+    investment: float = 3.0
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str | None = None
+    llm_api_type: str = "openai"
+    scripted_fault: str | None = None  # None, "http500", "garbage", "slow"
+    fast_fail: bool = False
+    project_name: str | None = None  # directory under the workspace; derived if None
+
+    @property
+    def scripted(self) -> bool:
+        """True when the offline scripted LLM answers (test mode or no LLM configured)."""
+        return self.test_mode or not self.llm_base_url
+
+
+def project_name_for(requirement: str) -> str:
+    """A safe directory/package name for the generated project."""
+    words = re.findall(r"[a-z0-9]+", requirement.lower())[:4]
+    name = "_".join(words) or "project"
+    return (name if name[0].isalpha() else f"p_{name}")[:40]
+
+
+def preimport() -> None:
+    """Import MetaGPT's heavy modules now (for a fork server); per-task paths are set later.
+
+    If METAGPT_PROJECT_ROOT is unset, a private temporary root absorbs what MetaGPT writes at
+    import (log file, default workspace), so nothing lands in the working directory.
+    """
+    from_env = os.environ.get("METAGPT_PROJECT_ROOT")
+    root = Path(from_env) if from_env else Path(tempfile.mkdtemp(prefix="metagpt-preimport-"))
+    import_metagpt(root)
+    from runner.metagpt_flow import hooks
+
+    hooks.install()  # also drops the log sink MetaGPT opened under `root` at import
+    if not from_env:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _llm_endpoint(spec: FlowSpec) -> Iterator[dict[str, Any]]:
+    """Yield the LLM settings, starting the scripted LLM for the run if needed."""
+    if not spec.scripted:
+        yield {
+            "api_type": spec.llm_api_type,
+            "base_url": spec.llm_base_url,
+            "api_key": spec.llm_api_key or "sk-none",
+            "model": spec.llm_model or "gpt-4o-mini",
+        }
+        return
+    from runner.scripted_llm import ScriptedLLM
+
+    with ScriptedLLM(fault=spec.scripted_fault) as llm:
+        yield {
+            "api_type": "openai",
+            "base_url": llm.base_url,
+            "api_key": "sk-scripted",
+            "model": SCRIPTED_MODEL,
+            "pricing_plan": SCRIPTED_PRICING,
+        }
+
+
+def run_metagpt(spec: FlowSpec, workspace: Path, emitter: Emitter) -> None:
+    """Run the flow to completion in `workspace`; raise FlowError (or a subclass) on failure."""
+    from runner.scripted_llm import FAULTS
+
+    if spec.scripted_fault not in FAULTS:
+        raise ValueError(f"scripted_fault must be one of {FAULTS}, not {spec.scripted_fault!r}")
+    workspace = Path(workspace).resolve()
+    workspace.mkdir(parents=True, exist_ok=True)
+    mg_root = workspace / ".metagpt"
+    (mg_root / "config").mkdir(parents=True, exist_ok=True)
+    (mg_root / "config" / "config2.yaml").write_text(MINIMAL_CONFIG)
+    import_metagpt(mg_root)
+    from runner.metagpt_flow import hooks
+    from runner.metagpt_flow.observer import FlowObserver
+
+    hooks.install()
+    project = spec.project_name or project_name_for(spec.requirement)
+    obs = FlowObserver(emitter, workspace, project, spec.fast_fail)
+    log_sink = retarget(mg_root, obs)
+    token = hooks.CURRENT.set(obs)
+    try:
+        if spec.scripted:
+            emitter.set_state(last_message="Using the offline scripted LLM")
+        with _llm_endpoint(spec) as llm_settings:
+            asyncio.run(_run(spec, workspace, project, llm_settings, obs))
+    except Exception as exc:
+        obs.system(ERROR, {"error": str(exc)[:2000], "kind": type(exc).__name__, "fatal": True})
+        raise
+    finally:
+        hooks.CURRENT.reset(token)
+        _remove_sink(log_sink)
+
+
+def _remove_sink(sink_id: int) -> None:
+    from loguru import logger
+
+    with contextlib.suppress(ValueError):
+        logger.remove(sink_id)
+
+
+async def _run(
+    spec: FlowSpec, workspace: Path, project: str, llm: dict[str, Any], obs: Any
+) -> None:
+    started = time.monotonic()
+    ctx, env = build_context(spec, workspace, project, llm, obs.fast_fail)
+    req, meta = truncate(spec.requirement)
+    obs.system(
+        FLOW_START,
+        {
+            "requirement": req,
+            **meta,
+            "llm": "scripted" if spec.scripted else "configured",
+            "note": "Using the offline scripted LLM" if spec.scripted else None,
+            "scripted_fault": spec.scripted_fault,
+            "model": llm["model"],
+            "base_url": llm["base_url"],
+            "workspace": str(workspace),
+            "project_dir": project,
+            "n_round": _rounds(spec),
+            "investment": spec.investment,
+            "use_qa": spec.use_qa,
+        },
+    )
+    ticker = asyncio.create_task(_stream_ticker(obs))
+    rounds = 0
+    try:
+        rounds = await _drive(spec, env, ctx.cost_manager, obs)
+    except FlowError:
+        raise
+    except Exception as exc:
+        raise _explain(exc, obs) from exc
+    finally:
+        ticker.cancel()
+        obs.flush_stream()
+    written = sorted(obs.code_files)
+    missing = sorted(set(obs.task_list) - obs.code_files)
+    if missing or not obs.task_list:
+        raise FlowError(
+            f"flow ended after {rounds} rounds without writing "
+            + (", ".join(missing) if missing else "a task list")
+        )
+    obs.advance(1.0, "System", f"Done: {len(written)} files written in {project}/")
+    obs.system(
+        FLOW_END,
+        {
+            "ok": True,
+            "rounds": rounds,
+            "total_cost": round(ctx.cost_manager.total_cost, 8),
+            "files": written,
+            "project_dir": project,
+            "duration_ms": int((time.monotonic() - started) * 1000),
+        },
+    )
+
+
+def _rounds(spec: FlowSpec) -> int:
+    # MetaGPT itself needs at least 8 rounds once QA takes part.
+    return max(spec.n_round, 8) if spec.use_qa else spec.n_round
+
+
+async def _drive(spec: FlowSpec, env: Any, cost_manager: Any, obs: Any) -> int:
+    """Run rounds until every role is idle; Team.run would swallow errors, so not used."""
+    n_round = _rounds(spec)
+    for rnd in range(1, n_round + 1):
+        obs.check_cancelled()
+        if env.is_idle:
+            return rnd - 1
+        if cost_manager.total_cost >= cost_manager.max_budget:
+            raise BudgetExceeded(
+                f"budget exhausted: spent ${cost_manager.total_cost:.4f} of "
+                f"${cost_manager.max_budget:.4f} before round {rnd}"
+            )
+        obs.round = rnd
+        obs.system(ROUND, {"round": rnd, "n_round": n_round, "total_cost": cost_manager.total_cost})
+        await env.run()
+    if not env.is_idle:
+        busy = [type(r).__name__ for r in env.roles.values() if not r.is_idle]
+        raise FlowError(f"flow not finished after {n_round} rounds (still busy: {busy})")
+    return n_round
+
+
+def _explain(exc: BaseException, obs: Any) -> FlowError:
+    """Turn whatever escaped MetaGPT into a FlowError naming the role, action and cause."""
+    if obs.cancelled.is_set():
+        return FlowCancelled("cancelled by request")
+    if obs.first_error is not None:
+        role, action, cause = obs.first_error
+        return FlowError(f"{role} failed in {action}: {describe(cause)}")
+    return FlowError(f"MetaGPT flow failed: {describe(exc)}")
+
+
+async def _stream_ticker(obs: Any) -> None:
+    """Flush coalesced LLM text that is older than the flush interval."""
+    while True:
+        await asyncio.sleep(STREAM_TICK_S)
+        obs.flush_stream(only_due=True)
