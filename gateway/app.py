@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from bus.messages import Ping
-from gateway import api, ws
+from gateway import api, files, ws
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.hub import Hub
 from metastream import settings as settings_mod
@@ -55,6 +55,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="metastream", version="0.1.0", lifespan=lifespan)
     app.include_router(api.router)
+    app.include_router(files.router)
     app.include_router(ws.router)
     if STATIC_DIR.is_dir():
         # The live web view: static files, no build step (mounted last: API routes win).
