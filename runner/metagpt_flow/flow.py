@@ -170,10 +170,15 @@ async def _run(
             "use_qa": spec.use_qa,
         },
     )
-    ticker = asyncio.create_task(_stream_ticker(obs))
+    drive = asyncio.create_task(_drive(spec, env, ctx.cost_manager, obs))
+    ticker = asyncio.create_task(_ticker(obs, drive))
     rounds = 0
     try:
-        rounds = await _drive(spec, env, ctx.cost_manager, obs)
+        rounds = await drive
+    except asyncio.CancelledError:
+        if not obs.cancelled.is_set():
+            raise
+        raise FlowCancelled("cancelled by request") from None
     except FlowError:
         raise
     except Exception as exc:
@@ -238,8 +243,15 @@ def _explain(exc: BaseException, obs: Any) -> FlowError:
     return FlowError(f"MetaGPT flow failed: {describe(exc)}")
 
 
-async def _stream_ticker(obs: Any) -> None:
-    """Flush coalesced LLM text that is older than the flush interval."""
-    while True:
+async def _ticker(obs: Any, drive: asyncio.Task[int]) -> None:
+    """Flush coalesced LLM text older than the flush interval; cancel `drive` on request.
+
+    Cancelling the task interrupts an LLM call in flight, so a slow model does not delay a
+    cancel until the next action boundary.
+    """
+    while not drive.done():
         await asyncio.sleep(STREAM_TICK_S)
         obs.flush_stream(only_due=True)
+        if obs.cancelled.is_set():
+            drive.cancel()
+            return

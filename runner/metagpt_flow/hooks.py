@@ -11,6 +11,7 @@ import contextvars
 import functools
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ CURRENT: contextvars.ContextVar[FlowObserver | None] = contextvars.ContextVar(
 )
 ROLE: contextvars.ContextVar[str] = contextvars.ContextVar("metastream_role", default="System")
 _installed = False
+_install_lock = threading.Lock()
 LOG_LEVEL_ENV = "METASTREAM_METAGPT_LOG_LEVEL"  # MetaGPT's own stderr lines
 
 
@@ -162,10 +164,15 @@ def _import_flow_actions() -> None:
 
 
 def install() -> None:
-    """Patch MetaGPT once per process (idempotent)."""
+    """Patch MetaGPT once per process (idempotent, thread-safe)."""
     global _installed
-    if _installed:
-        return
+    with _install_lock:
+        if not _installed:
+            _install()
+            _installed = True
+
+
+def _install() -> None:
     _import_flow_actions()
     Role.run = _wrap_role_run(Role.run)
     Environment.publish_message = _wrap_publish(Environment.publish_message)
@@ -177,7 +184,6 @@ def install() -> None:
     set_llm_stream_logfunc(_stream_log)
     _reset_logging()
     _patch_retries()
-    _installed = True
 
 
 def _reset_logging() -> None:

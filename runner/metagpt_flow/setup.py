@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,18 @@ llm:
 """
 
 # Names bound from metagpt.const at import time by modules the flow may touch.
+_import_lock = threading.Lock()
 _CONST_USERS = ("metagpt.const", "metagpt.logs", "metagpt.team", "metagpt.config2")
 
 
 def import_metagpt(root: Path) -> None:
     """Import MetaGPT (once per process) with `root` as METAGPT_PROJECT_ROOT."""
-    if "metagpt.roles" in sys.modules:
-        return
+    with _import_lock:
+        if "metagpt.roles" not in sys.modules:
+            _import(root)
+
+
+def _import(root: Path) -> None:
     (root / "config").mkdir(parents=True, exist_ok=True)
     cfg = root / "config" / "config2.yaml"
     if not cfg.exists():

@@ -115,9 +115,15 @@ def slug(requirement: str) -> str:
     return name if name[0].isalpha() else f"app_{name}"
 
 
+def core_module(requirement: str) -> str:
+    """The core module's name: the slug, unless that clashes with the other files."""
+    name = slug(requirement)
+    return f"{name}_core" if name in ("main", "utils") else name
+
+
 def file_list(requirement: str) -> list[str]:
     """The files the design promises; every later stage must agree on this list."""
-    return ["main.py", f"{slug(requirement)}.py", "utils.py"]
+    return ["main.py", f"{core_module(requirement)}.py", "utils.py"]
 
 
 def _one_line(text: str) -> str:
@@ -159,7 +165,7 @@ def _design(req: str) -> dict[str, Any]:
 
 
 def _tasks(req: str) -> dict[str, Any]:
-    name = slug(req)
+    name = core_module(req)
     return {
         "Required packages": [],
         "Required Other language third-party packages": ["No third-party dependencies"],
@@ -198,7 +204,7 @@ def _fill_nodes(prompt: str, known: dict[str, Any]) -> str:
 
 def code_for(filename: str, req: str) -> str:
     """Compilable Python source for one file of the task list."""
-    name = slug(req)
+    name = core_module(req)
     doc = _one_line(req)
     module = filename.rsplit("/", 1)[-1].removesuffix(".py")
     if module == "utils":

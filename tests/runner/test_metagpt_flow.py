@@ -27,20 +27,29 @@ PIPELINE = ["ProductManager", "Architect", "ProjectManager", "Engineer"]
 class RecordingEmitter:
     """The callback sink: keeps events and state updates in memory."""
 
-    def __init__(self, cancel_on: tuple[str, str] | None = None) -> None:
+    def __init__(self, cancel_on: list[str] | None = None) -> None:
         self.cancelled = threading.Event()
+        self.cancelled_at: float | None = None
         self.events: list[dict[str, Any]] = []
         self.states: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._cancel_on = cancel_on  # (agent_role, event_type) that triggers a cancel
+        # [agent_role, event_type(, action)]: the event on which to request a cancel.
+        self._cancel_on = cancel_on
 
     def emit(self, agent_role: str, event_type: str, payload: dict[str, Any]) -> int:
         json.dumps(payload)  # payloads must be JSON-able
         with self._lock:
             self.events.append({"role": agent_role, "type": event_type, "payload": payload})
-            if self._cancel_on == (agent_role, event_type):
+            if self._matches(agent_role, event_type, payload) and not self.cancelled.is_set():
+                self.cancelled_at = time.monotonic()
                 self.cancelled.set()
             return len(self.events)
+
+    def _matches(self, agent_role: str, event_type: str, payload: dict[str, Any]) -> bool:
+        if not self._cancel_on:
+            return False
+        role, etype, *action = self._cancel_on
+        return (role, etype) == (agent_role, event_type) and action in ([], [payload.get("action")])
 
     def set_state(self, **state: Any) -> None:
         with self._lock:
@@ -59,14 +68,16 @@ def _child(job_path: str) -> None:
     results: list[dict[str, Any]] = [{} for _ in job["runs"]]
 
     def one(i: int, run: dict[str, Any]) -> None:
-        emitter = RecordingEmitter(tuple(run["cancel_on"]) if run.get("cancel_on") else None)
+        emitter = RecordingEmitter(run.get("cancel_on"))
         t0 = time.monotonic()
         error = None
         try:
             run_metagpt(FlowSpec(**run["spec"]), Path(run["workspace"]), emitter)
         except Exception as exc:  # reported to the parent, which asserts on it
             error = {"type": type(exc).__name__, "message": str(exc)}
+        ended = time.monotonic()
         results[i] = {
+            "cancel_latency": ended - emitter.cancelled_at if emitter.cancelled_at else None,
             "events": emitter.events,
             "states": emitter.states,
             "error": error,
@@ -119,7 +130,7 @@ def _spec(requirement: str, **kw: Any) -> dict[str, Any]:
     return {"requirement": requirement, "test_mode": True, **kw}
 
 
-def _check_completed_run(run: dict[str, Any], workspace: Path) -> list[str]:
+def _check_completed_run(run: dict[str, Any], workspace: Path, scripted: bool = True) -> list[str]:
     """The acceptance checks for one offline run; returns the task list."""
     assert run["error"] is None, run["error"]
     events = run["events"]
@@ -142,7 +153,8 @@ def _check_completed_run(run: dict[str, Any], workspace: Path) -> list[str]:
     assert costs and costs[-1]["total_cost"] > 0 and costs[-1]["total_completion_tokens"] > 0
     progress = [s["progress"] for s in run["states"] if s.get("progress") is not None]
     assert progress == sorted(progress) and progress[-1] == 1.0
-    assert any("scripted LLM" in (s.get("last_message") or "") for s in run["states"])
+    says_scripted = any("scripted LLM" in (s.get("last_message") or "") for s in run["states"])
+    assert says_scripted == scripted
     assert events[-1]["type"] == "FLOW_END" and events[-1]["payload"]["ok"] is True
     return task_list
 
@@ -245,6 +257,62 @@ def test_cancel_stops_between_actions(tmp_path):
     assert run["error"]["type"] == "FlowCancelled"
     roles = {e["role"] for e in run["events"]}
     assert "Engineer" not in roles
+
+
+@pytest.mark.timeout(60)
+def test_cancel_interrupts_a_slow_llm_call(tmp_path):
+    # The scripted LLM delays each answer by 2 s; the cancel must not wait for it.
+    runs = [
+        {
+            "spec": _spec("Create a 2048 game", scripted_fault="slow"),
+            "workspace": str(tmp_path / "ws"),
+            "cancel_on": ["ProductManager", "ACTION_START", "WritePRD"],
+        }
+    ]
+    run = _run(tmp_path, "cancel_slow", runs)["runs"][0]
+    assert run["error"]["type"] == "FlowCancelled"
+    assert run["cancel_latency"] < 1.0
+
+
+@pytest.mark.timeout(60)
+def test_budget_exhaustion_fails_the_run(tmp_path):
+    spec = _spec("Create a 2048 game", investment=0.00001)
+    run = _run(tmp_path, "budget", [{"spec": spec, "workspace": str(tmp_path / "ws")}])["runs"][0]
+    assert run["error"]["type"] == "BudgetExceeded"
+    assert "budget exhausted" in run["error"]["message"]
+
+
+@pytest.mark.timeout(120)
+def test_configured_llm_endpoint_is_used_and_key_stays_secret(tmp_path):
+    # The standalone scripted server stands in for a real OpenAI-compatible endpoint.
+    server = subprocess.Popen(
+        [sys.executable, "-m", "runner.scripted_llm", "--port", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = server.stdout.readline().strip()
+        key = "sk-very-secret-0123456789"
+        spec = _spec(
+            "Create a 2048 game",
+            test_mode=False,
+            llm_base_url=url,
+            llm_api_key=key,
+            llm_model="gpt-4o-mini",
+        )
+        ws = tmp_path / "ws"
+        run = _run(tmp_path, "real", [{"spec": spec, "workspace": str(ws)}])["runs"][0]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    _check_completed_run(run, ws, scripted=False)
+    start = next(e for e in run["events"] if e["type"] == "FLOW_START")["payload"]
+    assert start["llm"] == "configured" and start["base_url"] == url
+    assert key not in json.dumps(run)
+    for path in ws.rglob("*"):
+        if path.is_file() and ".git" not in path.parts:
+            assert key not in path.read_text(errors="replace"), path
 
 
 if __name__ == "__main__":

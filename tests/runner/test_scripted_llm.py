@@ -102,10 +102,26 @@ def test_every_flow_action_is_recognised():
 
 
 def test_code_for_every_listed_file_compiles():
-    for req in (REQ, "write a CLI todo app with 'quotes' and \\backslashes\\ {braces}", "42"):
+    for req in (
+        REQ,
+        "write a CLI todo app with 'quotes' and \\backslashes\\ {braces}",
+        "42",
+        "main",
+    ):
         assert slug(req).isidentifier()
+        assert len(set(file_list(req))) == 3
         for name in [*file_list(req), "test_utils.py", "other.py"]:
             compile(code_for(name, req), name, "exec")
+
+
+def test_generated_project_runs(tmp_path):
+    for name in file_list(REQ):
+        (tmp_path / name).write_text(code_for(name, REQ))
+    done = subprocess.run(
+        [sys.executable, "main.py"], cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert "2048" in done.stdout
 
 
 def test_write_code_answer_is_one_fenced_block():
