@@ -57,9 +57,6 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(files.router)
     app.include_router(ws.router)
-    if STATIC_DIR.is_dir():
-        # The live web view: static files, no build step (mounted last: API routes win).
-        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
@@ -77,4 +74,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         }
         return JSONResponse(body)
 
+    if STATIC_DIR.is_dir():
+        # The live web view: static files, no build step (mounted last: API routes win).
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
     return app

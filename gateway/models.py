@@ -35,6 +35,9 @@ class TaskCreate(BaseModel):
     use_qa: bool = False
     n_round: int = Field(10, ge=1, le=50)
     investment: float = Field(3.0, gt=0, le=100)
+    scripted_fault: Literal["http500", "garbage", "slow"] | None = Field(
+        None, description="make the offline scripted LLM fail (fault drills)"
+    )
 
 
 class TaskOut(BaseModel):

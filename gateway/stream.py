@@ -127,8 +127,8 @@ class TaskStream:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_client, tg.cancel_scope)
                 tg.start_soon(self._forward, listener, tg.cancel_scope)
-        except WebSocketDisconnect:
-            pass
+        except* WebSocketDisconnect:
+            pass  # the client left; the task goes on (policy decides otherwise)
         finally:
             self.hub.detach(listener)
             self.phase = Phase.CLOSED

@@ -64,6 +64,7 @@ async def collect(
     timeout: float = 60,
     stop_after_events: int | None = None,
     delay: float = 0.0,
+    delay_every: int = 1,
 ) -> Received:
     """Read a task's stream until the server closes (or ``stop_after_events`` events)."""
     url = f"{ws_url}/ws/tasks/{task_id}"
@@ -71,11 +72,11 @@ async def collect(
         url += f"?last_event_id={last_event_id}"
     got = Received()
     async with asyncio.timeout(timeout):
-        async with websockets.connect(url, max_size=None) as ws:
+        async with websockets.connect(url, max_size=None, ping_interval=None) as ws:
             try:
                 async for raw in ws:
                     got.messages.append(json.loads(raw))
-                    if delay:
+                    if delay and len(got.messages) % delay_every == 0:
                         await asyncio.sleep(delay)
                     if stop_after_events is not None and len(got.event_ids) >= stop_after_events:
                         break
@@ -83,3 +84,55 @@ async def collect(
                 pass
             got.close_code = ws.close_code
     return got
+
+
+async def follow(
+    ws_url: str,
+    task_id: str,
+    timeout: float = 120,
+    drop_every: int | None = None,
+    on_events: Callable[[int], None] | None = None,
+) -> Received:
+    """Follow a task to its end like a resilient client: reconnect with ``last_event_id``.
+
+    ``drop_every`` makes the client hang up on purpose after that many events per connection;
+    lost connections (a gateway restart) are retried with a short backoff until ``timeout``.
+    """
+    got = Received()
+    last = 0
+    async with asyncio.timeout(timeout):
+        while True:
+            url = f"{ws_url}/ws/tasks/{task_id}?last_event_id={last}"
+            try:
+                async with websockets.connect(
+                    url, max_size=None, open_timeout=5, ping_interval=None
+                ) as ws:
+                    in_this = 0
+                    async for raw in ws:
+                        msg = json.loads(raw)
+                        got.messages.append(msg)
+                        if msg["type"] == "event":
+                            last = msg["data"]["event_id"]
+                            in_this += 1
+                            if on_events is not None:
+                                on_events(last)
+                            if drop_every is not None and in_this >= drop_every:
+                                break
+                    if ws.close_code == 1000 and not (drop_every and in_this >= drop_every):
+                        got.close_code = 1000
+                        return got
+            except (OSError, websockets.ConnectionClosed, websockets.InvalidStatus):
+                await asyncio.sleep(0.2)
+
+
+def log_events(api: httpx.Client, task_id: str) -> list[dict[str, Any]]:
+    """Every persisted event of a task, paging through the REST log."""
+    out: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        body = api.get(f"/api/tasks/{task_id}/events", params={"after": after, "limit": 10000})
+        page = body.json()
+        out += page["events"]
+        after = page["next_after"]
+        if not page["has_more"]:
+            return out

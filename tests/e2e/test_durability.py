@@ -1,0 +1,113 @@
+"""Never lose an event: slow joiners, slow consumers, resume, and component restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from metastream.stack import Stack
+from tests.helpers import collect, create_task, follow, log_events, poll_for, wait_status
+
+
+def assert_exactly(ids: list[int], n: int) -> None:
+    assert len(ids) == n and ids == list(range(1, n + 1)), (
+        f"{len(ids)} ids, first bad at {next((i for i, v in enumerate(ids, 1) if v != i), None)}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_100k_events_three_clients(stack: Stack, api: httpx.Client) -> None:
+    n = 100_000
+    task = create_task(api, synthetic={"events": n, "payload_bytes": 64})
+    finished: dict[str, float] = {}
+
+    async def timed(name: str, coro):  # type: ignore[no-untyped-def]
+        got = await coro
+        finished[name] = time.monotonic()
+        return got
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        fast = asyncio.create_task(timed("fast", collect(stack.ws_url, task["id"], timeout=200)))
+        # The slow reader pauses on every message: it falls far behind the live stream.
+        slow = asyncio.create_task(
+            timed(
+                "slow", collect(stack.ws_url, task["id"], timeout=200, delay=0.005, delay_every=25)
+            )
+        )
+        resumer = asyncio.create_task(
+            timed("resumer", follow(stack.ws_url, task["id"], timeout=200, drop_every=17_000))
+        )
+        return await fast, await slow, await resumer
+
+    start = time.monotonic()
+    fast, slow, resumer = asyncio.run(scenario())
+    for got in (fast, slow, resumer):
+        assert_exactly(got.event_ids, n)
+        assert got.of("state")[-1]["status"] == "COMPLETED"
+    # The resumer really did reconnect several times.
+    assert sum(1 for m in resumer.messages if m["type"] == "connected") >= 5
+    # The fast client was not held back by the slow one.
+    fast_s, slow_s = finished["fast"] - start, finished["slow"] - start
+    print(f"fast client {fast_s:.1f} s, slow client {slow_s:.1f} s for {n} events")
+    assert fast_s < slow_s * 0.5
+    persisted = log_events(api, task["id"])
+    assert persisted == fast.of("event") == slow.of("event") == resumer.of("event")
+
+
+def test_early_events_before_any_subscriber(stack: Stack, api: httpx.Client) -> None:
+    # Run without any client: everything is emitted before a subscriber exists.
+    task = create_task(api, synthetic={"events": 50})
+    api.post(f"/api/tasks/{task['id']}/run")
+    wait_status(api, task["id"], {"COMPLETED"})
+    got = asyncio.run(collect(stack.ws_url, task["id"]))
+    assert_exactly(got.event_ids, 50)
+    assert got.close_code == 1000
+
+    # Auto-start by connecting: the task's first events race its PUB socket's connection.
+    quick = create_task(api, synthetic={"events": 5})
+    got = asyncio.run(collect(stack.ws_url, quick["id"]))
+    assert_exactly(got.event_ids, 5)
+    assert got.of("event") == log_events(api, quick["id"])
+
+
+def test_resume_from_last_event_id(stack: Stack, api: httpx.Client) -> None:
+    task = create_task(api, synthetic={"events": 300})
+    api.post(f"/api/tasks/{task['id']}/run")
+    wait_status(api, task["id"], {"COMPLETED"})
+    got = asyncio.run(collect(stack.ws_url, task["id"], last_event_id=123))
+    assert got.event_ids == list(range(124, 301))
+    assert got.of("state")[-1]["status"] == "COMPLETED"
+    beyond = asyncio.run(collect(stack.ws_url, task["id"], last_event_id=300))
+    assert beyond.event_ids == [] and beyond.close_code == 1000
+
+
+@pytest.mark.parametrize("component", ["gateway", "bus"])
+@pytest.mark.timeout(120)
+def test_component_killed_mid_stream(stack: Stack, api: httpx.Client, component: str) -> None:
+    n = 6000
+    task = create_task(api, synthetic={"events": n, "rate": 1000})
+    api.post(f"/api/tasks/{task['id']}/run")
+    poll_for(
+        lambda: api.get(f"/api/tasks/{task['id']}").json()["last_event_id"] > 1500,
+        20,
+        what="task under way",
+    )
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        watcher = asyncio.create_task(follow(stack.ws_url, task["id"], timeout=90))
+        await asyncio.sleep(0.5)  # let the client get some live events first
+        stack.kill(component)
+        await asyncio.sleep(1.0)  # events keep being logged while the component is down
+        stack.start_component(component)
+        return await watcher
+
+    got = asyncio.run(scenario())
+    assert_exactly(got.event_ids, n)
+    final = wait_status(api, task["id"], {"COMPLETED", "FAILED", "CANCELLED"})
+    assert final["status"] == "COMPLETED"
+    assert got.of("state")[-1]["status"] == "COMPLETED"
+    assert got.of("event") == log_events(api, task["id"])
