@@ -1,0 +1,306 @@
+"""``metastream``: create, follow and inspect tasks from a terminal.
+
+Exit codes: 0 success / task COMPLETED, 1 task FAILED, 2 task CANCELLED, 3 gateway unreachable,
+gave up reconnecting or timed out, 4 task or file not found, 5 other gateway error (including
+authentication), 64 usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rich.console import Console
+from rich.table import Table
+
+from metastream.cli_api import (
+    EXIT_GATEWAY,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    Api,
+    CliError,
+)
+from metastream.cli_follow import Display, follow_bus, follow_ws
+from metastream.subscribe import (
+    AuthError,
+    GatewayError,
+    GatewayUnreachable,
+    TaskNotFound,
+    default_url,
+)
+
+EPILOG = (
+    "exit codes: 0 success / COMPLETED, 1 FAILED, 2 CANCELLED, 3 gateway unreachable or timed "
+    "out, 4 not found, 5 other gateway error, 64 usage error, 130 interrupted"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse's default (2) would read as "task CANCELLED".
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, api: Api) -> int:
+    body: dict[str, Any] = {"requirement": args.requirement, "test_mode": args.test_mode}
+    if args.use_qa:
+        body["use_qa"] = True
+    if args.n_round is not None:
+        body["n_round"] = args.n_round
+    if args.investment is not None:
+        body["investment"] = args.investment
+    if args.synthetic_events is not None:
+        synthetic: dict[str, Any] = {"events": args.synthetic_events, "rate": args.synthetic_rate}
+        if args.synthetic_exit_after is not None:
+            synthetic["exit_after"] = args.synthetic_exit_after
+            synthetic["exit_code"] = args.synthetic_exit_code
+        body["synthetic"] = synthetic
+    task = api.call("POST", "/api/tasks", json=body).json()
+    task_id = task["id"]
+    api.call("POST", f"/api/tasks/{task_id}/run", "task")
+    if args.detach:
+        print(task_id)
+        return EXIT_OK
+    _say(f"task {task_id} started; Ctrl-C detaches (the task keeps running)")
+    return _follow(args, api, task_id, last_event_id=0)
+
+
+def cmd_tail(args: argparse.Namespace, api: Api) -> int:
+    task_id = api.task_id(args.task_id)
+    return _follow(args, api, task_id, last_event_id=args.after)
+
+
+def _follow(args: argparse.Namespace, api: Api, task_id: str, last_event_id: int) -> int:
+    display = Display(task_id, args.json)
+    try:
+        with display:
+            if getattr(args, "bus", False):
+                coro = follow_bus(task_id, display, endpoint=args.endpoint, timeout=args.timeout)
+            else:
+                coro = follow_ws(
+                    task_id,
+                    display,
+                    url=api.url,
+                    token=args.token,
+                    last_event_id=last_event_id,
+                    retries=args.retries,
+                    idle_timeout=args.idle_timeout,
+                    timeout=args.timeout,
+                )
+            code = asyncio.run(coro)
+    except KeyboardInterrupt:
+        _say(f"detached; task {task_id} keeps running (metastream tail / cancel {task_id})")
+        return EXIT_INTERRUPTED
+    except TimeoutError as exc:
+        raise CliError(
+            f"gave up following {task_id} after {args.timeout:g} s", EXIT_UNREACHABLE
+        ) from exc
+    except TaskNotFound as exc:
+        raise CliError(f"task {task_id} not found", EXIT_NOT_FOUND) from exc
+    except AuthError as exc:
+        raise CliError(f"not authorized: {exc}; pass --token", EXIT_GATEWAY) from exc
+    except GatewayUnreachable as exc:
+        raise CliError(f"lost the gateway at {api.url}: {exc}", EXIT_UNREACHABLE) from exc
+    except GatewayError as exc:
+        raise CliError(f"gateway error: {exc}", EXIT_GATEWAY) from exc
+    if display.final is not None and not args.json:
+        final = display.final
+        _say(f"task {task_id} {final.get('status')}: {final.get('last_message') or ''}".strip())
+    return code
+
+
+def cmd_ls(args: argparse.Namespace, api: Api) -> int:
+    page = api.call("GET", "/api/tasks", params={"limit": args.limit, "offset": args.offset}).json()
+    if args.json:
+        for t in page["tasks"]:
+            print(json.dumps(t, ensure_ascii=False))
+        return EXIT_OK
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("ID", "STATUS", "PROGRESS", "CREATED", "REQUIREMENT"):
+        table.add_column(col, no_wrap=col != "REQUIREMENT", overflow="ellipsis")
+    for t in page["tasks"]:
+        requirement = " ".join(str(t["requirement"]).split())
+        table.add_row(
+            t["id"],
+            t["status"],
+            f"{float(t.get('progress') or 0):.0%}",
+            str(t["created_at"])[:19].replace("T", " "),
+            requirement[:60] + ("…" if len(requirement) > 60 else ""),
+        )
+    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
+    shown = len(page["tasks"])
+    _say(f"{shown} of {page['total']} tasks (offset {page['offset']})")
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace, api: Api) -> int:
+    task_id = api.task_id(args.task_id)
+    task = api.call("POST", f"/api/tasks/{task_id}/cancel", "task").json()
+    if args.json:
+        print(json.dumps(task, ensure_ascii=False))
+    else:
+        print(f"task {task_id}: {task['status']}")
+    return EXIT_OK
+
+
+def cmd_files(args: argparse.Namespace, api: Api) -> int:
+    task_id = api.task_id(args.task_id)
+    files = api.call("GET", f"/api/tasks/{task_id}/files", "task").json()["files"]
+    if args.json:
+        for f in files:
+            print(json.dumps(f, ensure_ascii=False))
+        return EXIT_OK
+    for f in files:
+        print(f"{f['size']:>10}  {f['path']}")
+    if not files:
+        _say(f"task {task_id} has no files yet")
+    return EXIT_OK
+
+
+def cmd_get(args: argparse.Namespace, api: Api) -> int:
+    task_id = api.task_id(args.task_id)
+    path = args.path.lstrip("/")
+    resp = api.call("GET", f"/api/tasks/{task_id}/files/{path}", f"file {path!r} of the task")
+    if args.output:
+        try:
+            Path(args.output).write_bytes(resp.content)
+        except OSError as exc:
+            raise CliError(f"cannot write {args.output}: {exc.strerror}", 1) from exc
+        _say(f"wrote {len(resp.content)} bytes to {args.output}")
+    else:
+        sys.stdout.buffer.write(resp.content)
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def _common() -> argparse.ArgumentParser:
+    # SUPPRESS: an option given before the command must survive the subcommand's defaults.
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--url", default=argparse.SUPPRESS, help="gateway URL (env METASTREAM_URL)")
+    p.add_argument(
+        "--token", default=argparse.SUPPRESS, help="API token (env METASTREAM_API_TOKEN)"
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print raw messages, one JSON object per line",
+    )
+    return p
+
+
+def _following(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--retries", type=int, default=20, help="reconnect attempts in a row (20)")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        help="reconnect when nothing arrives for this long (60 s)",
+    )
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = _Parser(
+        prog="metastream",
+        description="Run MetaGPT tasks and watch them live.",
+        epilog=EPILOG,
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    run = sub.add_parser("run", parents=[common], help="create a task and follow it", epilog=EPILOG)
+    run.add_argument("requirement", help="what to build")
+    run.add_argument("--test-mode", action="store_true", help="use the offline scripted LLM")
+    run.add_argument("--use-qa", action="store_true", help="add the QA engineer")
+    run.add_argument("--n-round", type=int, default=None, help="MetaGPT rounds (gateway: 10)")
+    run.add_argument("--investment", type=float, default=None, help="budget in USD")
+    run.add_argument("--detach", action="store_true", help="print the task id and exit")
+    syn = run.add_argument_group("synthetic workload (tests and demos; replaces MetaGPT)")
+    syn.add_argument("--synthetic-events", type=int, metavar="N", help="emit N events")
+    syn.add_argument("--synthetic-rate", type=float, default=0.0, metavar="R", help="per second")
+    syn.add_argument("--synthetic-exit-after", type=int, metavar="K", help="exit after K events")
+    syn.add_argument("--synthetic-exit-code", type=int, default=1, metavar="C", help="exit code")
+    _following(run)
+    run.set_defaults(func=cmd_run)
+
+    tail = sub.add_parser(
+        "tail", parents=[common], help="follow a task (resumes after errors)", epilog=EPILOG
+    )
+    tail.add_argument("task_id", help="task id (or a unique prefix of a recent one)")
+    tail.add_argument("--after", type=int, default=0, metavar="N", help="start after event N")
+    tail.add_argument("--bus", action="store_true", help="read the ZeroMQ bus (live only)")
+    tail.add_argument("--endpoint", default=None, help="bus XPUB endpoint (METASTREAM_BUS_SUB)")
+    _following(tail)
+    tail.set_defaults(func=cmd_tail)
+
+    ls = sub.add_parser("ls", parents=[common], help="list tasks, newest first")
+    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--offset", type=int, default=0)
+    ls.set_defaults(func=cmd_ls)
+
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel a task")
+    cancel.add_argument("task_id")
+    cancel.set_defaults(func=cmd_cancel)
+
+    files = sub.add_parser("files", parents=[common], help="list a task's generated files")
+    files.add_argument("task_id")
+    files.set_defaults(func=cmd_files)
+
+    get = sub.add_parser("get", parents=[common], help="print one generated file")
+    get.add_argument("task_id")
+    get.add_argument("path", help="path as listed by `metastream files`")
+    get.add_argument("-o", "--output", help="write to this file instead of stdout")
+    get.set_defaults(func=cmd_get)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``metastream`` command."""
+    args = build_parser().parse_args(argv)
+    args.url = getattr(args, "url", None) or default_url()
+    args.token = getattr(args, "token", None) or os.environ.get("METASTREAM_API_TOKEN") or None
+    args.json = getattr(args, "json", False)
+    if not args.url.startswith(("http://", "https://")):
+        _say(f"metastream: error: --url must start with http:// or https://, got {args.url!r}")
+        return EXIT_USAGE
+    api = Api(args.url, args.token)
+    try:
+        return int(args.func(args, api))
+    except CliError as exc:
+        _say(f"metastream: error: {exc}")
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `metastream tail --json ID | head`: the reader left; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    finally:
+        api.http.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
