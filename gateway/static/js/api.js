@@ -1,0 +1,85 @@
+// REST + WebSocket addressing, with the optional API token kept in localStorage.
+
+const TOKEN_KEY = "metastream.token";
+
+export class ApiError extends Error {
+  constructor(status, detail) {
+    super(typeof detail === "string" ? detail : JSON.stringify(detail));
+    this.status = status;
+  }
+}
+
+export function getToken() {
+  try {
+    return localStorage.getItem(TOKEN_KEY) || "";
+  } catch {
+    return ""; // storage disabled (private mode): run without a token
+  }
+}
+
+export function setToken(value) {
+  try {
+    if (value) localStorage.setItem(TOKEN_KEY, value);
+    else localStorage.removeItem(TOKEN_KEY);
+  } catch {
+    /* ignore: the token then lives for this page only */
+  }
+}
+
+const listeners = new Set();
+/** Called with an ApiError on every 401/403, so the page can ask for a token. */
+export function onAuthError(fn) {
+  listeners.add(fn);
+}
+
+async function request(path, { method = "GET", body, as = "json" } = {}) {
+  const headers = {};
+  const token = getToken();
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const res = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (!res.ok) {
+    let detail = res.statusText;
+    try {
+      const data = await res.json();
+      detail = data.detail ?? detail;
+    } catch {
+      /* not JSON: keep the status text */
+    }
+    if (Array.isArray(detail)) {
+      // FastAPI's 422: a list of {loc, msg}; show the messages.
+      detail = detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
+    }
+    const err = new ApiError(res.status, detail);
+    if (res.status === 401 || res.status === 403) listeners.forEach((fn) => fn(err));
+    throw err;
+  }
+  return as === "text" ? res.text() : res.json();
+}
+
+export const api = {
+  listTasks: (limit = 50, offset = 0) => request(`/api/tasks?limit=${limit}&offset=${offset}`),
+  getTask: (id) => request(`/api/tasks/${encodeURIComponent(id)}`),
+  createTask: (body) => request("/api/tasks", { method: "POST", body }),
+  cancelTask: (id) => request(`/api/tasks/${encodeURIComponent(id)}/cancel`, { method: "POST" }),
+  listFiles: (id) => request(`/api/tasks/${encodeURIComponent(id)}/files`),
+  getFile: (id, path) =>
+    request(
+      `/api/tasks/${encodeURIComponent(id)}/files/${path.split("/").map(encodeURIComponent).join("/")}`,
+      { as: "text" },
+    ),
+};
+
+/** ws(s):// URL for a path on this origin; browsers cannot set headers, so the token rides along. */
+export function wsUrl(path, params = {}) {
+  const url = new URL(path, location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  for (const [k, v] of Object.entries(params)) url.searchParams.set(k, String(v));
+  const token = getToken();
+  if (token) url.searchParams.set("token", token);
+  return url.toString();
+}

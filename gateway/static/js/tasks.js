@@ -1,0 +1,117 @@
+// The sidebar: the create form and the task list (polled; newest first, as the API returns it).
+
+import { api } from "./api.js";
+import { $, clip, el, fmtAgo, TERMINAL } from "./dom.js";
+
+const POLL_MS = 3000;
+const PAGE = 50;
+
+export class TaskList {
+  constructor(listEl, totalEl, moreBtn) {
+    this.listEl = listEl;
+    this.totalEl = totalEl;
+    this.moreBtn = moreBtn;
+    this.limit = PAGE;
+    this.selected = null;
+    this.timer = null;
+    this.moreBtn.addEventListener("click", () => {
+      this.limit = Math.min(200, this.limit + PAGE);
+      this.refresh();
+    });
+  }
+
+  start() {
+    this.refresh();
+    return this;
+  }
+
+  select(id) {
+    this.selected = id;
+    for (const a of this.listEl.querySelectorAll("a.task-item")) a.classList.toggle("active", a.dataset.id === id);
+  }
+
+  async refresh() {
+    clearTimeout(this.timer);
+    try {
+      const body = await api.listTasks(this.limit, 0);
+      this.render(body);
+    } catch (err) {
+      this.listEl.replaceChildren(el("li.muted", { text: `Could not load tasks: ${err.message}` }));
+    } finally {
+      // Poll faster nowhere: the open task gets its live state over the WebSocket.
+      this.timer = setTimeout(() => this.refresh(), document.hidden ? POLL_MS * 5 : POLL_MS);
+    }
+  }
+
+  render({ tasks, total }) {
+    this.totalEl.textContent = total ? `(${total})` : "";
+    this.moreBtn.hidden = tasks.length >= total || this.limit >= 200;
+    if (!tasks.length) {
+      this.listEl.replaceChildren(el("li.muted.empty-list", { text: "No tasks yet." }));
+      return;
+    }
+    this.listEl.replaceChildren(
+      ...tasks.map((t) => {
+        const pct = Math.round((t.progress || 0) * 100);
+        const flags = [t.test_mode ? "test" : null, t.options && t.options.synthetic ? "synthetic" : null].filter(Boolean);
+        return el(
+          "li",
+          null,
+          el(
+            `a.task-item${t.id === this.selected ? ".active" : ""}`,
+            { href: `#/task/${t.id}`, dataset: { id: t.id, status: t.status } },
+            el("span.req", { text: clip(t.requirement, 120) }),
+            el(
+              "span.task-meta",
+              null,
+              el("span.pill.small", { dataset: { status: t.status }, text: t.status }),
+              el("span.muted", { text: `${fmtAgo(t.created_at)}${TERMINAL.has(t.status) ? "" : ` · ${pct}%`}` }),
+              ...flags.map((f) => el("span.flag", { text: f })),
+            ),
+            el("span.mini-progress", null, el("span", { style: `width:${pct}%` })),
+          ),
+        );
+      }),
+    );
+  }
+}
+
+/** Wire the create form; `onCreated(task)` opens the new task. */
+export function setupCreateForm(form, onCreated) {
+  const errEl = $("#create-error", form);
+  const btn = $("#create-btn", form);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    errEl.hidden = true;
+    const body = {
+      requirement: $("#requirement", form).value.trim(),
+      test_mode: $("#test-mode", form).checked,
+      use_qa: $("#use-qa", form).checked,
+      disconnect_policy: $("#disconnect-policy", form).value,
+    };
+    if ($("#synthetic-on", form).checked) {
+      body.synthetic = {
+        events: Number($("#synthetic-events", form).value) || 1,
+        rate: Number($("#synthetic-rate", form).value) || 0,
+      };
+    }
+    if (!body.requirement) {
+      errEl.textContent = "Describe what to build first.";
+      errEl.hidden = false;
+      return;
+    }
+    btn.disabled = true;
+    try {
+      onCreated(await api.createTask(body));
+    } catch (err) {
+      errEl.textContent = err.status === 401 ? "The server needs an API token (🔑 at the top)." : err.message;
+      errEl.hidden = false;
+    } finally {
+      btn.disabled = false;
+    }
+  });
+  // Ctrl/Cmd+Enter submits from the requirement box.
+  $("#requirement", form).addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) form.requestSubmit();
+  });
+}
