@@ -1,0 +1,219 @@
+"""The one WebSocket client every measurement uses, run in its own processes.
+
+``python -m bench.clients SPEC_JSON`` opens ``spec["urls"]`` (one connection each), prints
+``READY`` once every connection got its first message (``connected``), reads until it has
+``expect`` events per connection, the server closes, or ``timeout`` passes, then prints
+``RESULT <json>``. The client is kept lean so that it is not what we measure: uvloop, no JSON
+parsing; an event is recognised by its frame prefix, and in latency mode only the payload's
+``"t"`` (emit time, Unix seconds) is sliced out of the text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+EVENT_PREFIX = '{"type":"event"'
+
+
+async def _one(url: str, spec: dict[str, Any], on_ready: Any) -> dict[str, Any]:
+    from websockets.asyncio.client import connect
+
+    expect, latency = spec["expect"], spec["latency"]
+    res: dict[str, Any] = {"events": 0, "first": None, "last": None, "ready": None, "error": None}
+    emit: list[float] = []
+    recv: list[float] = []
+    n = 0
+    try:
+        async with connect(
+            url,
+            max_size=None,
+            ping_interval=None,
+            open_timeout=30,
+            compression="deflate" if spec.get("deflate") else None,
+        ) as ws:
+            await ws.recv()  # "connected": the subscription is live
+            res["ready"] = time.time()
+            on_ready()
+            async for msg in ws:
+                if not msg.startswith(EVENT_PREFIX):
+                    continue
+                now = time.time()
+                n += 1
+                if n == 1:
+                    res["first"] = now
+                res["last"] = now
+                if latency:
+                    i = msg.find('"t":', 40) + 4
+                    j = msg.find(",", i)
+                    emit.append(float(msg[i : j if j > 0 else msg.find("}", i)]))
+                    recv.append(now)
+                if n >= expect:
+                    break
+    except Exception as exc:  # a failed connection is reported, not fatal to the others
+        res["error"] = f"{type(exc).__name__}: {exc}"
+    res["events"] = n
+    if latency:
+        res["emit"], res["recv"] = emit, recv
+    return res
+
+
+async def _main(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    urls = spec["urls"]
+    pending = len(urls)
+
+    def on_ready() -> None:
+        nonlocal pending
+        pending -= 1
+        if pending == 0:
+            print("READY", flush=True)
+
+    async def guarded(url: str) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(spec["timeout"]):
+                return await _one(url, spec, on_ready)
+        except TimeoutError:
+            return {"events": 0, "error": "timeout"}
+
+    return await asyncio.gather(*(guarded(u) for u in urls))
+
+
+def main() -> None:
+    import uvloop
+
+    spec = json.loads(sys.argv[1])
+    results = uvloop.run(_main(spec))
+    print("RESULT " + json.dumps(results), flush=True)
+
+
+# --- the orchestrator's side -------------------------------------------------------------
+
+
+class ClientGroup:
+    """Client connections spread over several processes (a single one would be the limit)."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        expect: int,
+        *,
+        latency: bool = False,
+        procs: int = 1,
+        timeout: float = 60.0,
+        deflate: bool = False,
+    ) -> None:
+        self.timeout = timeout
+        self._procs: list[subprocess.Popen[str]] = []
+        self._lines: list[queue.Queue[str | None]] = []
+        nproc = max(1, min(procs, len(urls)))
+        for k in range(nproc):
+            spec = {
+                "urls": urls[k::nproc],
+                "expect": expect,
+                "latency": latency,
+                "timeout": timeout,
+                "deflate": deflate,
+            }
+            p = subprocess.Popen(
+                [sys.executable, "-m", "bench.clients", json.dumps(spec)],
+                stdout=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                text=True,
+            )
+            q: queue.Queue[str | None] = queue.Queue()
+            threading.Thread(target=_pump, args=(p, q), daemon=True).start()
+            self._procs.append(p)
+            self._lines.append(q)
+
+    def _next(self, k: int, prefix: str, deadline: float) -> str:
+        while True:
+            try:
+                line = self._lines[k].get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"client process {k}: no {prefix} in time") from None
+            if line is None:
+                raise RuntimeError(f"client process {k} exited without {prefix}")
+            if line.startswith(prefix):
+                return line
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        for k in range(len(self._procs)):
+            self._next(k, "READY", deadline)
+
+    def results(self) -> list[dict[str, Any]]:
+        """Every connection's result (waits at most the group's timeout plus a margin)."""
+        deadline = time.monotonic() + self.timeout + 15
+        out: list[dict[str, Any]] = []
+        for k in range(len(self._procs)):
+            out += json.loads(self._next(k, "RESULT ", deadline)[len("RESULT ") :])
+        return out
+
+    def close(self) -> None:
+        for p in self._procs:
+            if p.poll() is None:
+                p.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(5)
+
+    def __enter__(self) -> ClientGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pump(p: subprocess.Popen[str], q: queue.Queue[str | None]) -> None:
+    assert p.stdout is not None
+    for line in p.stdout:
+        q.put(line.rstrip("\n"))
+    q.put(None)
+
+
+# --- summaries -----------------------------------------------------------------------------
+
+
+def throughput(results: list[dict[str, Any]]) -> float:
+    """Delivered events per second over all connections, first to last event received."""
+    got = [r for r in results if r.get("events")]
+    if not got:
+        raise RuntimeError(f"no events received: {[r.get('error') for r in results][:3]}")
+    total = sum(r["events"] for r in got)
+    span = max(r["last"] for r in got) - min(r["first"] for r in got)
+    return total / span if span > 0 else float("nan")
+
+
+def latencies_ms(
+    results: list[dict[str, Any]], since: float = 0.0, until: float = float("inf")
+) -> list[float]:
+    """Emit-to-receive latencies of events emitted in [since, until] and after the client was
+    ready (earlier ones are a replay from the log, not live latency)."""
+    out: list[float] = []
+    for r in results:
+        lo = max(since, r.get("ready") or 0.0)
+        for e, v in zip(r.get("emit", ()), r.get("recv", ()), strict=True):
+            if lo <= e <= until:
+                out.append((v - e) * 1000.0)
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        raise RuntimeError("no latency samples")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100.0 * len(s)) - 1))]
+
+
+def errors(results: list[dict[str, Any]]) -> list[str]:
+    return [r["error"] for r in results if r.get("error")]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Streaming scenarios through the real stack, each against baselines run side by side.
+
+Repetitions interleave the systems (stack, baseline, stack, baseline...) so that drift of a
+shared machine hits all of them alike; every system gets one small untimed warm-up first.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from bench import procs
+from bench.clients import latencies_ms, percentile, throughput
+from bench.common import PAYLOAD_BYTES as B
+from bench.common import Ctx, create, row, task, wait_for
+from bench.table import Row
+
+LATENCY_RATE = 2000  # events/s, scenario 1's fixed rate
+
+
+def s1_throughput(cx: Ctx, rows: list[Row]) -> None:
+    """One task -> one client, events as fast as possible: client receive rate."""
+    vs_raw = row(
+        rows,
+        "1",
+        "throughput 1 task->1 client",
+        "events/s",
+        baseline_name="raw WebSocket ceiling",
+        target=("min", 0.5),
+    )
+    vs_seed = row(
+        rows,
+        "1",
+        "throughput 1 task->1 client",
+        "events/s",
+        baseline_name="seed design",
+        target=("min", 1.5),
+    )
+    n = cx.size(20_000, 2_000)
+    with (
+        procs.stack(cx.home("s1")) as st,
+        httpx.Client(base_url=st.url, timeout=30) as api,
+        procs.baseline("raw", cx.home("raw")) as raw,
+        procs.baseline("seed", cx.home("seed")) as seed,
+    ):
+
+        def on_stack(k: int) -> float:
+            tid = create(api, synthetic={"events": k, "rate": 0, "payload_bytes": B})
+            return throughput(cx.clients([f"{st.ws_url}/ws/tasks/{tid}"], k))
+
+        def on_raw(k: int) -> float:
+            return throughput(cx.clients([raw.ws(str(uuid.uuid4()), n=k, bytes=B)], k))
+
+        def on_seed(k: int) -> float:
+            return throughput(cx.clients([seed.ws(str(uuid.uuid4()), n=k, bytes=B)], k))
+
+        for fn in (on_stack, on_raw, on_seed):
+            fn(200)  # warm-up
+        for rep in range(cx.reps):
+            for name, fn, stat in (
+                ("stack", on_stack, vs_raw.value),
+                ("raw", on_raw, vs_raw.baseline),
+                ("seed", on_seed, vs_seed.baseline),
+            ):
+                v = fn(n)
+                assert stat is not None
+                stat.samples.append(v)
+                if name == "stack":
+                    vs_seed.value.samples.append(v)
+                cx.log(f"  [1 throughput] rep {rep + 1}/{cx.reps} {name}: {v:,.0f} events/s")
+
+
+def s1_latency(cx: Ctx, rows: list[Row]) -> None:
+    """One task -> one client at a fixed 2,000 events/s: emit-to-receive latency."""
+    p50 = row(rows, "1", f"latency p50 @{LATENCY_RATE}/s", "ms", baseline_name="raw bus forwarder")
+    p99 = row(
+        rows,
+        "1",
+        f"latency p99 @{LATENCY_RATE}/s",
+        "ms",
+        baseline_name="raw bus forwarder",
+        target=("max", 2.0),
+    )
+    p99_seed = row(rows, "1", f"latency p99 @{LATENCY_RATE}/s", "ms", baseline_name="seed design")
+    n = int(LATENCY_RATE * cx.size(3.0, 0.5))
+    with (
+        procs.stack(cx.home("s1l")) as st,
+        httpx.Client(base_url=st.url, timeout=30) as api,
+        procs.bus_baseline(cx.home("bus")) as (bus, bus_pub),
+        procs.baseline("seed", cx.home("seed")) as seed,
+    ):
+
+        def on_stack(k: int) -> list[float]:
+            body = {"events": k, "rate": LATENCY_RATE, "payload_bytes": B}
+            tid = create(api, synthetic=body)
+            return latencies_ms(cx.clients([f"{st.ws_url}/ws/tasks/{tid}"], k, latency=True))
+
+        def on_bus(k: int) -> list[float]:
+            name = str(uuid.uuid4())
+            spec = {"endpoint": bus_pub, "topics": [name], "n": k, "rate": LATENCY_RATE, "bytes": B}
+            pubs: list = []
+            try:
+                res = cx.clients(
+                    [bus.ws(name)],
+                    k,
+                    latency=True,
+                    after_ready=lambda: pubs.append(procs.publisher(cx.work, spec)),
+                )
+            finally:
+                for p in pubs:
+                    procs.stop(p, timeout=15)
+            return latencies_ms(res)
+
+        def on_seed(k: int) -> list[float]:
+            url = seed.ws(str(uuid.uuid4()), n=k, rate=LATENCY_RATE, bytes=B)
+            return latencies_ms(cx.clients([url], k, latency=True))
+
+        for fn in (on_stack, on_bus, on_seed):
+            fn(100)  # warm-up
+        for rep in range(cx.reps):
+            lat = on_stack(n)
+            p50.value.samples.append(percentile(lat, 50))
+            p99.value.samples.append(percentile(lat, 99))
+            p99_seed.value.samples.append(percentile(lat, 99))
+            lb = on_bus(n)
+            assert p50.baseline is not None and p99.baseline is not None
+            p50.baseline.samples.append(percentile(lb, 50))
+            p99.baseline.samples.append(percentile(lb, 99))
+            ls = on_seed(n)
+            assert p99_seed.baseline is not None
+            p99_seed.baseline.samples.append(percentile(ls, 99))
+            cx.log(
+                f"  [1 latency] rep {rep + 1}/{cx.reps} p50/p99 ms: stack "
+                f"{percentile(lat, 50):.2f}/{percentile(lat, 99):.2f}, bus "
+                f"{percentile(lb, 50):.2f}/{percentile(lb, 99):.2f}, seed "
+                f"{percentile(ls, 50):.2f}/{percentile(ls, 99):.2f}"
+            )
+
+
+def s2_fanout(cx: Ctx, rows: list[Row]) -> None:
+    """One task -> many clients, events as fast as possible: delivered messages/s in total."""
+    clients = cx.size(100, 10)
+    r = row(
+        rows,
+        "2",
+        f"fan-out 1 task->{clients} clients",
+        "msgs/s",
+        baseline_name="raw WebSocket ceiling",
+        target=("min", 0.6),
+    )
+    n, nproc = cx.size(1_000, 100), cx.size(4, 2)
+    # One running slot, held by a slow blocker: the watched task stays QUEUED until every
+    # client is connected, then the blocker is cancelled and it starts.
+    with (
+        procs.stack(cx.home("s2"), env={"METASTREAM_MAX_RUNNING": "1"}) as st,
+        httpx.Client(base_url=st.url, timeout=30) as api,
+        procs.baseline("raw", cx.home("raw")) as raw,
+    ):
+
+        def on_stack() -> float:
+            blocker = create(api, synthetic={"events": 1_000_000, "rate": 5})
+            api.post(f"/api/tasks/{blocker}/run").raise_for_status()
+            tid = create(api, synthetic={"events": n, "rate": 0, "payload_bytes": B})
+            urls = [f"{st.ws_url}/ws/tasks/{tid}"] * clients
+            res = cx.clients(urls, n, procs=nproc, after_ready=lambda: _cancel(api, blocker))
+            return throughput(res)
+
+        def on_raw() -> float:
+            urls = [raw.ws(str(uuid.uuid4()), n=n, bytes=B, gate=1) for _ in range(clients)]
+            return throughput(cx.clients(urls, n, procs=nproc, after_ready=raw.go))
+
+        for rep in range(cx.reps):
+            v, b = on_stack(), on_raw()
+            r.value.samples.append(v)
+            assert r.baseline is not None
+            r.baseline.samples.append(b)
+            cx.log(f"  [2 fan-out] rep {rep + 1}/{cx.reps}: stack {v:,.0f}, raw {b:,.0f} msgs/s")
+
+
+def _cancel(api: httpx.Client, task_id: str) -> None:
+    api.post(f"/api/tasks/{task_id}/cancel").raise_for_status()
+
+
+def s3_many(cx: Ctx, rows: list[Row]) -> None:
+    """Many tasks x 2 clients at a fixed total rate: p99 latency and gateway CPU/message."""
+    ntasks, rate, window = cx.size(50, 5), cx.size(2_000, 200), cx.size(8.0, 2.0)
+    label = f"{ntasks} tasks x2 clients @{rate}/s"
+    lat = row(rows, "3", f"{label}: latency p99", "ms", baseline_name="raw bus forwarder")
+    cpu = row(rows, "3", f"{label}: server CPU/msg", "us", baseline_name="raw bus forwarder")
+    nproc = cx.size(4, 2)
+    env = {"METASTREAM_MAX_RUNNING": str(ntasks + 4)}
+    with (
+        procs.stack(cx.home("s3"), env=env) as st,
+        httpx.Client(base_url=st.url, timeout=30) as api,
+        procs.bus_baseline(cx.home("bus")) as (bus, bus_pub),
+    ):
+
+        def measure(pid: int, t0: float) -> tuple[float, float]:
+            """CPU seconds of ``pid`` over [t0, t0 + window]."""
+            time.sleep(max(0.0, t0 - time.time()))
+            c0 = procs.cpu_seconds(pid)
+            time.sleep(window)
+            return c0, procs.cpu_seconds(pid)
+
+        def summarise(res: list, t0: float, cpu_s: float) -> tuple[float, float]:
+            t1 = t0 + window
+            delivered = sum(1 for r in res for v in r.get("recv", ()) if t0 <= v <= t1)
+            return percentile(latencies_ms(res, t0, t1), 99), cpu_s / max(delivered, 1) * 1e6
+
+        def on_stack() -> tuple[float, float]:
+            # Long enough to outlast everyone's start; cancelled once the window is over.
+            body = {"events": 1_000_000, "rate": rate / ntasks, "payload_bytes": B}
+            tids = [create(api, synthetic=body) for _ in range(ntasks)]
+            urls = [f"{st.ws_url}/ws/tasks/{t}" for t in tids for _ in range(2)]
+            span: dict[str, float] = {}
+
+            def drive() -> None:
+                # Clients auto-start their tasks; the window opens once all emit (starting 50
+                # interpreters at once is not what this scenario measures).
+                def all_live() -> bool:
+                    return all(task(api, t)["last_event_id"] > 0 for t in tids)
+
+                wait_for(all_live, 60, "every task emitting", interval=0.5)
+                span["t0"] = time.time() + 1.0
+                c0, c1 = measure(st.procs["gateway"].pid, span["t0"])
+                span["cpu"] = c1 - c0
+                with ThreadPoolExecutor(16) as pool:
+                    list(pool.map(lambda t: _cancel(api, t), tids))
+
+            res = cx.clients(
+                urls, 1_000_000, latency=True, procs=nproc, timeout=120, after_ready=drive
+            )
+            return summarise(res, span["t0"], span["cpu"])
+
+        def on_bus() -> tuple[float, float]:
+            topics = [str(uuid.uuid4()) for _ in range(ntasks)]
+            urls = [bus.ws(t) for t in topics for _ in range(2)]
+            per_topic = int(rate / ntasks * (window + 3.0))
+            spec = {"endpoint": bus_pub, "topics": topics, "n": per_topic, "rate": rate, "bytes": B}
+            span: dict[str, float] = {}
+            pubs: list = []
+
+            def drive() -> None:
+                pubs.append(procs.publisher(cx.work, spec))
+                span["t0"] = time.time() + 1.5  # after the publisher's start and settle
+                c0, c1 = measure(bus.pid, span["t0"])
+                span["cpu"] = c1 - c0
+
+            try:
+                res = cx.clients(urls, per_topic, latency=True, procs=nproc, after_ready=drive)
+            finally:
+                for p in pubs:
+                    procs.stop(p, timeout=15)
+            return summarise(res, span["t0"], span["cpu"])
+
+        for rep in range(cx.reps):
+            (lv, cv), (lb, cb) = on_stack(), on_bus()
+            assert lat.baseline is not None and cpu.baseline is not None
+            lat.value.samples.append(lv)
+            lat.baseline.samples.append(lb)
+            cpu.value.samples.append(cv)
+            cpu.baseline.samples.append(cb)
+            cx.log(
+                f"  [3 many] rep {rep + 1}/{cx.reps}: p99 stack {lv:.2f} ms, bus {lb:.2f} ms;"
+                f" CPU/msg gateway {cv:.1f} us, forwarder {cb:.1f} us"
+            )
