@@ -78,7 +78,12 @@ function openTask(id) {
   files.refresh();
   current.stream = new TaskStream(id, {
     onEvents: (evs) => mine === current && onEvents(evs),
-    onState: (s) => mine === current && applyState(s),
+    onState: (s) => {
+      if (mine !== current) return;
+      applyState(s);
+      // Only the stream's final state comes after the last event; the REST copy may not.
+      if (TERMINAL.has(s.status)) timeline.finish();
+    },
     onConn: (c, detail) => mine === current && setConn(c, detail),
     onError: (m) => mine === current && toast(m, "error"),
   }).start();
@@ -266,7 +271,7 @@ function afterTokenChange() {
 }
 onAuthError(() => {
   const banner = $("#banner");
-  banner.textContent = "This server requires an API token — set it with 🔑 at the top right.";
+  banner.textContent = "This server requires an API token — set it with the lock button at the top right.";
   banner.hidden = false;
   $("#token-box").open = true;
 });

@@ -32,7 +32,34 @@ function text(s, cls) {
   return el(`span${cls ? `.${cls}` : ""}`, { text: s });
 }
 
+/** A one-line gist of a JSON object: its short scalar fields, else its keys. */
+function jsonGist(obj) {
+  if (obj && typeof obj.docs === "object" && obj.docs) {
+    // MetaGPT's document bundles: name the documents.
+    const names = Object.values(obj.docs).map((d) => [d.root_path, d.filename].filter(Boolean).join("/"));
+    return `documents: ${names.join(", ")}`;
+  }
+  const pairs = [];
+  for (const [k, v] of Object.entries(obj)) {
+    if ((typeof v === "string" && v.length <= 60) || typeof v === "number" || typeof v === "boolean") {
+      pairs.push(`${k}=${v}`);
+    }
+  }
+  if (pairs.length) return pairs.slice(0, 6).join("  ");
+  return `{${Object.keys(obj).slice(0, 8).join(", ")}}`;
+}
+
 function contentBlock(content, extraLabel) {
+  const trimmed = String(content).trim();
+  if (!trimmed) return [text("(empty)", "muted")];
+  if (trimmed.startsWith("{")) {
+    try {
+      const obj = JSON.parse(trimmed);
+      return [text(clip(jsonGist(obj), SUMMARY_CHARS), "content mono"), expander("JSON", () => JSON.stringify(obj, null, 2))];
+    } catch {
+      /* not JSON after all: show as text */
+    }
+  }
   const first = clip(String(content).trim().replace(/\s+/g, " "), SUMMARY_CHARS);
   const nodes = [text(first, "content")];
   if (String(content).length > SUMMARY_CHARS || extraLabel) {
@@ -69,6 +96,15 @@ export function describe(ev, handlers = {}) {
         return { nodes: [text(`synthetic message #${p.seq}${pad}`, "content")] };
       }
       break;
+    }
+    case "ACTION_START":
+    case "ACTION_END": {
+      const ended = ev.event_type === "ACTION_END";
+      const state = !ended ? "started" : p.ok === false ? `✗ failed after ${fmtMs(p.duration_ms)}` : `✓ ${fmtMs(p.duration_ms)}`;
+      return {
+        nodes: [text(p.action ?? "action", "content"), p.file ? el("code.file", { text: p.file }) : null, text(state, "muted")],
+        cls: ended && p.ok === false ? "error" : undefined,
+      };
     }
     case "NODE_FILLED":
       return {

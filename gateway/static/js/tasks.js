@@ -104,7 +104,7 @@ export function setupCreateForm(form, onCreated) {
     try {
       onCreated(await api.createTask(body));
     } catch (err) {
-      errEl.textContent = err.status === 401 ? "The server needs an API token (🔑 at the top)." : err.message;
+      errEl.textContent = err.status === 401 ? "The server needs an API token (the lock button at the top right)." : err.message;
       errEl.hidden = false;
     } finally {
       btn.disabled = false;

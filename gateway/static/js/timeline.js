@@ -66,19 +66,26 @@ class EventRow {
   }
 }
 
-/** An action (ACTION_START … ACTION_END) with its streamed LLM text and cost folded in. */
-class ActionRow {
-  constructor(ev) {
+/**
+ * An action card: ACTION_START … ACTION_END of one agent. LLM_STREAM chunks grow one text
+ * block, COST goes into the header, and whatever else the agent did meanwhile (outputs, files,
+ * logs) nests inside as sub-rows, in order. Also used headless (action = null) for LLM text
+ * streamed outside any action.
+ */
+class ActionCard {
+  constructor(ev, handlers) {
     this.first = ev;
-    this.ids = [ev.event_id];
+    this.handlers = handlers;
+    this.ids = ev.event_type === "ACTION_START" ? [ev.event_id] : [];
     const p = ev.event_type === "ACTION_START" ? ev.payload || {} : {};
-    this.action = p.action ?? null; // null: LLM text outside any action
+    this.action = p.action ?? null;
     this.file = p.file ?? null;
     this.state = this.action ? "running" : "stream";
     this.duration = null;
     this.cost = null;
     this.text = "";
     this.hidden = 0; // chars beyond STREAM_MAX_CHARS
+    this.children = [];
     this.el = null;
     this.refs = null;
   }
@@ -95,27 +102,31 @@ class ActionRow {
   appendText(ev) {
     this.addId(ev.event_id);
     let chunk = String((ev.payload && ev.payload.text) ?? "");
-    const room = STREAM_MAX_CHARS - this.text.length;
+    const room = Math.max(0, STREAM_MAX_CHARS - this.text.length);
     if (chunk.length > room) {
-      this.hidden += chunk.length - Math.max(0, room);
-      chunk = chunk.slice(0, Math.max(0, room));
+      this.hidden += chunk.length - room;
+      chunk = chunk.slice(0, room);
     }
     this.text += chunk;
-    if (this.el) {
-      const { pre, textNode } = this.refs;
-      pre.hidden = false;
-      textNode.appendData(chunk);
-      this.syncMeta();
-      if (pre.scrollHeight - pre.scrollTop - pre.clientHeight < FOLLOW_SLACK_PX * 2) {
-        pre.scrollTop = pre.scrollHeight;
-      }
-    }
+    if (!this.el) return;
+    const { pre, textNode } = this.refs;
+    const follow = pre.hidden || pre.scrollHeight - pre.scrollTop - pre.clientHeight < FOLLOW_SLACK_PX;
+    pre.hidden = false;
+    textNode.appendData(chunk);
+    this.syncMeta();
+    if (follow) pre.scrollTop = pre.scrollHeight;
   }
 
   setCost(ev) {
     this.addId(ev.event_id);
     this.cost = ev.payload || {};
     if (this.el) this.syncMeta();
+  }
+
+  addChild(ev) {
+    const row = new EventRow(ev, this.handlers);
+    this.children.push(row);
+    if (this.el) this.refs.kids.append(row.build());
   }
 
   end(ev) {
@@ -126,8 +137,12 @@ class ActionRow {
     if (this.el) this.syncMeta();
   }
 
-  close() {
-    if (this.state === "stream") this.state = "done";
+  /** The task ended (or the agent moved on) without an ACTION_END for this card. */
+  close(reason = "done") {
+    if (this.state === "running" || this.state === "stream") {
+      this.state = this.state === "stream" ? "done" : reason;
+      if (this.el) this.syncMeta();
+    }
   }
 
   syncMeta() {
@@ -135,16 +150,19 @@ class ActionRow {
     const label = {
       running: "running…",
       ok: `✓ ${fmtMs(this.duration)}`,
-      failed: `✗ failed ${fmtMs(this.duration)}`,
+      failed: `✗ failed after ${fmtMs(this.duration)}`,
       stream: "streaming…",
+      stopped: "■ stopped",
       done: "",
     }[this.state];
-    badge.textContent = label;
+    badge.textContent = label ?? "";
     badge.dataset.state = this.state;
     this.el.classList.toggle("failed", this.state === "failed");
     costEl.textContent = this.cost ? costLine(this.cost) : "";
     const n = this.text.length + this.hidden;
-    chars.textContent = n ? `${fmtInt(n)} chars${this.hidden ? ` (first ${fmtInt(STREAM_MAX_CHARS)} shown)` : ""}` : "";
+    chars.textContent = n
+      ? `${fmtInt(n)} chars streamed${this.hidden ? ` (first ${fmtInt(STREAM_MAX_CHARS)} shown)` : ""}`
+      : "";
   }
 
   build() {
@@ -153,21 +171,25 @@ class ActionRow {
     const textNode = document.createTextNode(this.text);
     const pre = el("pre.stream", { hidden: !this.text }, textNode);
     const badge = el("span.badge");
-    const costEl = el("span.muted.small");
+    const costEl = el("span.muted.small.cost");
     const chars = el("span.muted.small");
+    const kids = el("div.kids");
+    for (const child of this.children) kids.append(child.build());
     const head = el(
       "div.action-head",
       null,
       el("b.action-name", { text: this.action ?? "LLM output" }),
       this.file ? el("code.file", { text: this.file }) : null,
       badge,
+      el("span.spacer"),
       chars,
       costEl,
     );
-    row.append(el("div.ev-body", null, head, pre));
+    row.append(el("div.ev-body", null, head, pre, kids));
     this.el = row;
-    this.refs = { pre, textNode, badge, costEl, chars };
+    this.refs = { pre, textNode, badge, costEl, chars, kids };
     this.syncMeta();
+    if (this.text) requestAnimationFrame(() => (pre.scrollTop = pre.scrollHeight));
     return row;
   }
 }
@@ -178,7 +200,7 @@ class Lane {
     this.timeline = timeline;
     this.rows = [];
     this.events = 0;
-    this.open = null; // the ActionRow that LLM_STREAM / COST / ACTION_END of this agent join
+    this.open = null; // the ActionCard this agent's next events join
     this.domStart = 0; // rows[domStart..] are in the DOM
     this.cap = CAP;
     this.countEl = el("span.lane-count");
@@ -198,37 +220,47 @@ class Lane {
     this.section = el("section.lane", { dataset: { role } }, head, this.moreBtn, this.rowsEl);
   }
 
-  /** Apply one event to the models; returns a new row or null when it joined an open one. */
+  /** Apply one event to the models; returns a new row or null when it joined an open card. */
   add(ev) {
     this.events += 1;
     const type = ev.event_type;
     const open = this.open;
+    if (type === "ACTION_START") {
+      if (open) open.close("stopped");
+      this.open = new ActionCard(ev, this.timeline.handlers);
+      return this.open;
+    }
     if (type === "LLM_STREAM") {
       if (open) {
         open.appendText(ev);
         return null;
       }
-      this.open = new ActionRow(ev);
-      this.open.ids = [];
+      this.open = new ActionCard(ev, this.timeline.handlers);
       this.open.appendText(ev);
       return this.open;
     }
-    if (type === "COST" && open) {
-      open.setCost(ev);
-      return null;
-    }
-    if (type === "ACTION_END" && open && open.state === "running" && open.matches(ev.payload || {})) {
-      open.end(ev);
-      this.open = null;
+    if (open && open.action) {
+      if (type === "COST") {
+        open.setCost(ev);
+        return null;
+      }
+      if (type === "ACTION_END" && open.matches(ev.payload || {})) {
+        open.end(ev);
+        this.open = null;
+        return null;
+      }
+      open.addChild(ev); // outputs, files, logs, errors of the running action
       return null;
     }
     if (open) open.close();
     this.open = null;
-    if (type === "ACTION_START") {
-      this.open = new ActionRow(ev);
-      return this.open;
-    }
     return new EventRow(ev, this.timeline.handlers);
+  }
+
+  /** The task ended: nothing is running any more. */
+  finish() {
+    if (this.open) this.open.close("stopped");
+    this.open = null;
   }
 
   atBottom() {
@@ -387,6 +419,12 @@ export class Timeline {
       for (const s of node.dataset.ids.split(" ")) if (s) out.push(Number(s));
     }
     return out;
+  }
+
+  /** The task reached a final state: close whatever is still shown as running. */
+  finish() {
+    this.flush();
+    for (const lane of this.lanes.values()) lane.finish();
   }
 
   /** Bring every hidden row back into the DOM. */
