@@ -1,0 +1,63 @@
+"""The benchmark suite's CI smoke test: ``--quick`` runs and yields every row.
+
+Nothing about speed is asserted (CI machines are noisy); only that every scenario ran and
+reported, and that each row has a value or says why not.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# (scenario, words in the metric, baseline) of every row the suite must produce.
+EXPECTED = [
+    ("1", "throughput", "raw WebSocket ceiling"),
+    ("1", "throughput", "seed design"),
+    ("1", "latency p50", "raw bus forwarder"),
+    ("1", "latency p99", "raw bus forwarder"),
+    ("1", "latency p99", "seed design"),
+    ("2", "fan-out", "raw WebSocket ceiling"),
+    ("3", "latency p99", "raw bus forwarder"),
+    ("3", "CPU/msg", "raw bus forwarder"),
+    ("4", "start synthetic", "cold interpreter, task imports"),
+    ("4", "start MetaGPT", "cold MetaGPT interpreter"),
+    ("5", "per-task USS", "cold MetaGPT process RSS"),
+    ("5", "total PSS", "x cold MetaGPT RSS"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.metagpt
+@pytest.mark.timeout(400)
+def test_quick_bench_produces_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json-out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=380,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    for scenario, words, baseline in EXPECTED:
+        match = [
+            r
+            for r in rows
+            if r["scenario"] == scenario and words in r["metric"] and baseline in r["baseline_name"]
+        ]
+        assert len(match) == 1, (scenario, words, baseline, [r["metric"] for r in rows])
+    assert len(rows) == len(EXPECTED)
+    for r in rows:
+        has_value = r["value"]["median"] is not None
+        assert has_value or r["note"], f"row without value or reason: {r}"
+        if r["baseline"] is not None and has_value:
+            assert r["baseline"]["median"] is not None, f"baseline missing: {r}"
+    # The table is printed too (CI logs are read by people).
+    assert "ratio" in proc.stdout and "met?" in proc.stdout
