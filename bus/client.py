@@ -8,7 +8,14 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from bus.messages import BusMessage, bus_decoder, bus_encoder, task_id_of, topic
+from bus.messages import (
+    SYSTEM_TOPIC_PREFIX,
+    BusMessage,
+    bus_decoder,
+    bus_encoder,
+    task_id_of,
+    topic,
+)
 
 PUB_HWM = 100_000
 SUB_HWM = 200_000
@@ -26,7 +33,11 @@ class Publisher:
         self._sock.connect(endpoint)
 
     def publish(self, task_id: str, msg: BusMessage) -> None:
-        self.send(topic(task_id, msg.__struct_config__.tag), bus_encoder.encode(msg))  # type: ignore[arg-type]
+        kind = msg.__struct_config__.tag
+        self.send(topic(task_id, kind), bus_encoder.encode(msg))  # type: ignore[arg-type]
+
+    def publish_system(self, topic_frame: bytes, msg: BusMessage) -> None:
+        self.send(topic_frame, bus_encoder.encode(msg))
 
     def send(self, topic_frame: bytes, body: bytes) -> None:
         try:
@@ -90,6 +101,8 @@ def decode_frames(frames: list[bytes]) -> tuple[str, BusMessage | DecodeFailure]
         msg = bus_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return task_id_of(topic_frame), DecodeFailure(topic_frame, str(exc))
+    if topic_frame.startswith(SYSTEM_TOPIC_PREFIX):
+        return msg.task_id, msg
     tid = task_id_of(topic_frame)
     if msg.task_id != tid:
         return tid, DecodeFailure(topic_frame, "topic and body name different tasks")

@@ -64,7 +64,17 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", tag_field="kind", kw_only=True)
     sent_at: float
 
 
-BusMessage = Event | State | Heartbeat
+class Lease(msgspec.Struct, tag="lease", tag_field="kind", kw_only=True):
+    """A gateway's claim that it has ``watchers`` clients on a task, valid for ``ttl`` s."""
+
+    task_id: str
+    gateway_id: str
+    watchers: int
+    ttl: float
+
+
+BusMessage = Event | State | Heartbeat | Lease
+LEASE_TOPIC = SYSTEM_TOPIC_PREFIX + b"lease"
 
 # --- control: gateway -> supervisor ----------------------------------------------------------
 

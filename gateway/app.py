@@ -13,10 +13,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from bus.client import Publisher
 from bus.messages import Ping
 from gateway import api, files, ws
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.hub import Hub
+from gateway.leases import LeaseKeeper
 from metastream import settings as settings_mod
 from metastream.settings import Settings
 from store import Store
@@ -37,7 +39,9 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         hub = Hub(cfg.bus_sub, ctx, cfg.ws_queue_size)
         control = ControlClient(cfg.control, ctx)
         control.start()
-        hub_task = asyncio.create_task(hub.run())
+        publisher = Publisher(cfg.bus_pub, linger_ms=0)
+        leases = LeaseKeeper(publisher, hub, cfg.lease_ttl)
+        background = [asyncio.create_task(hub.run()), asyncio.create_task(leases.run())]
         app.state.settings = cfg
         app.state.store = store
         app.state.hub = hub
@@ -45,10 +49,11 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            hub_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await hub_task
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await control.close()
+            publisher.close()
             hub.close()
             ctx.term()
             store.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq.asyncio
@@ -76,6 +77,8 @@ class Hub:
         self._queue_size = queue_size
         self._listeners: dict[str, set[Listener]] = {}
         self.dropped_frames = 0
+        # Told the new watcher count of a task whenever a connection comes or goes.
+        self.on_change: Callable[[str, int], None] = lambda _task_id, _n: None
 
     def attach(self, task_id: str) -> Listener:
         listener = Listener(task_id, self._queue_size)
@@ -83,6 +86,7 @@ class Hub:
         if not group:
             self._sub.subscribe([task_id])
         group.add(listener)
+        self.on_change(task_id, len(group))
         return listener
 
     def detach(self, listener: Listener) -> None:
@@ -93,6 +97,10 @@ class Hub:
         if not group:
             del self._listeners[listener.task_id]
             self._sub.unsubscribe(listener.task_id)
+        self.on_change(listener.task_id, len(group))
+
+    def watchers(self, task_id: str) -> int:
+        return len(self._listeners.get(task_id, ()))
 
     def watched(self) -> dict[str, int]:
         return {t: len(g) for t, g in self._listeners.items()}

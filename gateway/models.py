@@ -35,6 +35,12 @@ class TaskCreate(BaseModel):
     use_qa: bool = False
     n_round: int = Field(10, ge=1, le=50)
     investment: float = Field(3.0, gt=0, le=100)
+    disconnect_policy: Literal["continue", "kill", "grace"] | None = Field(
+        None, description="what happens when the last client leaves (server default if unset)"
+    )
+    grace_seconds: float | None = Field(None, ge=0, le=86_400)
+    timeout_seconds: float | None = Field(None, gt=0, le=7 * 86_400)
+    memory_limit_mb: float | None = Field(None, gt=0, le=1_000_000)
     scripted_fault: Literal["http500", "garbage", "slow"] | None = Field(
         None, description="make the offline scripted LLM fail (fault drills)"
     )

@@ -29,6 +29,7 @@ T = TypeVar("T")
 CLOSE_NORMAL = 1000
 CLOSE_NOT_FOUND = 4404
 CLOSE_START_FAILED = 1011
+CLOSE_TOO_MANY = 4429
 QUIET_POLL = 1.0  # with no bus traffic for this long, look at the log (a lost final state...)
 
 
@@ -93,6 +94,13 @@ class TaskStream:
         if row is None:
             await self._send_json("error", {"message": "Task not found"})
             await self._close(CLOSE_NOT_FOUND)
+            return
+        if self.hub.watchers(self.task_id) >= self.cfg.ws_max_per_task:
+            limit = self.cfg.ws_max_per_task
+            await self._send_json(
+                "error", {"message": f"Too many connections to this task (limit {limit})"}
+            )
+            await self._close(CLOSE_TOO_MANY)
             return
         listener = self.hub.attach(self.task_id)  # subscribe before reading the log
         try:

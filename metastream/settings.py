@@ -71,6 +71,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
     replay_page: int = 2000
+    disconnect_policy: str = "continue"
+    disconnect_grace: float = 30.0
+    lease_ttl: float = 3.0
+    task_timeout: float = 0.0
+    task_memory_mb: float = 0.0
+    ws_max_per_task: int = 100
 
     @property
     def data_dir(self) -> Path:
@@ -99,6 +105,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         os.chmod(self.run_dir, 0o700)
 
 
+DISCONNECT_POLICIES = ("continue", "kill", "grace")
+
+
 def run_dir_for(home: Path) -> Path:
     """Directory of the stack's ipc sockets."""
     candidate = home / "run"
@@ -111,6 +120,9 @@ def run_dir_for(home: Path) -> Path:
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Build settings from the environment (or the given mapping)."""
     env = _Env(os.environ if environ is None else environ)
+    policy = env.str("METASTREAM_DISCONNECT_POLICY", "continue")
+    if policy not in DISCONNECT_POLICIES:
+        raise ValueError(f"METASTREAM_DISCONNECT_POLICY must be one of {DISCONNECT_POLICIES}")
     home = Path(env.str("METASTREAM_HOME", "var")).resolve()
     run = run_dir_for(home)
     return Settings(
@@ -133,4 +145,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         ws_ping_interval=env.float("METASTREAM_WS_PING_INTERVAL", 20.0),
         ws_ping_timeout=env.float("METASTREAM_WS_PING_TIMEOUT", 20.0),
         replay_page=env.int("METASTREAM_REPLAY_PAGE", 2000),
+        disconnect_policy=policy,
+        disconnect_grace=env.float("METASTREAM_DISCONNECT_GRACE", 30.0),
+        lease_ttl=env.float("METASTREAM_LEASE_TTL", 3.0),
+        task_timeout=env.float("METASTREAM_TASK_TIMEOUT", 0.0),
+        task_memory_mb=env.float("METASTREAM_TASK_MEMORY_MB", 0.0),
+        ws_max_per_task=env.int("METASTREAM_WS_MAX_PER_TASK", 100),
     )

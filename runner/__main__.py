@@ -10,7 +10,7 @@ import time
 import zmq.asyncio
 
 from bus.client import AsyncSubscriber, DecodeFailure, Publisher, decode_frames
-from bus.messages import Heartbeat, topic
+from bus.messages import LEASE_TOPIC, Heartbeat, Lease, topic
 from metastream import settings
 from runner.control import ControlServer
 from runner.supervisor import Supervisor
@@ -22,13 +22,17 @@ log = logging.getLogger("metastream.supervisor")
 async def main() -> None:
     cfg = settings.load()
     cfg.ensure_dirs()
+    from runner.process import become_subreaper
+
+    if not become_subreaper():
+        log.warning("could not become a child subreaper: orphans of tasks are reaped by init")
     store = Store(cfg.db_url)
     store.create_schema()
     ctx = zmq.asyncio.Context()
     publisher = Publisher(cfg.bus_pub, ctx=zmq.Context.instance())
     sup = Supervisor(cfg, store, publisher)
     sub = AsyncSubscriber(cfg.bus_sub, ctx=ctx)
-    sub.subscribe([sup.beacon_topic])
+    sub.subscribe([sup.beacon_topic, LEASE_TOPIC])
     sup.on_started = lambda tid: sub.subscribe([topic(tid, "heartbeat")])
     sup.on_ended = lambda tid: sub.unsubscribe(topic(tid, "heartbeat"))
     control = ControlServer(cfg.control, sup, ctx)
@@ -62,12 +66,14 @@ async def _listen(sub: AsyncSubscriber, sup: Supervisor) -> None:
     while True:
         frames = await sub.recv_frames()
         if frames[0] == sup.beacon_topic:
-            sup.heartbeats.beacon()
+            sup.bus_beacon()
             continue
         _tid, msg = decode_frames(frames)
         match msg:
             case Heartbeat():
                 sup.heard(msg)
+            case Lease(task_id=task_id, gateway_id=gw, watchers=n, ttl=ttl):
+                sup.disconnects.lease(task_id, gw, n, ttl)
             case DecodeFailure(error=error):
                 log.warning("dropped a bad bus frame: %s", error)
 
@@ -76,7 +82,7 @@ async def _tick(sup: Supervisor, pub: Publisher, interval: float) -> None:
     while True:
         # Our beacon travels through the proxy and back: hearing it proves the bus is up.
         pub.send(sup.beacon_topic, str(time.time()).encode())
-        await sup.check_heartbeats()
+        await sup.check()
         await asyncio.sleep(interval / 2)
 
 

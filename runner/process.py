@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 log = logging.getLogger("metastream.process")
+PR_SET_CHILD_SUBREAPER = 36
 
 
 @dataclass
@@ -142,33 +145,90 @@ def group_members(pgid: int) -> list[psutil.Process]:
 async def stop(
     child: Child, ask_timeout: float, term_timeout: float, kill_timeout: float = 2.0
 ) -> str:
-    """The one stop sequence: ask, wait, SIGTERM the group, wait, SIGKILL. Returns how it ended."""
+    """The one stop sequence: ask, wait, SIGTERM the group, wait, SIGKILL. Returns how it ended.
+
+    A zero ``ask_timeout`` skips asking; zero for both goes straight to SIGKILL.
+    """
     strays = descendants(child)
+    how = "exited"
     if not child.exited:
-        signal_leader(child, signal.SIGINT)  # ask: the task flushes its log and exits
-        if await child.wait(ask_timeout):
+        if ask_timeout > 0:
+            signal_leader(child, signal.SIGINT)  # ask: the task flushes its log and exits
+        if ask_timeout > 0 and await child.wait(ask_timeout):
             how = "asked"
         else:
-            signal_group(child, signal.SIGTERM)
-            if await child.wait(term_timeout):
+            if term_timeout > 0:
+                signal_group(child, signal.SIGTERM)
+            if term_timeout > 0 and await child.wait(term_timeout):
                 how = "terminated"
             else:
                 signal_group(child, signal.SIGKILL)
                 await child.wait(kill_timeout)
                 how = "killed"
-    else:
-        how = "exited"
-    reap_group(child, strays)
+    await asyncio.to_thread(reap_group, child, strays)
     return how
 
 
 def reap_group(child: Child, strays: Sequence[psutil.Process] = ()) -> None:
-    """SIGKILL whatever is left of the task's tree once its leader is gone."""
+    """SIGKILL whatever is left of the task's tree once its leader is gone, and reap it."""
+    leftovers = {p.pid: p for p in (*group_members(child.pgid), *strays) if p.pid != child.pid}
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pgid, signal.SIGKILL)
-    for p in strays:
+    for p in leftovers.values():
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             p.kill()
+    _reap_orphans(leftovers.values())
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (Linux), so that no task leaves zombies behind."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _reap_orphans(procs: Iterable[psutil.Process], timeout: float = 1.0) -> None:
+    """Collect the exit status of killed descendants re-parented to us (we are a subreaper).
+
+    A process whose parent dies only becomes ours a moment later, so keep trying until each
+    is reaped, gone, or clearly someone else's.
+    """
+    me = os.getpid()
+    pending = {p.pid for p in procs}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for pid in list(pending):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    pending.discard(pid)
+                continue
+            except ChildProcessError:
+                pass
+            try:
+                proc = psutil.Process(pid)
+                if proc.status() == psutil.STATUS_ZOMBIE and proc.ppid() not in (me, 0):
+                    parent = psutil.Process(proc.ppid())
+                    if parent.status() != psutil.STATUS_ZOMBIE and parent.pid == 1:
+                        pending.discard(pid)  # init's to reap, not ours
+            except psutil.NoSuchProcess:
+                pending.discard(pid)
+        if pending:
+            time.sleep(0.01)
+
+
+def tree_rss_mb(child: Child) -> float:
+    """Resident memory of the task's whole process tree, in MB."""
+    total = 0
+    try:
+        procs = [psutil.Process(child.pid), *descendants(child)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += p.memory_info().rss
+    return total / (1024 * 1024)
 
 
 def describe_exit(returncode: int | None) -> str:

@@ -20,22 +20,24 @@ from bus.messages import (
 )
 from metastream.settings import Settings
 from runner import process
-from runner.policy import Admission, HeartbeatPolicy
+from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits
 from store import Store, TaskRow
 
 log = logging.getLogger("metastream.supervisor")
 T = TypeVar("T")
 
 EXIT_CANCELLED = 3
-STARTUP_GRACE = 10.0
+STARTUP_GRACE = 5.0  # to start the interpreter and send a first beat
 
 
 class Running:
     """What the supervisor knows of one live task process."""
 
-    def __init__(self, task_id: str, child: process.Child) -> None:
+    def __init__(self, task_id: str, child: process.Child, options: dict[str, Any]) -> None:
         self.task_id = task_id
         self.child = child
+        self.options = options
+        self.started = time.monotonic()
         self.stop_reason: tuple[str, str] | None = None  # (final status, message) if we stop it
         self.stopping: asyncio.Task[str] | None = None
         self.watcher: asyncio.Task[None] | None = None
@@ -59,8 +61,11 @@ class Supervisor:
         self.running: dict[str, Running] = {}
         self.admission = Admission(cfg.max_running)
         self.heartbeats = HeartbeatPolicy(cfg.heartbeat_timeout, STARTUP_GRACE, clock)
+        self.disconnects = DisconnectPolicy(clock)
+        self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
         self._pump_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[str]] = set()
         self.on_started: Callable[[str], None] = lambda _tid: None
         self.on_ended: Callable[[str], None] = lambda _tid: None
 
@@ -113,7 +118,7 @@ class Supervisor:
     async def cancel(self, task_id: str, reason: str) -> Reply:
         run = self.running.get(task_id)
         if run is not None:
-            await self.stop_task(run, "CANCELLED", reason, ask=True)
+            await self.stop_task(run, "CANCELLED", reason, how="ask")
             row = await self._db(self.store.get_task, task_id)
             return Reply(ok=True, status=row.status if row else None)
         async with self._lock(task_id):
@@ -136,19 +141,22 @@ class Supervisor:
         # It became RUNNING while we looked: stop the process.
         run = self.running.get(task_id)
         if run is not None:
-            await self.stop_task(run, "CANCELLED", reason, ask=True)
+            await self.stop_task(run, "CANCELLED", reason, how="ask")
         row = await self._db(self.store.get_task, task_id)
         return Reply(ok=True, status=row.status if row else None)
 
-    async def stop_task(self, run: Running, status: str, message: str, ask: bool) -> str:
-        """Stop a running task (once, however many ask) and wait until it is down."""
+    async def stop_task(self, run: Running, status: str, message: str, how: str) -> str:
+        """Stop a running task (once, however many ask) and wait until it is down.
+
+        ``how`` is where the stop sequence starts: "ask" (a cancel: let the task flush and
+        exit), "term" (a limit: SIGTERM the group), or "kill" (hung or out of memory).
+        """
         if run.stop_reason is None:
             run.stop_reason = (status, message)
         if run.stopping is None:
-            ask_timeout = self.cfg.stop_ask_timeout if ask else 0.0
-            run.stopping = asyncio.create_task(
-                process.stop(run.child, ask_timeout, self.cfg.stop_term_timeout)
-            )
+            ask_timeout = self.cfg.stop_ask_timeout if how == "ask" else 0.0
+            term_timeout = self.cfg.stop_term_timeout if how in ("ask", "term") else 0.0
+            run.stopping = asyncio.create_task(process.stop(run.child, ask_timeout, term_timeout))
         how = await run.stopping
         if run.watcher is not None:
             await run.watcher
@@ -202,11 +210,12 @@ class Supervisor:
                 self._publish(failed)
             return
         await self._db(self.store.set_process, task_id, child.pid, child.create_time)
-        self._track(task_id, child)
+        self._track(task_id, child, row.options)
         self._publish(started)
 
-    def _track(self, task_id: str, child: process.Child) -> None:
-        run = Running(task_id, child)
+    def _track(self, task_id: str, child: process.Child, options: dict[str, Any]) -> None:
+        run = Running(task_id, child, options)
+        run.started = self._clock()
         self.running[task_id] = run
         self.heartbeats.started(task_id)
         self.on_started(task_id)
@@ -234,8 +243,10 @@ class Supervisor:
         await run.child.wait()
         task_id = run.task_id
         if run.stopping is None:
-            process.reap_group(run.child)  # children it left behind die with it
+            # Children it left behind die with it.
+            await asyncio.to_thread(process.reap_group, run.child)
         self.heartbeats.forget(task_id)
+        self.disconnects.forget(task_id)
         self.running.pop(task_id, None)
         row = await self._db(self.store.get_task, task_id)
         status, message = self._outcome(run, row)
@@ -275,15 +286,45 @@ class Supervisor:
     def heard(self, msg: Heartbeat) -> None:
         self.heartbeats.beat(msg.task_id)
 
-    async def check_heartbeats(self) -> None:
+    def bus_beacon(self) -> None:
+        if self.heartbeats.beacon():
+            self.disconnects.pause()  # no lease could arrive while the bus was down
+
+    async def check(self) -> None:
+        """Apply the heartbeat, disconnect and limit policies to every running task."""
         for task_id, silent in self.heartbeats.overdue():
             run = self.running.get(task_id)
             if run is None or run.stop_reason is not None:
                 self.heartbeats.forget(task_id)
                 continue
             msg = f"Task process unresponsive: no heartbeat for {silent:.1f} s; killed"
-            log.warning("task %s: %s", task_id, msg)
-            asyncio.create_task(self.stop_task(run, "FAILED", msg, ask=False))
+            self._stop_soon(run, "FAILED", msg, how="kill")
+        if not self.heartbeats.bus_ok():
+            return  # leases can't arrive either: judge nobody's absence
+        for run in list(self.running.values()):
+            if run.stop_reason is not None:
+                continue
+            mode = run.options.get("disconnect_policy") or self.cfg.disconnect_policy
+            grace = float(run.options.get("grace_seconds") or self.cfg.disconnect_grace)
+            if self.disconnects.should_stop(run.task_id, mode, grace):
+                why = "last client left" if mode == "kill" else f"no client for {grace:g} s"
+                self._stop_soon(run, "CANCELLED", f"Cancelled: {why} (policy {mode})", how="ask")
+                continue
+            limits = Limits(
+                float(run.options.get("timeout_seconds") or self.cfg.task_timeout),
+                float(run.options.get("memory_limit_mb") or self.cfg.task_memory_mb),
+            )
+            rss = process.tree_rss_mb(run.child) if limits.memory_mb else 0.0
+            breach = limits.breach(self._clock() - run.started, rss)
+            if breach is not None:
+                # Out of memory: kill at once, the memory is the problem; out of time: SIGTERM.
+                self._stop_soon(run, "FAILED", breach, how="kill" if "memory" in breach else "term")
+
+    def _stop_soon(self, run: Running, status: str, message: str, how: str) -> None:
+        log.warning("task %s: %s", run.task_id, message)
+        task = asyncio.create_task(self.stop_task(run, status, message, how=how))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- start-up and shutdown -----------------------------------------------------------
 
@@ -296,7 +337,7 @@ class Supervisor:
                 child = process.adopt(row.pid, row.pid_create_time)
             if child is not None:
                 log.info("re-adopted task %s (pid %s)", row.id, row.pid)
-                self._track(row.id, child)
+                self._track(row.id, child, row.options)
                 continue
             ended = await self._db(
                 self.store.transition,
@@ -315,7 +356,7 @@ class Supervisor:
         """Stop every task (recording why) so nothing outlives the supervisor."""
         runs = list(self.running.values())
         await asyncio.gather(
-            *(self.stop_task(r, "CANCELLED", reason, ask=True) for r in runs),
+            *(self.stop_task(r, "CANCELLED", reason, how="ask") for r in runs),
             return_exceptions=True,
         )
         # Queued tasks stay QUEUED: the next supervisor starts them.

@@ -87,6 +87,7 @@ def _die(spec: SyntheticSpec, out: Emitter) -> None:
         case "oom":
             hog = []
             while True:  # until the memory limit (or the kernel) stops us
-                hog.append(bytearray(50 * 1024 * 1024))
+                # Written bytes, not bytearray(n): calloc'd pages would not count as resident.
+                hog.append(b"\x01" * (50 * 1024 * 1024))
         case _:
             os._exit(spec.exit_code)

@@ -1,0 +1,89 @@
+"""Supervision policies against scripted clocks."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def advance(clock: Clock, hb: HeartbeatPolicy, seconds: float) -> None:
+    """Let time pass with the supervisor's beacon coming back every half second."""
+    end = clock.now + seconds
+    while clock.now < end:
+        clock.now = min(end, clock.now + 0.5)
+        hb.beacon()
+
+
+def test_heartbeat_overdue_after_timeout_with_startup_grace() -> None:
+    clock = Clock()
+    hb = HeartbeatPolicy(timeout=5, startup_grace=10, clock=clock)
+    hb.started("t")
+    advance(clock, hb, 14)
+    assert hb.overdue() == []  # still inside the start-up grace
+    hb.beat("t")
+    advance(clock, hb, 4)
+    assert hb.overdue() == []
+    advance(clock, hb, 2)
+    assert [t for t, _ in hb.overdue()] == ["t"]
+
+
+def test_heartbeat_silence_while_the_bus_is_down_is_forgiven() -> None:
+    clock = Clock()
+    hb = HeartbeatPolicy(timeout=5, startup_grace=0, clock=clock)
+    hb.started("t")
+    clock.now += 30  # no beacon either: the bus is down
+    assert not hb.bus_ok() and hb.overdue() == []
+    assert hb.beacon() is True  # bus back: clocks restart
+    assert hb.overdue() == []
+    advance(clock, hb, 6)
+    assert [t for t, _ in hb.overdue()] == ["t"]
+
+
+def test_disconnect_kill_grace_continue() -> None:
+    clock = Clock()
+    dp = DisconnectPolicy(clock)
+    assert not dp.should_stop("t", "kill", 0)  # never watched: not judged
+    dp.lease("t", "gw1", 2, ttl=3)
+    assert not dp.should_stop("t", "kill", 0)
+    dp.lease("t", "gw1", 0, ttl=3)  # last client left
+    assert dp.should_stop("t", "kill", 0)
+    assert not dp.should_stop("t", "continue", 0)
+    assert not dp.should_stop("t", "grace", 10)
+    clock.now += 5
+    dp.lease("t", "gw2", 1, ttl=3)  # back within the grace period, on another gateway
+    clock.now += 1
+    assert not dp.should_stop("t", "grace", 10)
+
+
+def test_an_expired_lease_counts_as_a_disconnect() -> None:
+    clock = Clock()
+    dp = DisconnectPolicy(clock)
+    dp.lease("t", "gw1", 1, ttl=3)
+    clock.now += 2
+    assert not dp.should_stop("t", "grace", 5)
+    clock.now += 2  # the gateway died: no renewal
+    assert not dp.should_stop("t", "grace", 5)
+    clock.now += 5
+    assert dp.should_stop("t", "grace", 5)
+    dp.pause()  # the bus was down: nobody could renew
+    assert not dp.should_stop("t", "grace", 5)
+
+
+def test_limits_and_admission() -> None:
+    limits = Limits(timeout=10, memory_mb=100)
+    assert limits.breach(5, 50) is None
+    assert "time limit" in (limits.breach(11, 50) or "")
+    assert "memory limit" in (limits.breach(5, 150) or "")
+    assert Limits(0, 0).breach(1e9, 1e9) is None
+    assert Admission(2).free_slots(0) == 2 and Admission(2).free_slots(3) == 0
+    with pytest.raises(ValueError, match="max_running"):
+        Admission(0)

@@ -1,0 +1,74 @@
+"""The process mechanism against real misbehaving children."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+
+from runner import process
+from tests.helpers import poll_for
+
+POLITE = "import signal, sys, time\nsignal.signal(signal.SIGINT, lambda *a: sys.exit(0))\n"
+STUBBORN = textwrap.dedent(
+    """
+    import signal, subprocess, sys, time
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    kid = "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    subprocess.Popen([sys.executable, "-c", kid])
+    print("ready", flush=True)
+    """
+)
+
+
+def _script(tmp_path: Path, body: str) -> list[str]:
+    path = tmp_path / "child.py"
+    path.write_text(body + "\ntime.sleep(600)\n")
+    return [sys.executable, str(path)]
+
+
+def test_stop_asks_first(tmp_path: Path) -> None:
+    async def scenario() -> tuple[str, int | None]:
+        child = process.spawn(_script(tmp_path, POLITE), os.environ, tmp_path, tmp_path / "l")
+        await asyncio.sleep(0.3)
+        how = await process.stop(child, ask_timeout=5, term_timeout=5)
+        return how, child.returncode
+
+    assert asyncio.run(scenario()) == ("asked", 0)
+
+
+def test_stop_escalates_to_sigkill_and_reaps_the_tree(tmp_path: Path) -> None:
+    async def scenario() -> tuple[str, int | None, int, list[int]]:
+        log = tmp_path / "log"
+        child = process.spawn(_script(tmp_path, STUBBORN), os.environ, tmp_path, log)
+        await asyncio.to_thread(poll_for, lambda: "ready" in log.read_text(), 10)
+        tree = [p.pid for p in process.descendants(child)]
+        assert tree, "the grandchild should exist"
+        t0 = time.monotonic()
+        how = await process.stop(child, ask_timeout=0.3, term_timeout=0.3)
+        return how, child.returncode, int(time.monotonic() - t0), tree
+
+    how, rc, took, tree = asyncio.run(scenario())
+    assert how == "killed" and rc == -9 and took < 4
+    for pid in tree:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+def test_exit_is_seen_without_polling(tmp_path: Path) -> None:
+    async def scenario() -> tuple[int | None, float]:
+        argv = [sys.executable, "-c", "import os; os._exit(7)"]
+        child = process.spawn(argv, os.environ, tmp_path, tmp_path / "l")
+        t0 = time.monotonic()
+        assert await child.wait(10)
+        return child.returncode, time.monotonic() - t0
+
+    rc, took = asyncio.run(scenario())
+    assert rc == 7 and took < 2
+    assert process.describe_exit(-11) == "killed by SIGSEGV"
+    assert process.describe_exit(3) == "exit code 3"
