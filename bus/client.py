@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import msgspec
@@ -40,12 +41,10 @@ class Publisher:
         self.send(topic_frame, bus_encoder.encode(msg))
 
     def send(self, topic_frame: bytes, body: bytes) -> None:
-        try:
+        # At the high-water mark the message is dropped on the bus only: it is in the event
+        # log, and subscribers refill the gap from there.
+        with contextlib.suppress(zmq.Again):
             self._sock.send_multipart((topic_frame, body), flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            # High-water mark reached: the message is dropped on the bus only; it is in the
-            # event log, and subscribers refill the gap from there.
-            pass
 
     def close(self, linger_ms: int | None = None) -> None:
         if linger_ms is not None:

@@ -8,6 +8,7 @@ log is the source of truth; the bus is only the fast path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -147,10 +148,8 @@ class TaskStream:
 
     async def _close(self, code: int) -> None:
         self.phase = Phase.CLOSING
-        try:
+        with contextlib.suppress(RuntimeError):  # the client closed first
             await self.ws.close(code)
-        except RuntimeError:
-            pass  # the client closed first
 
     async def _read_client(self, scope: anyio.CancelScope) -> None:
         """Drain what the client sends; its disconnect ends the connection."""
