@@ -47,6 +47,7 @@ def main() -> int:
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, 100_000)  # the default (1000) drops messages during bursts
     sub.connect(args.endpoint)
     # Topics are "<task_id>/<kind>" (kind: event, state or heartbeat): prefix matching on the
     # task id gets exactly this task's messages. Use f"{task_id}/event" for events only.

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -29,6 +29,7 @@ from metastream.cli_api import (
     Api,
     CliError,
 )
+from metastream.cli_args import build_parser
 from metastream.cli_follow import Display, follow_bus, follow_ws
 from metastream.subscribe import (
     AuthError,
@@ -37,19 +38,6 @@ from metastream.subscribe import (
     TaskNotFound,
     default_url,
 )
-
-EPILOG = (
-    "exit codes: 0 success / COMPLETED, 1 FAILED, 2 CANCELLED, 3 gateway unreachable or timed "
-    "out, 4 not found, 5 other gateway error, 64 usage error, 130 interrupted"
-)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # argparse's default (2) would read as "task CANCELLED".
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
 
 # --- commands --------------------------------------------------------------------------------
 
@@ -62,6 +50,16 @@ def cmd_run(args: argparse.Namespace, api: Api) -> int:
         body["n_round"] = args.n_round
     if args.investment is not None:
         body["investment"] = args.investment
+    if args.disconnect_policy:
+        body["disconnect_policy"] = args.disconnect_policy
+    for option in args.option:
+        key, _, value = option.partition("=")
+        if not key or not _:
+            raise CliError(f"--option wants KEY=VALUE, got {option!r}", EXIT_USAGE)
+        try:
+            body[key] = json.loads(value)
+        except ValueError:
+            body[key] = value  # a bare string: -O note=hello
     if args.synthetic_events is not None:
         synthetic: dict[str, Any] = {"events": args.synthetic_events, "rate": args.synthetic_rate}
         if args.synthetic_exit_after is not None:
@@ -190,91 +188,14 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-# --- parsing ---------------------------------------------------------------------------------
-
-
-def _common() -> argparse.ArgumentParser:
-    # SUPPRESS: an option given before the command must survive the subcommand's defaults.
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--url", default=argparse.SUPPRESS, help="gateway URL (env METASTREAM_URL)")
-    p.add_argument(
-        "--token", default=argparse.SUPPRESS, help="API token (env METASTREAM_API_TOKEN)"
-    )
-    p.add_argument(
-        "--json",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="print raw messages, one JSON object per line",
-    )
-    return p
-
-
-def _following(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--retries", type=int, default=20, help="reconnect attempts in a row (20)")
-    p.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=60.0,
-        help="reconnect when nothing arrives for this long (60 s)",
-    )
-    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    common = _common()
-    parser = _Parser(
-        prog="metastream",
-        description="Run MetaGPT tasks and watch them live.",
-        epilog=EPILOG,
-        parents=[common],
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-
-    run = sub.add_parser("run", parents=[common], help="create a task and follow it", epilog=EPILOG)
-    run.add_argument("requirement", help="what to build")
-    run.add_argument("--test-mode", action="store_true", help="use the offline scripted LLM")
-    run.add_argument("--use-qa", action="store_true", help="add the QA engineer")
-    run.add_argument("--n-round", type=int, default=None, help="MetaGPT rounds (gateway: 10)")
-    run.add_argument("--investment", type=float, default=None, help="budget in USD")
-    run.add_argument("--detach", action="store_true", help="print the task id and exit")
-    syn = run.add_argument_group("synthetic workload (tests and demos; replaces MetaGPT)")
-    syn.add_argument("--synthetic-events", type=int, metavar="N", help="emit N events")
-    syn.add_argument("--synthetic-rate", type=float, default=0.0, metavar="R", help="per second")
-    syn.add_argument("--synthetic-exit-after", type=int, metavar="K", help="exit after K events")
-    syn.add_argument("--synthetic-exit-code", type=int, default=1, metavar="C", help="exit code")
-    _following(run)
-    run.set_defaults(func=cmd_run)
-
-    tail = sub.add_parser(
-        "tail", parents=[common], help="follow a task (resumes after errors)", epilog=EPILOG
-    )
-    tail.add_argument("task_id", help="task id (or a unique prefix of a recent one)")
-    tail.add_argument("--after", type=int, default=0, metavar="N", help="start after event N")
-    tail.add_argument("--bus", action="store_true", help="read the ZeroMQ bus (live only)")
-    tail.add_argument("--endpoint", default=None, help="bus XPUB endpoint (METASTREAM_BUS_SUB)")
-    _following(tail)
-    tail.set_defaults(func=cmd_tail)
-
-    ls = sub.add_parser("ls", parents=[common], help="list tasks, newest first")
-    ls.add_argument("--limit", type=int, default=20)
-    ls.add_argument("--offset", type=int, default=0)
-    ls.set_defaults(func=cmd_ls)
-
-    cancel = sub.add_parser("cancel", parents=[common], help="cancel a task")
-    cancel.add_argument("task_id")
-    cancel.set_defaults(func=cmd_cancel)
-
-    files = sub.add_parser("files", parents=[common], help="list a task's generated files")
-    files.add_argument("task_id")
-    files.set_defaults(func=cmd_files)
-
-    get = sub.add_parser("get", parents=[common], help="print one generated file")
-    get.add_argument("task_id")
-    get.add_argument("path", help="path as listed by `metastream files`")
-    get.add_argument("-o", "--output", help="write to this file instead of stdout")
-    get.set_defaults(func=cmd_get)
-    return parser
+COMMANDS = {
+    "run": cmd_run,
+    "tail": cmd_tail,
+    "ls": cmd_ls,
+    "cancel": cmd_cancel,
+    "files": cmd_files,
+    "get": cmd_get,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -288,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     api = Api(args.url, args.token)
     try:
-        return int(args.func(args, api))
+        return int(COMMANDS[args.command](args, api))
     except CliError as exc:
         _say(f"metastream: error: {exc}")
         return exc.code

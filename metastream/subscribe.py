@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -133,7 +133,7 @@ async def subscribe(
     until_end: bool = True,
     on_ready: Callable[[], None] | None = None,
     ctx: zmq.asyncio.Context | None = None,
-) -> AsyncIterator[Event | State | Heartbeat]:
+) -> AsyncGenerator[Event | State | Heartbeat, None]:
     """Yield a task's live bus messages (:class:`Event`, :class:`State`, :class:`Heartbeat`).
 
     ``endpoint`` defaults to ``METASTREAM_BUS_SUB`` (the stack's XPUB side). With ``until_end``
@@ -178,6 +178,8 @@ async def subscribe(
             if isinstance(msg, DecodeFailure):
                 log.warning("skipped an undecodable bus frame: %s", msg.error)
                 continue
+            if not isinstance(msg, Event | State | Heartbeat):
+                continue  # kinds added later (never on a task's topics today)
             if isinstance(msg, Event):
                 highest = max(highest, msg.event_id)
             yield msg
@@ -232,7 +234,7 @@ async def stream(
     open_timeout: float = 10.0,
     http_timeout: float = 10.0,
     on_status: Callable[[str, str], None] | None = None,
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """Yield a task's WebSocket messages (``{"type", "data"}``), resuming after failures.
 
     Every event with ``event_id > last_event_id`` is yielded exactly once, in order; the

@@ -165,3 +165,59 @@ def test_cli_tail_bus_prints_raw_bus_maps(stack: Stack, api: httpx.Client, endpo
     assert {m["kind"] for m in msgs} <= {"event", "state", "heartbeat"}
     _check_live_events([m["event_id"] for m in msgs if m["kind"] == "event"], n)
     assert msgs[-1]["kind"] == "state" and msgs[-1]["status"] == "COMPLETED"
+
+
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "subscribers.md"
+
+
+def guide_program(name: str, into: Path) -> Path:
+    """The fenced code block of the guide that follows ``<!-- tested: name -->``."""
+    text = GUIDE.read_text()
+    start = text.index(f"<!-- tested: {name}")
+    start = text.index("```python\n", start) + len("```python\n")
+    path = into / Path(name).name
+    path.write_text(text[start : text.index("```\n", start)])
+    return path
+
+
+def test_guide_shows_the_tested_example_verbatim(tmp_path: Path) -> None:
+    shown = guide_program("examples/bus_subscriber.py", tmp_path).read_text()
+    assert shown == EXAMPLE.read_text()
+
+
+def test_guide_programs_run_against_a_live_task(
+    stack: Stack, api: httpx.Client, tmp_path: Path
+) -> None:
+    n = 100
+    task = create_task(api, synthetic={"events": n, "rate": 1000})
+    env = {**stack.env, "METASTREAM_URL": stack.url}
+    watch = subprocess.Popen(
+        [sys.executable, str(guide_program("watch_bus.py", tmp_path)), task["id"]],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watch.stdout is not None
+        assert watch.stdout.readline().strip() == "ready"
+        follow = subprocess.Popen(
+            [sys.executable, str(guide_program("follow.py", tmp_path)), task["id"]],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # follow.py's WebSocket connection starts the PENDING task.
+        out, err = follow.communicate(timeout=30)
+        assert follow.returncode == 0, err
+        assert out.splitlines()[-1].startswith("-- COMPLETED 100%")
+        assert [line.split()[0] for line in out.splitlines() if line.startswith("#")] == [
+            f"#{i}" for i in range(1, n + 1)
+        ]
+        bus_out, bus_err = watch.communicate(timeout=30)
+    finally:
+        watch.kill()
+    assert watch.returncode == 0, bus_err
+    assert bus_out.splitlines()[-1].startswith("-- COMPLETED 100%")
+    assert f"#{n} " in bus_out
