@@ -81,6 +81,7 @@ function openTask(id) {
     onState: (s) => {
       if (mine !== current) return;
       applyState(s);
+      tasks.update(s);
       // Only the stream's final state comes after the last event; the REST copy may not.
       if (TERMINAL.has(s.status)) timeline.finish();
     },
@@ -285,6 +286,7 @@ window.__metastream = {
     return timeline.renderedIds();
   },
   expandAll: () => timeline.expandAll(),
+  perf: () => ({ ...timeline.stats }),
   info: () =>
     current && {
       id: current.id,

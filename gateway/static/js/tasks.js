@@ -30,6 +30,18 @@ export class TaskList {
     for (const a of this.listEl.querySelectorAll("a.task-item")) a.classList.toggle("active", a.dataset.id === id);
   }
 
+  /** Live state of the open task: patch its list item in place until the next poll. */
+  update(state) {
+    const a = this.listEl.querySelector(`a.task-item[data-id="${CSS.escape(state.task_id || "")}"]`);
+    if (!a) return;
+    a.dataset.status = state.status;
+    const pill = a.querySelector(".pill");
+    pill.dataset.status = state.status;
+    pill.textContent = state.status;
+    const pct = Math.round((state.progress || 0) * 100);
+    a.querySelector(".mini-progress span").style.width = `${pct}%`;
+  }
+
   async refresh() {
     clearTimeout(this.timer);
     try {

@@ -21,6 +21,7 @@ const CAP = 400; // rows kept in the DOM per lane
 const PAGE = 500; // rows "show earlier" brings back at a time
 const STREAM_MAX_CHARS = 200_000; // per block; the rest is counted, not shown
 const FOLLOW_SLACK_PX = 48;
+const growing = new Set(); // action cards whose streamed text grew in this flush
 
 const TYPE_LABEL = {
   MESSAGE: "message",
@@ -86,6 +87,7 @@ class ActionCard {
     this.text = "";
     this.hidden = 0; // chars beyond STREAM_MAX_CHARS
     this.children = [];
+    this.follow = true; // keep the newest streamed text in view unless the reader scrolled up
     this.el = null;
     this.refs = null;
   }
@@ -110,11 +112,14 @@ class ActionCard {
     this.text += chunk;
     if (!this.el) return;
     const { pre, textNode } = this.refs;
-    const follow = pre.hidden || pre.scrollHeight - pre.scrollTop - pre.clientHeight < FOLLOW_SLACK_PX;
     pre.hidden = false;
     textNode.appendData(chunk);
     this.syncMeta();
-    if (follow) pre.scrollTop = pre.scrollHeight;
+    if (this.follow) growing.add(this); // scrolled once per flush, after all writes
+  }
+
+  scrollToEnd() {
+    if (this.el && this.follow) this.refs.pre.scrollTop = this.refs.pre.scrollHeight;
   }
 
   setCost(ev) {
@@ -170,6 +175,11 @@ class ActionCard {
     row.dataset.ids = this.ids.join(" ");
     const textNode = document.createTextNode(this.text);
     const pre = el("pre.stream", { hidden: !this.text }, textNode);
+    pre.addEventListener(
+      "scroll",
+      () => (this.follow = pre.scrollHeight - pre.scrollTop - pre.clientHeight < FOLLOW_SLACK_PX),
+      { passive: true },
+    );
     const badge = el("span.badge");
     const costEl = el("span.muted.small.cost");
     const chars = el("span.muted.small");
@@ -189,7 +199,7 @@ class ActionCard {
     this.el = row;
     this.refs = { pre, textNode, badge, costEl, chars, kids };
     this.syncMeta();
-    if (this.text) requestAnimationFrame(() => (pre.scrollTop = pre.scrollHeight));
+    if (this.text) growing.add(this);
     return row;
   }
 }
@@ -207,6 +217,17 @@ class Lane {
     this.stateEl = el("span.lane-state");
     this.moreBtn = el("button.more.ghost", { type: "button", hidden: true, onclick: () => this.showEarlier() });
     this.rowsEl = el("div.lane-rows");
+    // Follow the newest row unless the reader scrolled up; learnt from scroll events so a
+    // flush never has to read layout before writing.
+    this.follow = true;
+    this.rowsEl.addEventListener(
+      "scroll",
+      () => {
+        const r = this.rowsEl;
+        this.follow = r.scrollHeight - r.scrollTop - r.clientHeight < FOLLOW_SLACK_PX;
+      },
+      { passive: true },
+    );
     const head = el(
       "header.lane-head",
       { onclick: () => this.section.classList.toggle("collapsed") },
@@ -263,13 +284,8 @@ class Lane {
     this.open = null;
   }
 
-  atBottom() {
-    const r = this.rowsEl;
-    return r.scrollHeight - r.scrollTop - r.clientHeight < FOLLOW_SLACK_PX;
-  }
-
   /** Put new rows in the DOM (only those within the cap) and drop the oldest beyond it. */
-  commit(added, follow) {
+  commit(added) {
     const from = Math.max(this.rows.length - added.length, this.rows.length - this.cap);
     if (from < this.rows.length) {
       const frag = document.createDocumentFragment();
@@ -287,7 +303,6 @@ class Lane {
     }
     this.domStart = Math.max(this.domStart, keepFrom);
     this.syncHead();
-    if (follow) this.rowsEl.scrollTop = this.rowsEl.scrollHeight;
   }
 
   showEarlier() {
@@ -322,8 +337,11 @@ export class Timeline {
     this.scheduled = false;
     this.count = 0;
     this.active = null;
+    this.nextFlushAt = 0;
+    this.stats = { flushes: 0, flushMs: 0 }; // for perf checks: window.__metastream.perf()
     this.root.replaceChildren(el("p.muted.waiting", { text: "Waiting for the first event…" }));
     this.chips = new Map();
+    growing.clear();
     this.strip.replaceChildren(...AGENTS.map((role) => this.chip(role)));
   }
 
@@ -349,10 +367,15 @@ export class Timeline {
     for (const ev of events) this.queue.push(ev);
     if (this.scheduled) return;
     this.scheduled = true;
-    // rAF batches a burst into one DOM update; the timeout keeps hidden tabs moving.
+    // One DOM update per frame at most, and after a costly one wait a few times its length:
+    // a burst (a replay of 10k+ events) then lands in a few big batches, where only each
+    // lane's newest rows get built, instead of 100 frames of build-then-trim.
+    const wait = Math.max(0, this.nextFlushAt - performance.now());
     const run = () => this.flush();
-    requestAnimationFrame(run);
-    setTimeout(run, 200);
+    setTimeout(() => {
+      requestAnimationFrame(run);
+      setTimeout(run, 250); // rAF does not run in hidden tabs
+    }, wait);
   }
 
   lane(role) {
@@ -375,6 +398,7 @@ export class Timeline {
   flush() {
     if (!this.scheduled) return;
     this.scheduled = false;
+    const t0 = performance.now();
     const queue = this.queue;
     this.queue = [];
     const added = new Map();
@@ -390,15 +414,21 @@ export class Timeline {
       }
     }
     this.count += queue.length;
-    // Read every lane's scroll position first, then write: one layout per frame, not per lane.
-    const follow = new Map([...added.keys()].map((lane) => [lane, lane.atBottom()]));
-    for (const [lane, rows] of added) lane.commit(rows, follow.get(lane));
+    for (const [lane, rows] of added) lane.commit(rows);
+    // Scroll only after every write: one layout for all lanes.
+    for (const lane of added.keys()) if (lane.follow) lane.rowsEl.scrollTop = lane.rowsEl.scrollHeight;
+    for (const card of growing) card.scrollToEnd();
+    growing.clear();
     for (const [role, lane] of this.lanes) {
       const chip = this.chips.get(role);
       chip.count.textContent = fmtInt(lane.events);
       if (chip.node.dataset.state === "waiting") chip.node.dataset.state = "done";
     }
     this.setActive(this.active);
+    const took = performance.now() - t0;
+    this.nextFlushAt = performance.now() + Math.min(500, took * 4);
+    this.stats.flushes += 1;
+    this.stats.flushMs += took;
   }
 
   /** Highlight the agent the task state names (null when the task ended). */
