@@ -2,8 +2,8 @@
 
 ``python -m bench.clients SPEC_JSON`` opens ``spec["urls"]`` (one connection each), prints
 ``READY`` once every connection got its first message (``connected``), reads until it has
-``expect`` events per connection, the server closes, or ``timeout`` passes, then prints
-``RESULT <json>``. The client is kept lean so that it is not what we measure: uvloop, no JSON
+``expect`` events per connection, the server closes, or ``timeout`` passes, then writes the
+results as JSON to ``spec["out"]`` and prints ``RESULT``. The client is kept lean so that it is not what we measure: uvloop, no JSON
 parsing; an event is recognised by its frame prefix, and in latency mode only the payload's
 ``"t"`` (emit time, Unix seconds) is sliced out of the text.
 """
@@ -16,8 +16,10 @@ import json
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 EVENT_PREFIX = '{"type":"event"'
@@ -90,7 +92,11 @@ def main() -> None:
 
     spec = json.loads(sys.argv[1])
     results = uvloop.run(_main(spec))
-    print("RESULT " + json.dumps(results), flush=True)
+    # Through a file: the event loop may leave stdout non-blocking, and a large line written
+    # to a full pipe would then be cut short.
+    with open(spec["out"], "w") as f:
+        json.dump(results, f)
+    print("RESULT", flush=True)
 
 
 # --- the orchestrator's side -------------------------------------------------------------
@@ -113,6 +119,8 @@ class ClientGroup:
         self._procs: list[subprocess.Popen[str]] = []
         self._lines: list[queue.Queue[str | None]] = []
         nproc = max(1, min(procs, len(urls)))
+        self._dir = tempfile.TemporaryDirectory(prefix="msb-clients-")
+        self._outs = [Path(self._dir.name) / f"{k}.json" for k in range(nproc)]
         for k in range(nproc):
             spec = {
                 "urls": urls[k::nproc],
@@ -120,6 +128,7 @@ class ClientGroup:
                 "latency": latency,
                 "timeout": timeout,
                 "deflate": deflate,
+                "out": str(self._outs[k]),
             }
             p = subprocess.Popen(
                 [sys.executable, "-m", "bench.clients", json.dumps(spec)],
@@ -153,7 +162,8 @@ class ClientGroup:
         deadline = time.monotonic() + self.timeout + 15
         out: list[dict[str, Any]] = []
         for k in range(len(self._procs)):
-            out += json.loads(self._next(k, "RESULT ", deadline)[len("RESULT ") :])
+            self._next(k, "RESULT", deadline)
+            out += json.loads(self._outs[k].read_text())
         return out
 
     def close(self) -> None:
@@ -162,6 +172,7 @@ class ClientGroup:
                 p.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(5)
+        self._dir.cleanup()
 
     def __enter__(self) -> ClientGroup:
         return self
