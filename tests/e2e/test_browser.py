@@ -224,6 +224,8 @@ def test_metagpt_task_from_page(stack: Stack, api: httpx.Client, page: Page) -> 
         page.shot("browser-metagpt-unavailable")
         pytest.skip(f"the backend cannot run MetaGPT test-mode tasks yet: {why}")
     page.shot("browser-metagpt-timeline")
+    pg.locator(".lane[data-role=Engineer]").scroll_into_view_if_needed()
+    page.shot("browser-metagpt-engineer")
     assert status == "COMPLETED", api.get(f"/api/tasks/{task_id}").json()
     assert pg.text_content("#t-progress") == "100%"
 

@@ -49,16 +49,24 @@ function jsonGist(obj) {
   return `{${Object.keys(obj).slice(0, 8).join(", ")}}`;
 }
 
+/** JSON, or JSON whose quotes arrived escaped (some MetaGPT messages); else null. */
+function parseJsonish(s) {
+  for (const attempt of [() => JSON.parse(s), () => JSON.parse(JSON.parse(`"${s}"`))]) {
+    try {
+      return attempt();
+    } catch {
+      /* try the next reading */
+    }
+  }
+  return null;
+}
+
 function contentBlock(content, extraLabel) {
   const trimmed = String(content).trim();
   if (!trimmed) return [text("(empty)", "muted")];
-  if (trimmed.startsWith("{")) {
-    try {
-      const obj = JSON.parse(trimmed);
-      return [text(clip(jsonGist(obj), SUMMARY_CHARS), "content mono"), expander("JSON", () => JSON.stringify(obj, null, 2))];
-    } catch {
-      /* not JSON after all: show as text */
-    }
+  const obj = trimmed.startsWith("{") ? parseJsonish(trimmed) : null;
+  if (obj && typeof obj === "object") {
+    return [text(clip(jsonGist(obj), SUMMARY_CHARS), "content mono"), expander("JSON", () => JSON.stringify(obj, null, 2))];
   }
   const first = clip(String(content).trim().replace(/\s+/g, " "), SUMMARY_CHARS);
   const nodes = [text(first, "content")];

@@ -6,6 +6,11 @@ import { $, clip, el, fmtAgo, TERMINAL } from "./dom.js";
 const POLL_MS = 3000;
 const PAGE = 50;
 
+function when(t) {
+  const pct = Math.round((t.progress || 0) * 100);
+  return `${fmtAgo(t.created_at)}${TERMINAL.has(t.status) ? "" : ` · ${pct}%`}`;
+}
+
 export class TaskList {
   constructor(listEl, totalEl, moreBtn) {
     this.listEl = listEl;
@@ -40,6 +45,7 @@ export class TaskList {
     pill.textContent = state.status;
     const pct = Math.round((state.progress || 0) * 100);
     a.querySelector(".mini-progress span").style.width = `${pct}%`;
+    a.querySelector(".when").textContent = when({ ...state, created_at: a.dataset.created });
   }
 
   async refresh() {
@@ -71,13 +77,13 @@ export class TaskList {
           null,
           el(
             `a.task-item${t.id === this.selected ? ".active" : ""}`,
-            { href: `#/task/${t.id}`, dataset: { id: t.id, status: t.status } },
+            { href: `#/task/${t.id}`, dataset: { id: t.id, status: t.status, created: t.created_at } },
             el("span.req", { text: clip(t.requirement, 120) }),
             el(
               "span.task-meta",
               null,
               el("span.pill.small", { dataset: { status: t.status }, text: t.status }),
-              el("span.muted", { text: `${fmtAgo(t.created_at)}${TERMINAL.has(t.status) ? "" : ` · ${pct}%`}` }),
+              el("span.muted.when", { text: when(t) }),
               ...flags.map((f) => el("span.flag", { text: f })),
             ),
             el("span.mini-progress", null, el("span", { style: `width:${pct}%` })),
