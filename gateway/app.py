@@ -76,6 +76,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             "status": "ok",
             "supervisor": supervisor,
             "watched_tasks": len(request.app.state.hub.watched()),
+            "watchers": request.app.state.hub.watched(),
         }
         return JSONResponse(body)
 

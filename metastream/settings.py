@@ -26,11 +26,11 @@ class _Env:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
 
-    def str(self, name: str, default: str) -> str:
+    def text(self, name: str, default: str) -> str:
         value = self._environ.get(name)
         return value if value else default
 
-    def float(self, name: str, default: float) -> float:
+    def number(self, name: str, default: float) -> float:
         raw = self._environ.get(name)
         if not raw:
             return default
@@ -39,7 +39,7 @@ class _Env:
         except ValueError as exc:
             raise ValueError(f"{name} must be a number, got {raw!r}") from exc
 
-    def int(self, name: str, default: int) -> int:
+    def integer(self, name: str, default: int) -> int:
         raw = self._environ.get(name)
         if not raw:
             return default
@@ -120,35 +120,35 @@ def run_dir_for(home: Path) -> Path:
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Build settings from the environment (or the given mapping)."""
     env = _Env(os.environ if environ is None else environ)
-    policy = env.str("METASTREAM_DISCONNECT_POLICY", "continue")
+    policy = env.text("METASTREAM_DISCONNECT_POLICY", "continue")
     if policy not in DISCONNECT_POLICIES:
         raise ValueError(f"METASTREAM_DISCONNECT_POLICY must be one of {DISCONNECT_POLICIES}")
-    home = Path(env.str("METASTREAM_HOME", "var")).resolve()
+    home = Path(env.text("METASTREAM_HOME", "var")).resolve()
     run = run_dir_for(home)
     return Settings(
         home=home,
-        host=env.str("HOST", "127.0.0.1"),
-        port=env.int("PORT", 8000),
-        db_url=env.str("METASTREAM_DB_URL", f"sqlite:///{home / 'data' / 'metastream.db'}"),
-        bus_pub=env.str("METASTREAM_BUS_PUB", f"ipc://{run / 'bus-in.sock'}"),
-        bus_sub=env.str("METASTREAM_BUS_SUB", f"ipc://{run / 'bus-out.sock'}"),
-        control=env.str("METASTREAM_CONTROL", f"ipc://{run / 'control.sock'}"),
-        python=env.str("METASTREAM_TASK_PYTHON", sys.executable),
-        max_running=env.int("METASTREAM_MAX_RUNNING", 4),
-        heartbeat_interval=env.float("METASTREAM_HEARTBEAT_INTERVAL", 1.0),
-        heartbeat_timeout=env.float("METASTREAM_HEARTBEAT_TIMEOUT", 5.0),
-        stop_ask_timeout=env.float("METASTREAM_STOP_ASK_TIMEOUT", 2.0),
-        stop_term_timeout=env.float("METASTREAM_STOP_TERM_TIMEOUT", 3.0),
-        control_timeout=env.float("METASTREAM_CONTROL_TIMEOUT", 5.0),
-        ws_queue_size=env.int("METASTREAM_WS_QUEUE", 2048),
-        ws_heartbeat_interval=env.float("METASTREAM_WS_HEARTBEAT", 15.0),
-        ws_ping_interval=env.float("METASTREAM_WS_PING_INTERVAL", 20.0),
-        ws_ping_timeout=env.float("METASTREAM_WS_PING_TIMEOUT", 20.0),
-        replay_page=env.int("METASTREAM_REPLAY_PAGE", 2000),
+        host=env.text("HOST", "127.0.0.1"),
+        port=env.integer("PORT", 8000),
+        db_url=env.text("METASTREAM_DB_URL", f"sqlite:///{home / 'data' / 'metastream.db'}"),
+        bus_pub=env.text("METASTREAM_BUS_PUB", f"ipc://{run / 'bus-in.sock'}"),
+        bus_sub=env.text("METASTREAM_BUS_SUB", f"ipc://{run / 'bus-out.sock'}"),
+        control=env.text("METASTREAM_CONTROL", f"ipc://{run / 'control.sock'}"),
+        python=env.text("METASTREAM_TASK_PYTHON", sys.executable),
+        max_running=env.integer("METASTREAM_MAX_RUNNING", 4),
+        heartbeat_interval=env.number("METASTREAM_HEARTBEAT_INTERVAL", 1.0),
+        heartbeat_timeout=env.number("METASTREAM_HEARTBEAT_TIMEOUT", 5.0),
+        stop_ask_timeout=env.number("METASTREAM_STOP_ASK_TIMEOUT", 2.0),
+        stop_term_timeout=env.number("METASTREAM_STOP_TERM_TIMEOUT", 3.0),
+        control_timeout=env.number("METASTREAM_CONTROL_TIMEOUT", 5.0),
+        ws_queue_size=env.integer("METASTREAM_WS_QUEUE", 2048),
+        ws_heartbeat_interval=env.number("METASTREAM_WS_HEARTBEAT", 15.0),
+        ws_ping_interval=env.number("METASTREAM_WS_PING_INTERVAL", 20.0),
+        ws_ping_timeout=env.number("METASTREAM_WS_PING_TIMEOUT", 20.0),
+        replay_page=env.integer("METASTREAM_REPLAY_PAGE", 2000),
         disconnect_policy=policy,
-        disconnect_grace=env.float("METASTREAM_DISCONNECT_GRACE", 30.0),
-        lease_ttl=env.float("METASTREAM_LEASE_TTL", 3.0),
-        task_timeout=env.float("METASTREAM_TASK_TIMEOUT", 0.0),
-        task_memory_mb=env.float("METASTREAM_TASK_MEMORY_MB", 0.0),
-        ws_max_per_task=env.int("METASTREAM_WS_MAX_PER_TASK", 100),
+        disconnect_grace=env.number("METASTREAM_DISCONNECT_GRACE", 30.0),
+        lease_ttl=env.number("METASTREAM_LEASE_TTL", 3.0),
+        task_timeout=env.number("METASTREAM_TASK_TIMEOUT", 0.0),
+        task_memory_mb=env.number("METASTREAM_TASK_MEMORY_MB", 0.0),
+        ws_max_per_task=env.integer("METASTREAM_WS_MAX_PER_TASK", 100),
     )

@@ -65,7 +65,7 @@ _options_decoder = msgspec.json.Decoder(dict[str, Any])
 _json = msgspec.json.Encoder()
 
 
-def _row(r: Mapping[str, Any]) -> TaskRow:
+def _row(r: Any) -> TaskRow:
     values = dict(r)
     values["options"] = _options_decoder.decode(values["options"] or "{}")
     return TaskRow(**values)

@@ -180,7 +180,7 @@ def _install() -> None:
     FileRepository.save = _wrap_save(FileRepository.save)
     for cls in _iter_action_classes(Action):
         if "run" in cls.__dict__:
-            cls.run = _wrap_action_run(cls.__dict__["run"])
+            cls.run = _wrap_action_run(cls.__dict__["run"])  # type: ignore[attr-defined]
     set_llm_stream_logfunc(_stream_log)
     _reset_logging()
     _patch_retries()

@@ -111,7 +111,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        base = {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion.chunk"}
+        base: dict[str, Any] = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+            "object": "chat.completion.chunk",
+        }
         base |= {"created": int(time.time()), "model": model}
         pause = 0.02 if self.server.fault == "slow" else 0.0
         pieces = [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
@@ -178,6 +181,7 @@ class ScriptedLLM:
     def base_url(self) -> str:
         """OpenAI-style base URL (ends in /v1)."""
         host = self._server.server_address[0]
+        host = host.decode() if isinstance(host, bytes) else host
         return f"http://{host}:{self.port}/v1"
 
     @property

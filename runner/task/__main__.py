@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -72,7 +73,9 @@ def main(argv: list[str]) -> int:
     return code
 
 
-def _run_workload(options: dict[str, Any], requirement: str, test_mode: bool, workspace, out):  # type: ignore[no-untyped-def]
+def _run_workload(
+    options: dict[str, Any], requirement: str, test_mode: bool, workspace: Path, out: Outbox
+) -> None:
     if options.get("synthetic") is not None:
         from runner.task import synthetic
 
