@@ -17,13 +17,16 @@ PROXY_HWM = 200_000
 
 
 class Proxy:
-    """A steerable XSUB/XPUB proxy running in a background thread."""
+    """An XSUB/XPUB proxy running in a background thread, in a context of its own.
 
-    def __init__(self, frontend: str, backend: str, ctx: zmq.Context | None = None) -> None:
+    Stopping terminates that context, which makes the blocking proxy call return; this proved
+    more reliable than ``proxy_steerable``'s TERMINATE, which was intermittently missed.
+    """
+
+    def __init__(self, frontend: str, backend: str) -> None:
         self.frontend_endpoint = frontend  # publishers connect (XSUB binds)
         self.backend_endpoint = backend  # subscribers connect (XPUB binds)
-        self._ctx = ctx or zmq.Context.instance()
-        self._control_addr = f"inproc://proxy-control-{id(self)}"
+        self._ctx = zmq.Context()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -40,41 +43,34 @@ class Proxy:
     def _run(self) -> None:
         xsub = self._ctx.socket(zmq.XSUB)
         xpub = self._ctx.socket(zmq.XPUB)
-        control = self._ctx.socket(zmq.PAIR)
         try:
             for sock in (xsub, xpub):
                 sock.setsockopt(zmq.SNDHWM, PROXY_HWM)
                 sock.setsockopt(zmq.RCVHWM, PROXY_HWM)
                 sock.setsockopt(zmq.LINGER, 0)
-            control.bind(self._control_addr)
             for endpoint, sock in ((self.frontend_endpoint, xsub), (self.backend_endpoint, xpub)):
                 _prepare_ipc(endpoint)
                 sock.bind(endpoint)
         except zmq.ZMQError as exc:
             self._error = exc
             self._ready.set()
-            for sock in (xsub, xpub, control):
+            for sock in (xsub, xpub):
                 sock.close(linger=0)
             return
         self._ready.set()
         try:
-            zmq.proxy_steerable(xsub, xpub, None, control)
+            zmq.proxy(xsub, xpub)
         except zmq.ContextTerminated:
-            pass
+            pass  # stop() terminated our context: the normal way out
         finally:
-            for sock in (xsub, xpub, control):
+            for sock in (xsub, xpub):
                 sock.close(linger=0)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Terminate the forwarding loop and close the sockets."""
+        """Stop forwarding and close the sockets."""
         if self._thread is None:
             return
-        ctl = self._ctx.socket(zmq.PAIR)
-        try:
-            ctl.connect(self._control_addr)
-            ctl.send(b"TERMINATE")
-        finally:
-            ctl.close(linger=1000)
+        self._ctx.term()  # returns once the proxy thread has closed its sockets
         self._thread.join(timeout)
 
 

@@ -13,7 +13,7 @@ def main() -> None:
         "gateway.app:create_app",
         factory=True,
         host=cfg.host,
-        port=cfg.port,
+        port=settings.gateway_port(cfg),
         ws_ping_interval=cfg.ws_ping_interval,
         ws_ping_timeout=cfg.ws_ping_timeout,
         log_level="info",

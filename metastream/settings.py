@@ -152,3 +152,25 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         task_memory_mb=env.number("METASTREAM_TASK_MEMORY_MB", 0.0),
         ws_max_per_task=env.integer("METASTREAM_WS_MAX_PER_TASK", 100),
     )
+
+
+def gateway_port(cfg: Settings) -> int:
+    """The port the gateway should listen on, seeing through honcho's PORT rewriting.
+
+    honcho gives every Procfile process its own PORT (base + 100 per process, base 5000 when
+    the user set none). The user's own PORT, if any, is still in honcho's environment, so when
+    honcho started us we take it from there, defaulting to 8000 as the contract says.
+    """
+    import psutil
+
+    try:
+        ancestor = psutil.Process().parent()
+        for _ in range(3):  # honcho -> sh -c -> python
+            if ancestor is None:
+                break
+            if any(part.endswith("honcho") for part in ancestor.cmdline()[:2]):
+                return int(ancestor.environ().get("PORT") or 8000)
+            ancestor = ancestor.parent()
+    except (psutil.Error, ValueError):
+        pass
+    return cfg.port

@@ -13,7 +13,7 @@ from bus.proxy import Proxy
 def test_proxy_forwards_only_subscribed_topics(tmp_path: Path) -> None:
     ctx = zmq.Context()
     front, back = f"ipc://{tmp_path}/in.sock", f"ipc://{tmp_path}/out.sock"
-    proxy = Proxy(front, back, ctx)
+    proxy = Proxy(front, back)
     proxy.start()
     pub = ctx.socket(zmq.PUB)
     sub = ctx.socket(zmq.SUB)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,24 +56,15 @@ def test_pyzmq_msgpack_example_receives_its_task_only(
     mine = create_task(api, synthetic={"events": n, "rate": 1000})
     other = create_task(api, synthetic={"events": 200, "rate": 1000})
     args = [mine["id"], "--endpoint", endpoint, "--timeout", "30"]
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-c", RUN_WITHOUT_PROJECT, str(EXAMPLE), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=EXAMPLE.parent,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"  # the subscription is live
-        for task in (other, mine):
-            assert api.post(f"/api/tasks/{task['id']}/run").status_code == 200
-        out, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
+    cmd = [sys.executable, "-I", "-c", RUN_WITHOUT_PROJECT, str(EXAMPLE), *args]
+    example = Running(stack, cmd=cmd, cwd=EXAMPLE.parent)
+    example.wait_line("ready")  # the subscription is live: start the tasks now
+    for task in (other, mine):
+        assert api.post(f"/api/tasks/{task['id']}/run").status_code == 200
+    assert example.wait(30) == 0, example.err
+    assert example.out[0] == "ready"
 
-    lines = [line.split(" ", 1) for line in out.splitlines()]
+    lines = [line.split(" ", 1) for line in example.out[1:]]
     assert all(topic.startswith(mine["id"] + "/") for topic, _ in lines)
     msgs: list[dict[str, Any]] = [json.loads(body) for _, body in lines]
     for (topic, _), msg in zip(lines, msgs, strict=True):
@@ -190,34 +180,19 @@ def test_guide_programs_run_against_a_live_task(
 ) -> None:
     n = 100
     task = create_task(api, synthetic={"events": n, "rate": 1000})
-    env = {**stack.env, "METASTREAM_URL": stack.url}
-    watch = subprocess.Popen(
-        [sys.executable, str(guide_program("watch_bus.py", tmp_path)), task["id"]],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    watch = Running(
+        stack, cmd=[sys.executable, str(guide_program("watch_bus.py", tmp_path)), task["id"]]
     )
-    try:
-        assert watch.stdout is not None
-        assert watch.stdout.readline().strip() == "ready"
-        follow = subprocess.Popen(
-            [sys.executable, str(guide_program("follow.py", tmp_path)), task["id"]],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        # follow.py's WebSocket connection starts the PENDING task.
-        out, err = follow.communicate(timeout=30)
-        assert follow.returncode == 0, err
-        assert out.splitlines()[-1].startswith("-- COMPLETED 100%")
-        assert [line.split()[0] for line in out.splitlines() if line.startswith("#")] == [
-            f"#{i}" for i in range(1, n + 1)
-        ]
-        bus_out, bus_err = watch.communicate(timeout=30)
-    finally:
-        watch.kill()
-    assert watch.returncode == 0, bus_err
-    assert bus_out.splitlines()[-1].startswith("-- COMPLETED 100%")
-    assert f"#{n} " in bus_out
+    watch.wait_line("ready")
+    # follow.py's WebSocket connection starts the PENDING task.
+    follow = Running(
+        stack, cmd=[sys.executable, str(guide_program("follow.py", tmp_path)), task["id"]]
+    )
+    assert follow.wait(30) == 0, follow.err
+    assert follow.out[-1].startswith("-- COMPLETED 100%")
+    assert [line.split()[0] for line in follow.out if line.startswith("#")] == [
+        f"#{i}" for i in range(1, n + 1)
+    ]
+    assert watch.wait(30) == 0, watch.err
+    assert watch.out[-1].startswith("-- COMPLETED 100%")
+    assert any(line.startswith(f"#{n} ") for line in watch.out)
