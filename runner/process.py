@@ -77,6 +77,8 @@ def adopt(pid: int, create_time: float) -> Child | None:
         proc = psutil.Process(pid)
         if abs(proc.create_time() - create_time) > 0.01:
             return None  # the pid was reused by an unrelated process
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None  # it already ended while nobody watched
         pgid = os.getpgid(pid)
     except (psutil.NoSuchProcess, ProcessLookupError):
         return None

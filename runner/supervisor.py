@@ -279,6 +279,8 @@ class Supervisor:
         detail = process.describe_exit(rc)
         reason = row.error if row is not None and row.error else None
         text = f"Task process failed ({detail})"
+        if run.child.popen is None and rc is None:
+            text = "Task process ended while the supervisor was restarting (exit status unknown)"
         return "FAILED", f"{text}: {reason}" if reason else text
 
     # --- heartbeats ----------------------------------------------------------------------
