@@ -10,6 +10,7 @@ A scenario that fails still yields its rows, marked n/a with the reason in the n
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     names = args.only or list(SCENARIOS)
     rows: list[Row] = []
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    if load_before > _cpus():
+        print(f"note: load average {load_before:.1f} on {_cpus()} CPUs: expect noisy results")
     with tempfile.TemporaryDirectory(prefix="msb-") as work:
         cx = Ctx(quick=args.quick, reps=reps, work=Path(work), deflate=args.deflate)
         for name in names:
@@ -73,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version.split()[0],
         "machine": platform.platform(),
         "cpus": _cpus(),
+        "loadavg_before": round(load_before, 2),
+        "loadavg_after": round(os.getloadavg()[0], 2),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(rows, args.json_out, meta)
@@ -81,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0))
 
 

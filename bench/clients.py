@@ -3,9 +3,9 @@
 ``python -m bench.clients SPEC_JSON`` opens ``spec["urls"]`` (one connection each), prints
 ``READY`` once every connection got its first message (``connected``), reads until it has
 ``expect`` events per connection, the server closes, or ``timeout`` passes, then writes the
-results as JSON to ``spec["out"]`` and prints ``RESULT``. The client is kept lean so that it is not what we measure: uvloop, no JSON
-parsing; an event is recognised by its frame prefix, and in latency mode only the payload's
-``"t"`` (emit time, Unix seconds) is sliced out of the text.
+results as JSON to ``spec["out"]`` and prints ``RESULT``. The client is kept lean so that it
+is not what we measure: uvloop, no JSON parsing; an event is recognised by its frame prefix,
+and in latency mode only the payload's ``"t"`` (emit time, Unix seconds) is sliced out.
 """
 
 from __future__ import annotations
