@@ -43,10 +43,13 @@ def cli(stack: Stack, *args: str, timeout: float = 30) -> subprocess.CompletedPr
 class Running:
     """A CLI process whose stdout and stderr lines are collected as they arrive."""
 
-    def __init__(self, stack: Stack, *args: str) -> None:
+    def __init__(
+        self, stack: Stack, *args: str, cmd: list[str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.proc = subprocess.Popen(
-            [*CLI, *args],
+            cmd or [*CLI, *args],
             env=cli_env(stack),
+            cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -75,6 +78,11 @@ class Running:
         for t in self._threads:
             t.join(5)
         return code
+
+    def wait_line(self, text: str, timeout: float = 15, stream: str = "out") -> None:
+        """Wait until a line of stdout (or stderr) contains ``text``."""
+        lines = self.out if stream == "out" else self.err
+        poll_for(lambda: any(text in line for line in list(lines)), timeout, what=repr(text))
 
     def messages(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in list(self.out)]
@@ -230,7 +238,7 @@ def test_token_is_sent_but_never_printed(stack: Stack) -> None:
 def test_test_mode_run_then_files_and_get(stack: Stack) -> None:
     """The real MetaGPT flow on the offline scripted LLM, then its generated code."""
     r = cli(stack, "run", "a command-line todo list", "--test-mode", timeout=90)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
     for role in ("ProductManager", "Architect", "ProjectManager", "Engineer"):
         assert f" {role} " in r.stdout
     assert "▶ WriteCode" in r.stdout and "wrote " in r.stdout
