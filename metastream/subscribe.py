@@ -67,6 +67,7 @@ STATE_FIELDS = (
     "completed_at",
 )
 CLOSE_NOT_FOUND = 4404
+CLOSE_REFUSED = (4401, 4403)  # no valid token or ticket; a browser origin not allowed
 # After the final state arrives on the bus, events published just before it by the task process
 # (a different publisher, so not ordered with the supervisor's state) get this long to arrive.
 FINAL_GRACE_S = 1.0
@@ -300,8 +301,11 @@ async def stream(
                         if kind == "state" and data.get("status") in TERMINAL_STATUSES:
                             return
             except websockets.ConnectionClosed as exc:
-                if exc.rcvd is not None and exc.rcvd.code == CLOSE_NOT_FOUND:
+                code, reason = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
+                if code == CLOSE_NOT_FOUND:
                     raise TaskNotFound("Task not found") from exc
+                if code in CLOSE_REFUSED:
+                    raise AuthError(f"WebSocket closed {code}: {reason}") from exc
                 why = f"connection closed ({exc})"
             except websockets.InvalidStatus as exc:
                 code = exc.response.status_code

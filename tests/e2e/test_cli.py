@@ -249,3 +249,17 @@ def test_test_mode_run_then_files_and_get(stack: Stack) -> None:
     assert code, listed
     r = cli(stack, "get", task_id, code[0]["path"])
     assert r.returncode == 0 and len(r.stdout.encode()) == code[0]["size"]
+
+
+def test_token_auth(tmp_path: Path) -> None:
+    """With tokens configured, the CLI works with --token and fails clearly without."""
+    secret = "cli-test-token"
+    with Stack(tmp_path / "home", env={"METASTREAM_API_TOKEN": secret}) as s:
+        if httpx.get(f"{s.url}/api/tasks", timeout=10).status_code == 200:
+            pytest.skip("this gateway does not enforce METASTREAM_API_TOKEN")
+        args = ["run", "authorized", "--synthetic-events", "20"]
+        r = cli(s, *args)  # cli_env drops the token from the environment
+        assert r.returncode == 5 and "not authorized" in r.stderr, r.stderr
+        r = cli(s, "--token", secret, *args)
+        assert r.returncode == 0, r.stderr
+        assert secret not in r.stdout + r.stderr
