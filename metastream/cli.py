@@ -78,6 +78,9 @@ def cmd_run(args: argparse.Namespace, api: Api) -> int:
 
 def cmd_tail(args: argparse.Namespace, api: Api) -> int:
     task_id = api.task_id(args.task_id)
+    if not args.bus:
+        # Fail fast on a gateway that isn't there at all; retries are for losing it later.
+        api.call("GET", f"/api/tasks/{task_id}", f"task {task_id}")
     return _follow(args, api, task_id, last_event_id=args.after)
 
 

@@ -204,6 +204,7 @@ def test_expected_failures_are_one_clear_line(stack: Stack, api: httpx.Client) -
     cases = [
         (["--url", f"http://127.0.0.1:{free_port()}", "ls"], 3, "cannot reach the gateway"),
         (["tail", unknown], 4, "not found"),
+        (["--url", f"http://127.0.0.1:{free_port()}", "tail", unknown], 3, "cannot reach"),
         (["files", unknown], 4, "not found"),
         (["get", task["id"], "no/such.py"], 4, "not found"),
         (["cancel", "not-an-id!"], 64, "not a task id"),
