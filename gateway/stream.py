@@ -59,6 +59,7 @@ class TaskStream:
         hub: Hub,
         control: ControlClient,
         cfg: Settings,
+        autostart: bool = True,
     ) -> None:
         self.ws = ws
         self.task_id = task_id
@@ -67,6 +68,7 @@ class TaskStream:
         self.hub = hub
         self.control = control
         self.cfg = cfg
+        self.autostart = autostart
         self.phase = Phase.CONNECTING
         self._last_state: dict[str, Any] | None = None
         self._last_state_version = -1
@@ -106,7 +108,7 @@ class TaskStream:
         listener = self.hub.attach(self.task_id)  # subscribe before reading the log
         try:
             started = False
-            if row.status in ("PENDING", "FAILED"):
+            if self.autostart and row.status in ("PENDING", "FAILED"):
                 try:
                     reply = await self.control.request(
                         StartTask(self.task_id), self.cfg.control_timeout

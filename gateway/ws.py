@@ -16,6 +16,7 @@ async def task_stream(
     websocket: WebSocket,
     task_id: str,
     last_event_id: Annotated[int, Query(ge=0)] = 0,
+    start: Annotated[bool, Query(description="auto-start a PENDING/FAILED task")] = True,
 ) -> None:
     state = websocket.app.state
     stream = TaskStream(
@@ -26,5 +27,6 @@ async def task_stream(
         hub=state.hub,
         control=state.control,
         cfg=state.settings,
+        autostart=start,
     )
     await stream.run()

@@ -118,3 +118,21 @@ def test_listing_is_newest_first_and_paginated(api: httpx.Client) -> None:
     assert page["total"] == 5 and [t["id"] for t in page["tasks"]] == ids[::-1][:3]
     rest = api.get("/api/tasks", params={"limit": 3, "offset": 3}).json()
     assert [t["id"] for t in rest["tasks"]] == ids[::-1][3:]
+
+
+def test_start_false_watches_without_starting(stack: Stack, api: httpx.Client) -> None:
+    task = create_task(api, synthetic={"events": 5})
+
+    async def peek() -> list[dict]:
+        import json
+
+        import websockets
+
+        url = f"{stack.ws_url}/ws/tasks/{task['id']}?start=false"
+        async with websockets.connect(url, ping_interval=None) as ws:
+            return [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(2)]
+
+    first, state = asyncio.run(peek())
+    assert first["data"]["message"] == "Connected to event stream"
+    assert state["data"]["status"] == "PENDING"
+    assert api.get(f"/api/tasks/{task['id']}").json()["status"] == "PENDING"
