@@ -165,6 +165,7 @@ class TaskStream:
 
     async def _forward(self, listener: Listener, scope: anyio.CancelScope) -> None:
         try:
+            next_poll = time.monotonic() + QUIET_POLL
             while True:
                 if listener.overflowed:
                     # Too far behind for the live queue: the log has everything, states too.
@@ -173,12 +174,19 @@ class TaskStream:
                     if await self._on_quiet():
                         return
                     continue
+                now = time.monotonic()
+                if now - self._last_send >= self.cfg.ws_heartbeat_interval:
+                    await self._heartbeat()
+                wait = min(next_poll, self._last_send + self.cfg.ws_heartbeat_interval) - now
                 try:
-                    item = await asyncio.wait_for(listener.queue.get(), QUIET_POLL)
+                    item = await asyncio.wait_for(listener.queue.get(), max(wait, 0.001))
                 except TimeoutError:
-                    if await self._on_quiet():
-                        return
+                    if time.monotonic() >= next_poll:
+                        next_poll = time.monotonic() + QUIET_POLL
+                        if await self._on_quiet():
+                            return
                     continue
+                next_poll = time.monotonic() + QUIET_POLL
                 match item:
                     case LiveEvent(event_id=event_id, frame=frame):
                         if event_id < self.next_id:
@@ -200,6 +208,17 @@ class TaskStream:
         finally:
             scope.cancel()
 
+    async def _heartbeat(self) -> None:
+        """Tell an idle client the link is alive and which event it should have last."""
+        await self._send_json(
+            "heartbeat",
+            {
+                "task_id": self.task_id,
+                "last_event_id": self.next_id - 1,
+                "status": self._last_state["status"] if self._last_state else None,
+            },
+        )
+
     async def _on_quiet(self) -> bool:
         """Nothing arrived for a while: check the log; True once the task has ended."""
         row = await self._db(self.store.get_task, self.task_id)
@@ -212,11 +231,6 @@ class TaskStream:
             await self._finish(row.state())
             return True
         await self._offer_state(row.state())
-        if time.monotonic() - self._last_send >= self.cfg.ws_heartbeat_interval:
-            await self._send_json(
-                "heartbeat",
-                {"task_id": self.task_id, "last_event_id": self.next_id - 1, "status": row.status},
-            )
         return False
 
     async def _catch_up(self, upto: int | None) -> None:
