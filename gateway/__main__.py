@@ -1,14 +1,34 @@
-"""``python -m gateway``: serve the gateway with uvicorn (which owns the signals)."""
+"""``python -m gateway [--insecure]``: serve the gateway with uvicorn (which owns the signals)."""
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
+
 import uvicorn
 
+from gateway.security import bind_problem, describe
 from metastream import settings
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gateway")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="listen on a non-loopback address without an API token (METASTREAM_INSECURE=1)",
+    )
+    args = parser.parse_args(argv)
+    if args.insecure:
+        # Through the environment, so the app factory (which loads settings itself) sees it.
+        os.environ["METASTREAM_INSECURE"] = "1"
     cfg = settings.load()
+    problem = bind_problem(cfg, cfg.host)
+    if problem:
+        print(f"gateway: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+    print(f"gateway: {describe(cfg, cfg.host)}", file=sys.stderr, flush=True)
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,
@@ -16,6 +36,8 @@ def main() -> None:
         port=settings.gateway_port(cfg),
         ws_ping_interval=cfg.ws_ping_interval,
         ws_ping_timeout=cfg.ws_ping_timeout,
+        # Clients have nothing big to send; a larger frame closes the socket with 1009.
+        ws_max_size=cfg.ws_max_message_bytes,
         log_level="info",
     )
 

@@ -6,11 +6,13 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from bus.messages import CancelTask, StartTask, new_task_id, utcnow
 from gateway.control import ControlClient, SupervisorUnavailable
-from gateway.models import EventPage, TaskCreate, TaskList, TaskOut
+from gateway.models import EventPage, TaskCreate, TaskList, TaskOut, TicketOut
+from gateway.security import Guard
 from metastream.settings import Settings
 from store import Store, TaskRow
 
@@ -43,7 +45,20 @@ async def _task_or_404(store: Store, task_id: str) -> TaskRow:
 
 
 @router.post("/tasks", status_code=201, response_model=TaskOut)
-async def create_task(body: TaskCreate, store: StoreDep) -> TaskOut:
+async def create_task(body: TaskCreate, store: StoreDep, cfg: SettingsDep) -> TaskOut:
+    if len(body.requirement) > cfg.max_requirement:
+        limit = cfg.max_requirement
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_too_long",
+                    "loc": ("body", "requirement"),
+                    "msg": f"requirement is longer than {limit} characters "
+                    "(METASTREAM_MAX_REQUIREMENT)",
+                    "ctx": {"max_length": limit},
+                }
+            ]
+        )
     options = body.model_dump(exclude={"requirement", "test_mode"}, exclude_none=True)
     row = await anyio.to_thread.run_sync(
         store.create_task, new_task_id(), body.requirement, body.test_mode, options, utcnow()
@@ -113,3 +128,12 @@ async def task_events(
         b"true" if has_more else b"false",
     )
     return Response(content=body, media_type="application/json")
+
+
+@router.post("/tasks/{task_id}/ticket", response_model=TicketOut)
+async def task_ticket(task_id: str, store: StoreDep, request: Request) -> TicketOut:
+    """A short-lived ticket for this task's WebSocket, for clients that cannot send headers."""
+    await _task_or_404(store, task_id)
+    guard: Guard = request.app.state.guard
+    ticket, expires_in = guard.issue_ticket(task_id)
+    return TicketOut(ticket=ticket, expires_in=expires_in)

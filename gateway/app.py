@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import zmq.asyncio
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -19,6 +21,8 @@ from gateway import api, files, ws
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.hub import Hub
 from gateway.leases import LeaseKeeper
+from gateway.limits import ConnectionCounter, LimitsMiddleware
+from gateway.security import AuthMiddleware, Guard
 from metastream import settings as settings_mod
 from metastream.settings import Settings
 from store import Store
@@ -59,6 +63,24 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             store.close()
 
     app = FastAPI(title="metastream", version="0.1.0", lifespan=lifespan)
+    # Rejections of hostile or over-limit input, by kind (shown by /healthz).
+    counters: Counter[str] = Counter()
+    guard = Guard(cfg, counters)
+    app.state.guard = guard
+    app.state.counters = counters
+    app.state.ws_clients = ConnectionCounter(cfg.ws_max_per_client)
+    # The last added runs first: CORS answers preflights, then auth, then the input limits (so
+    # that unauthenticated requests never spend a client's task-creation budget).
+    app.add_middleware(LimitsMiddleware, cfg=cfg, counters=counters)
+    app.add_middleware(AuthMiddleware, guard=guard)
+    if cfg.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[o.rstrip("/") for o in cfg.allowed_origins],
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
     app.include_router(api.router)
     app.include_router(files.router)
     app.include_router(ws.router)
@@ -72,12 +94,18 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             supervisor = "ok"
         except SupervisorUnavailable as exc:
             supervisor = f"unavailable: {exc}"
-        body = {
+        hub: Hub = request.app.state.hub
+        watched = hub.watched()
+        body: dict[str, object] = {
             "status": "ok",
             "supervisor": supervisor,
-            "watched_tasks": len(request.app.state.hub.watched()),
-            "watchers": request.app.state.hub.watched(),
+            "auth": guard.enabled,
+            "watched_tasks": len(watched),
+            "ws_connections": request.app.state.ws_clients.total(),
+            "counters": {"bus_dropped_frames": hub.dropped_frames, **counters},
         }
+        if not guard.enabled:
+            body["watchers"] = watched  # task ids: only when anyone may list tasks anyway
         return JSONResponse(body)
 
     if STATIC_DIR.is_dir():

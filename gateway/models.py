@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from store import TaskRow
 
+# The configured maximum (METASTREAM_MAX_REQUIREMENT) is checked by the route, not here:
+# field constraints are fixed when the class is built, the limit is per gateway.
 MAX_REQUIREMENT = 20_000
 
 
@@ -29,7 +31,10 @@ class SyntheticIn(BaseModel):
 class TaskCreate(BaseModel):
     """``POST /api/tasks``."""
 
-    requirement: str = Field(min_length=1, max_length=MAX_REQUIREMENT)
+    requirement: str = Field(
+        min_length=1,
+        description="at most METASTREAM_MAX_REQUIREMENT characters (default 20,000)",
+    )
     test_mode: bool = False
     synthetic: SyntheticIn | None = None
     use_qa: bool = False
@@ -82,6 +87,13 @@ class TaskOut(BaseModel):
             exit_code=row.exit_code,
             options=row.options,
         )
+
+
+class TicketOut(BaseModel):
+    """A short-lived credential for one task's WebSocket (``?ticket=``)."""
+
+    ticket: str
+    expires_in: int = Field(description="seconds")
 
 
 class TaskList(BaseModel):

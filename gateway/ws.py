@@ -1,14 +1,32 @@
-"""The WebSocket route: a thin handler over :class:`gateway.stream.TaskStream`."""
+"""The WebSocket route: access checks, then a thin handler over :class:`TaskStream`.
+
+Every check happens before the task is looked up, so a client that fails one learns nothing
+about the task (not even whether it exists). A rejected client is accepted, told why in one
+``error`` message, and closed with a code (browsers cannot see an HTTP status on a failed
+upgrade): 4403 foreign Origin, 4401 no valid token or ticket, 4429 too many connections from
+its address. Frames from clients are capped by uvicorn (``ws_max_size``, close code 1009).
+"""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, Query, WebSocket
 
-from gateway.stream import TaskStream
+from gateway.limits import client_address
+from gateway.security import Guard
+from gateway.stream import CLOSE_TOO_MANY, TaskStream
 
 router = APIRouter()
+
+
+async def _reject(websocket: WebSocket, code: int, message: str) -> None:
+    await websocket.accept()
+    # The client may already be gone; there is nothing more to tell it then.
+    with contextlib.suppress(RuntimeError, OSError):
+        await websocket.send_json({"type": "error", "data": {"message": message}})
+        await websocket.close(code, reason=message[:120])
 
 
 @router.websocket("/ws/tasks/{task_id}")
@@ -16,17 +34,34 @@ async def task_stream(
     websocket: WebSocket,
     task_id: str,
     last_event_id: Annotated[int, Query(ge=0)] = 0,
-    start: Annotated[bool, Query(description="auto-start a PENDING/FAILED task")] = True,
+    ticket: Annotated[str | None, Query(max_length=200)] = None,
 ) -> None:
     state = websocket.app.state
-    stream = TaskStream(
-        websocket,
-        task_id,
-        last_event_id,
-        store=state.store,
-        hub=state.hub,
-        control=state.control,
-        cfg=state.settings,
-        autostart=start,
-    )
-    await stream.run()
+    guard: Guard = state.guard
+    code, message = guard.ws_problem(websocket.headers, task_id, ticket)
+    if code:
+        await _reject(websocket, code, message)
+        return
+    address = client_address(websocket.scope)
+    if not state.ws_clients.acquire(address):
+        state.counters["ws_per_client_rejected"] += 1
+        limit = state.ws_clients.limit
+        await _reject(
+            websocket,
+            CLOSE_TOO_MANY,
+            f"Too many connections from your address (limit {limit}, METASTREAM_WS_MAX_PER_CLIENT)",
+        )
+        return
+    try:
+        stream = TaskStream(
+            websocket,
+            task_id,
+            last_event_id,
+            store=state.store,
+            hub=state.hub,
+            control=state.control,
+            cfg=state.settings,
+        )
+        await stream.run()
+    finally:
+        state.ws_clients.release(address)

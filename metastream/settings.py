@@ -48,6 +48,34 @@ class _Env:
         except ValueError as exc:
             raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
+    def flag(self, name: str) -> bool:
+        return self._environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+    def items(self, name: str) -> tuple[str, ...]:
+        """A comma-separated list, blanks dropped."""
+        return tuple(p.strip() for p in self._environ.get(name, "").split(",") if p.strip())
+
+
+class Secrets:
+    """Secret strings that never show in a repr (settings get logged and printed)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: tuple[str, ...] = ()) -> None:
+        self.values = values
+
+    def __bool__(self) -> bool:
+        return bool(self.values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secrets) and other.values == self.values
+
+    def __hash__(self) -> int:
+        return hash(self.values)
+
+    def __repr__(self) -> str:
+        return f"Secrets(<{len(self.values)} hidden>)"
+
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Resolved configuration of one metastream stack."""
@@ -77,6 +105,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     task_timeout: float = 0.0
     task_memory_mb: float = 0.0
     ws_max_per_task: int = 100
+    # Security and limits (docs/security.md).
+    api_tokens: Secrets = Secrets()
+    ticket_secret: Secrets = Secrets()
+    ticket_ttl: float = 60.0
+    insecure: bool = False
+    allowed_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 1_048_576
+    max_json_depth: int = 32
+    max_requirement: int = 20_000
+    ws_max_message_bytes: int = 65_536
+    ws_max_per_client: int = 256
+    create_rate: float = 10.0
+    create_burst: int = 100
+    curve_dir: str = ""
 
     @property
     def data_dir(self) -> Path:
@@ -106,6 +148,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 DISCONNECT_POLICIES = ("continue", "kill", "grace")
+# Server secrets: never passed to task processes, never logged.
+SECRET_ENV = ("METASTREAM_API_TOKEN", "METASTREAM_TICKET_SECRET")
 
 
 def run_dir_for(home: Path) -> Path:
@@ -151,6 +195,19 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         task_timeout=env.number("METASTREAM_TASK_TIMEOUT", 0.0),
         task_memory_mb=env.number("METASTREAM_TASK_MEMORY_MB", 0.0),
         ws_max_per_task=env.integer("METASTREAM_WS_MAX_PER_TASK", 100),
+        api_tokens=Secrets(env.items("METASTREAM_API_TOKEN")),
+        ticket_secret=Secrets(env.items("METASTREAM_TICKET_SECRET")),
+        ticket_ttl=env.number("METASTREAM_TICKET_TTL", 60.0),
+        insecure=env.flag("METASTREAM_INSECURE"),
+        allowed_origins=env.items("METASTREAM_ALLOWED_ORIGINS"),
+        max_body_bytes=env.integer("METASTREAM_MAX_BODY_BYTES", 1_048_576),
+        max_json_depth=env.integer("METASTREAM_MAX_JSON_DEPTH", 32),
+        max_requirement=env.integer("METASTREAM_MAX_REQUIREMENT", 20_000),
+        ws_max_message_bytes=env.integer("METASTREAM_WS_MAX_MESSAGE_BYTES", 65_536),
+        ws_max_per_client=env.integer("METASTREAM_WS_MAX_PER_CLIENT", 256),
+        create_rate=env.number("METASTREAM_CREATE_RATE", 10.0),
+        create_burst=env.integer("METASTREAM_CREATE_BURST", 100),
+        curve_dir=env.text("METASTREAM_CURVE_DIR", ""),
     )
 
 

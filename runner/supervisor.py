@@ -226,7 +226,10 @@ class Supervisor:
         # of the gateway (API tokens never reach task processes).
         keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "TMPDIR", "VIRTUAL_ENV")
         env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("METASTREAM_")}
-        env.pop("METASTREAM_API_TOKEN", None)
+        from metastream.settings import SECRET_ENV  # the one list, shared with the gateway
+
+        for secret in SECRET_ENV:
+            env.pop(secret, None)
         env.update(
             METASTREAM_HOME=str(self.cfg.home),
             METASTREAM_DB_URL=self.cfg.db_url,
