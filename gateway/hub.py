@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import zmq.asyncio
 
-from bus.client import AsyncSubscriber, DecodeFailure
+from bus.client import AsyncSubscriber, DecodeFailure, decode_frames
 from bus.messages import (
+    BusMessage,
     Event,
     Heartbeat,
     State,
@@ -107,25 +108,32 @@ class Hub:
 
     async def run(self) -> None:
         while True:
-            task_id, msg = await self._sub.recv()
-            group = self._listeners.get(task_id)
-            if not group:
-                continue
-            item: Item
-            match msg:
-                case Event():
-                    item = LiveEvent(msg.event_id, ws_frame("event", event_data_json(msg)).decode())
-                case State():
-                    data = json_encoder.encode(state_data(msg))
-                    item = LiveState(msg, ws_frame("state", data).decode())
-                case Heartbeat():
-                    item = LiveBeat(msg.last_event_id)
-                case DecodeFailure(error=error):
-                    self.dropped_frames += 1
-                    log.warning("dropped a bad bus frame for %s: %s", task_id, error)
-                    continue
-            for listener in group:
-                listener.offer(item)
+            for frames in await self._sub.recv_batch():
+                self._dispatch(*decode_frames(frames))
+            # A long batch must not starve the connections' writers.
+            await asyncio.sleep(0)
+
+    def _dispatch(self, task_id: str, msg: BusMessage | DecodeFailure) -> None:
+        group = self._listeners.get(task_id)
+        if not group:
+            return
+        item: Item
+        match msg:
+            case Event():
+                item = LiveEvent(msg.event_id, ws_frame("event", event_data_json(msg)).decode())
+            case State():
+                data = json_encoder.encode(state_data(msg))
+                item = LiveState(msg, ws_frame("state", data).decode())
+            case Heartbeat():
+                item = LiveBeat(msg.last_event_id)
+            case DecodeFailure(error=error):
+                self.dropped_frames += 1
+                log.warning("dropped a bad bus frame for %s: %s", task_id, error)
+                return
+            case _:
+                return  # leases and future kinds are not for clients
+        for listener in group:
+            listener.offer(item)
 
     def close(self) -> None:
         self._sub.close()

@@ -179,7 +179,14 @@ class TaskStream:
                     await self._heartbeat()
                 wait = min(next_poll, self._last_send + self.cfg.ws_heartbeat_interval) - now
                 try:
-                    item = await asyncio.wait_for(listener.queue.get(), max(wait, 0.001))
+                    # Fast path first: wait_for creates a task per call (~8 us), which adds up
+                    # per event and per client.
+                    item = listener.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    item = None
+                try:
+                    if item is None:
+                        item = await asyncio.wait_for(listener.queue.get(), max(wait, 0.001))
                 except TimeoutError:
                     if time.monotonic() >= next_poll:
                         next_poll = time.monotonic() + QUIET_POLL

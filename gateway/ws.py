@@ -35,6 +35,7 @@ async def task_stream(
     task_id: str,
     last_event_id: Annotated[int, Query(ge=0)] = 0,
     ticket: Annotated[str | None, Query(max_length=200)] = None,
+    start: Annotated[bool, Query(description="auto-start a PENDING/FAILED task")] = True,
 ) -> None:
     state = websocket.app.state
     guard: Guard = state.guard
@@ -61,6 +62,7 @@ async def task_stream(
             hub=state.hub,
             control=state.control,
             cfg=state.settings,
+            autostart=start,
         )
         await stream.run()
     finally:

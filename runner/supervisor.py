@@ -26,7 +26,6 @@ from store import Store, TaskRow
 log = logging.getLogger("metastream.supervisor")
 T = TypeVar("T")
 
-EXIT_CANCELLED = 3
 STARTUP_GRACE = 5.0  # to start the interpreter and send a first beat
 
 
@@ -277,8 +276,8 @@ class Supervisor:
             rc = row.exit_code  # adopted process: it recorded its own outcome
         if rc == 0:
             return "COMPLETED", "Completed"
-        if rc == EXIT_CANCELLED:
-            return "CANCELLED", "Cancelled"
+        # A cancel is known from our own stop request (stop_reason), never from an exit code:
+        # a task may exit with any code by itself.
         detail = process.describe_exit(rc)
         reason = row.error if row is not None and row.error else None
         text = f"Task process failed ({detail})"

@@ -101,6 +101,7 @@ class Store:
         self.url = url
         self._write = _engine(url, "BEGIN IMMEDIATE")
         self._read = _engine(url, "BEGIN")
+        self._sqlite = url.startswith("sqlite")
 
     def create_schema(self) -> None:
         metadata.create_all(self._write)
@@ -205,7 +206,14 @@ class Store:
         Returns the new state version when ``state`` was given.
         """
         with self._tx() as c:
-            if batch:
+            if batch and self._sqlite:
+                # The hot path: the DBAPI's executemany with tuples skips SQLAlchemy's
+                # per-row parameter processing (11 -> 8 us per event).
+                c.exec_driver_sql(
+                    "INSERT INTO events (task_id, event_id, data) VALUES (?, ?, ?)",
+                    [(task_id, i, d) for i, d in batch],
+                )
+            elif batch:
                 c.execute(
                     insert(events),
                     [{"task_id": task_id, "event_id": i, "data": d} for i, d in batch],
@@ -225,6 +233,14 @@ class Store:
 
     def read_events(self, task_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` events with ``event_id > after``, in order."""
+        if self._sqlite:
+            with self._read.connect() as c:
+                rows = c.exec_driver_sql(
+                    "SELECT event_id, data FROM events WHERE task_id = ? AND event_id > ?"
+                    " ORDER BY event_id LIMIT ?",
+                    (task_id, after, limit),
+                ).fetchall()
+            return [(i, bytes(d)) for i, d in rows]
         with self._read.connect() as c:
             rows = c.execute(
                 select(events.c.event_id, events.c.data)

@@ -14,12 +14,18 @@ import threading
 import time
 from typing import Any
 
+import msgspec
+
 from bus.client import Publisher
 from bus.messages import Event, Heartbeat, State, event_data_json, utcnow
 from store import Store
 
 MAX_PENDING = 20_000  # emitters wait beyond this: memory stays bounded if the log is slow
 MAX_BATCH = 5_000
+# Progress changes with nearly every event; publishing a state per event doubled the bus and
+# WebSocket traffic. A state is published at most this often (status changes are the
+# supervisor's, and always go out at once).
+STATE_INTERVAL = 0.05
 
 
 class Outbox:
@@ -45,6 +51,8 @@ class Outbox:
         self._written_id = first_event_id - 1
         self._state = state
         self._state_dirty = False
+        self._state_urgent = False
+        self._next_state = 0.0
         self._extra: dict[str, Any] = {}
         self._stopping = False
         self._beating = True
@@ -102,7 +110,7 @@ class Outbox:
         """Store extra task columns (``error``, ``exit_code``) with the next commit."""
         with self._cond:
             self._extra.update(columns)
-            self._state_dirty = True
+            self._state_dirty = self._state_urgent = True
             self._cond.notify_all()
 
     def flush(self, timeout: float = 30.0) -> bool:
@@ -110,6 +118,7 @@ class Outbox:
         deadline = time.monotonic() + timeout
         with self._cond:
             target = self._next_id - 1
+            self._state_urgent = self._state_dirty
             while (self._written_id < target or self._state_dirty) and self._error is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -138,6 +147,10 @@ class Outbox:
     def last_event_id(self) -> int:
         return self._written_id
 
+    def _state_due(self) -> bool:
+        """A state change is published at most every STATE_INTERVAL, unless it is urgent."""
+        return self._state_dirty and (self._state_urgent or time.monotonic() >= self._next_state)
+
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             raise RuntimeError(f"event log writer failed: {self._error}") from self._error
@@ -148,8 +161,11 @@ class Outbox:
         next_beat = time.monotonic()
         while True:
             with self._cond:
-                while not (self._pending or self._state_dirty or self._stopping):
-                    wait = next_beat - time.monotonic()
+                while not (self._pending or self._state_due() or self._stopping):
+                    deadline = next_beat
+                    if self._state_dirty:
+                        deadline = min(deadline, self._next_state)
+                    wait = deadline - time.monotonic()
                     if wait <= 0:
                         break
                     self._cond.wait(wait)
@@ -159,12 +175,11 @@ class Outbox:
                 del self._pending[:MAX_BATCH]
                 state = None
                 extra: dict[str, Any] = {}
-                if self._state_dirty:
-                    state = State(
-                        **{f: getattr(self._state, f) for f in self._state.__struct_fields__}
-                    )
+                if self._state_dirty and (self._state_due() or self._stopping):
+                    state = msgspec.structs.replace(self._state)
                     extra, self._extra = self._extra, {}
-                    self._state_dirty = False
+                    self._state_dirty = self._state_urgent = False
+                    self._next_state = time.monotonic() + STATE_INTERVAL
                 self._cond.notify_all()  # wake emitters blocked on MAX_PENDING
                 beating = self._beating
             try:
