@@ -1,0 +1,100 @@
+"""A rogue publisher floods the bus with junk: nothing crashes, the junk is counted, and a client
+of the targeted task still receives exactly its events."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+
+import httpx
+import msgpack
+import zmq
+
+from bus.messages import LEASE_TOPIC, Event, bus_encoder, new_task_id, topic
+from metastream import settings
+from metastream.stack import Stack
+from tests.helpers import collect, create_task, poll_for
+
+
+def _junk(task_id: str, rnd: random.Random) -> list[list[bytes]]:
+    """One round of hostile multipart messages aimed at ``task_id``."""
+    valid = bus_encoder.encode(
+        Event(event_id=1, task_id=task_id, timestamp="t", agent_role="r", event_type="e")
+    )
+    other = new_task_id()
+    claim = bus_encoder.encode(
+        Event(event_id=2, task_id=other, timestamp="t", agent_role="r", event_type="e")
+    )
+    t_event, t_state, t_beat = (topic(task_id, k) for k in ("event", "state", "heartbeat"))
+    return [
+        [rnd.randbytes(rnd.randint(1, 300))],  # one frame of noise
+        [t_event, rnd.randbytes(rnd.randint(0, 300))],  # random body
+        [t_event, valid[: rnd.randint(1, len(valid) - 1)]],  # truncated MessagePack
+        [t_event, msgpack.packb({"kind": "event", "task_id": task_id, "event_id": "x"})],
+        [t_state, msgpack.packb({"kind": "state", "task_id": task_id, "status": 7})],
+        [t_beat, msgpack.packb({"kind": "heartbeat", "task_id": task_id})],
+        [t_event, msgpack.packb({"kind": "nope", "task_id": task_id})],
+        [t_event, msgpack.packb([1, 2, 3])],
+        [t_event, claim],  # a frame claiming another task's id
+        [t_event, valid, b"extra"],  # three frames
+        [LEASE_TOPIC, rnd.randbytes(40)],  # the supervisor's topics too
+        [task_id.encode(), b"\xc1"],  # msgpack's never-used byte
+    ]
+
+
+def test_rogue_publisher_flood(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    s: Stack = stack_factory()
+    n = 400
+    cfg = settings.load(s.env)
+    with httpx.Client(base_url=s.url, timeout=30) as api:
+        task = create_task(api, synthetic={"events": n, "rate": 80})
+        tid = task["id"]
+        ctx = zmq.Context()
+        # An XPUB rather than a PUB: it hears the subscriptions forwarded to publishers, so we
+        # know when the flood will reach the gateway instead of being dropped at the source.
+        rogue = ctx.socket(zmq.XPUB)
+        rogue.setsockopt(zmq.SNDHWM, 0)
+        rogue.setsockopt(zmq.LINGER, 0)
+        rogue.connect(cfg.bus_pub)
+        rnd = random.Random(6)
+        sent = 0
+
+        async def flood() -> None:
+            nonlocal sent
+            async with asyncio.timeout(20):
+                heard: set[bytes] = set()
+                while b"\x01" + tid.encode() not in heard:
+                    try:
+                        heard.add(rogue.recv(zmq.NOBLOCK))
+                    except zmq.Again:
+                        await asyncio.sleep(0.02)
+            for _ in range(400):
+                for frames in _junk(tid, rnd):
+                    rogue.send_multipart(frames)
+                    sent += 1
+                await asyncio.sleep(0.01)  # spread it over the task's life
+            rogue.send_multipart([topic(tid, "event"), os.urandom(8 * 1024 * 1024)])
+
+        async def scenario():  # type: ignore[no-untyped-def]
+            good = asyncio.create_task(collect(s.ws_url, tid, timeout=90))
+            await flood()
+            return await good
+
+        try:
+            got = asyncio.run(scenario())
+        finally:
+            rogue.close()
+            ctx.term()
+        assert got.event_ids == list(range(1, n + 1)) and got.close_code == 1000
+        assert got.of("state")[-1]["status"] == "COMPLETED"
+        health = api.get("/healthz").json()
+        assert health["supervisor"] == "ok"
+        # Most junk reached the gateway while it watched the task, and each was counted.
+        assert health["counters"]["bus_dropped_frames"] > sent // 2, (health, sent)
+        # Still fully working afterwards.
+        after = create_task(api, synthetic={"events": 5})
+        assert asyncio.run(collect(s.ws_url, after["id"], timeout=30)).event_ids == [1, 2, 3, 4, 5]
+    for name in ("bus", "supervisor", "gateway"):
+        assert s.procs[name].poll() is None, f"{name} died: {s.log(name)[-2000:]}"
+    poll_for(lambda: "dropped a bad bus frame" in s.log("supervisor"), 10, what="supervisor log")

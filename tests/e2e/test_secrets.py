@@ -1,0 +1,76 @@
+"""Server secrets stay secret: not in any file of a full run, not in any task process."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import psutil
+
+from metastream.stack import Stack
+from tests.gateway.test_security import ws_read
+from tests.helpers import create_task, poll_for, wait_status
+
+TOKEN = "tok-e2e-9d1f0b7c5a"
+SECRET = "ticket-secret-e2e-4b2a"
+
+
+def _task_processes(stack: Stack, task_id: str, at_least: int) -> list[psutil.Process]:
+    """The task's process and its children, once there are ``at_least`` of them."""
+    for p in psutil.Process(stack.procs["supervisor"].pid).children():
+        try:
+            if task_id in p.cmdline():
+                found = [p, *p.children(recursive=True)]
+                return found if len(found) >= at_least else []
+        except psutil.NoSuchProcess:
+            continue
+    return []
+
+
+def test_tokens_never_reach_logs_files_or_task_processes(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    env = {"METASTREAM_API_TOKEN": f"second-{TOKEN},{TOKEN}", "METASTREAM_TICKET_SECRET": SECRET}
+    s: Stack = stack_factory(env=env)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=s.url, timeout=30, headers=auth) as api:
+        # A long task with child processes, to read the environments while it runs.
+        long = create_task(api, synthetic={"events": 100_000, "rate": 20, "spawn_children": 2})
+        api.post(f"/api/tasks/{long['id']}/run").raise_for_status()
+        procs = poll_for(
+            lambda: _task_processes(s, long["id"], at_least=3),
+            20,
+            what="the task process and its two children",
+        )
+        # The supervisor has the secrets in its environment; its task processes must not.
+        supervisor_env = Path(f"/proc/{s.procs['supervisor'].pid}/environ").read_bytes()
+        assert TOKEN.encode() in supervisor_env and SECRET.encode() in supervisor_env
+        for p in procs:
+            environ = Path(f"/proc/{p.pid}/environ").read_bytes()
+            assert TOKEN.encode() not in environ and SECRET.encode() not in environ
+            assert b"METASTREAM_API_TOKEN" not in environ, p.cmdline()
+            assert b"METASTREAM_HOME=" in environ  # it is a real task environment
+
+        # Everything a client does: REST, tickets, both WebSocket credentials, failures.
+        short = create_task(api, synthetic={"events": 20})
+        ticket = api.post(f"/api/tasks/{short['id']}/ticket").json()["ticket"]
+        url = f"{s.ws_url}/ws/tasks/{short['id']}"
+        by_ticket = asyncio.run(ws_read(f"{url}?ticket={ticket}"))
+        by_header = asyncio.run(ws_read(url, additional_headers=auth))
+        assert by_ticket.event_ids == by_header.event_ids == list(range(1, 21))
+        bad = asyncio.run(ws_read(url, additional_headers={"Authorization": f"Bearer {TOKEN}0"}))
+        assert bad.close_code == 4401
+        assert httpx.get(f"{s.url}/api/tasks", headers={"Authorization": TOKEN}).status_code == 401
+        api.get(f"/api/tasks/{short['id']}/events").raise_for_status()
+        api.post(f"/api/tasks/{long['id']}/cancel").raise_for_status()
+        wait_status(api, long["id"], {"CANCELLED"})
+    s.stop()
+
+    files = [p for p in s.home.rglob("*") if p.is_file()]
+    logs = [p for p in files if p.suffix == ".log"]
+    assert {p.name for p in logs} >= {"gateway.log", "supervisor.log", "bus.log"}
+    assert any(p.name.startswith("task-") for p in logs)
+    assert "auth: ON" in s.log("gateway")
+    for path in files:
+        data = path.read_bytes()
+        assert TOKEN.encode() not in data, f"token found in {path}"
+        assert SECRET.encode() not in data, f"ticket secret found in {path}"
