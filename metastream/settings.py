@@ -119,6 +119,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     create_rate: float = 10.0
     create_burst: int = 100
     curve_dir: str = ""
+    warm: bool = True  # fork task processes from a pre-imported zygote (runner.forkserver)
 
     @property
     def data_dir(self) -> Path:
@@ -208,6 +209,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         create_rate=env.number("METASTREAM_CREATE_RATE", 10.0),
         create_burst=env.integer("METASTREAM_CREATE_BURST", 100),
         curve_dir=env.text("METASTREAM_CURVE_DIR", ""),
+        warm=env.text("METASTREAM_WARM", "1").strip().lower() not in ("0", "false", "no", "off"),
     )
 
 

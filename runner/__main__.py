@@ -42,6 +42,8 @@ async def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)  # record and wake; the loop does the rest
 
+    if cfg.warm:
+        sup.start_forkserver()  # imports for seconds in the background: readiness does not wait
     await sup.recover()
     print(f"supervisor: node {sup.node}, control at {cfg.control}", flush=True)
     async with asyncio.TaskGroup() as tg:

@@ -31,8 +31,9 @@ class Child:
     pid: int
     pgid: int
     create_time: float
-    popen: subprocess.Popen[bytes] | None = None  # None when adopted: no exit code for us
+    popen: subprocess.Popen[bytes] | None = None  # None when adopted or forked by the zygote
     returncode: int | None = None
+    adopted: bool = False  # started by an earlier supervisor: its exit code is not ours to get
     _exited: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -48,7 +49,13 @@ class Child:
         return True
 
 
-def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path) -> Child:
+def spawn(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    log_path: Path,
+    pass_fds: Sequence[int] = (),
+) -> Child:
     """Start ``argv`` as the leader of a new process group and watch for its exit."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
@@ -61,6 +68,7 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own session and group: killpg reaches the whole tree
             close_fds=True,
+            pass_fds=tuple(pass_fds),
         )
     try:
         create_time = psutil.Process(popen.pid).create_time()
@@ -82,7 +90,7 @@ def adopt(pid: int, create_time: float) -> Child | None:
         pgid = os.getpgid(pid)
     except (psutil.NoSuchProcess, ProcessLookupError):
         return None
-    child = Child(pid=pid, pgid=pgid, create_time=create_time)
+    child = Child(pid=pid, pgid=pgid, create_time=create_time, adopted=True)
     _watch(child)
     return child
 

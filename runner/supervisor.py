@@ -8,6 +8,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from bus.client import Publisher
@@ -20,6 +21,7 @@ from bus.messages import (
 )
 from metastream.settings import Settings
 from runner import process
+from runner.forkserver import ForkServer, ForkServerError
 from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits
 from store import Store, TaskRow
 
@@ -65,6 +67,7 @@ class Supervisor:
         self._locks: dict[str, asyncio.Lock] = {}
         self._pump_lock = asyncio.Lock()
         self._background: set[asyncio.Task[str]] = set()
+        self.forkserver: ForkServer | None = None  # the warm path, once start_forkserver ran
         self.on_started: Callable[[str], None] = lambda _tid: None
         self.on_ended: Callable[[str], None] = lambda _tid: None
 
@@ -190,12 +193,7 @@ class Supervisor:
         workspace = self.cfg.task_dir(task_id)
         try:
             workspace.mkdir(parents=True, exist_ok=True)
-            child = process.spawn(
-                [self.cfg.python, "-m", "runner.task", task_id],
-                env=self._task_env(),
-                cwd=workspace,
-                log_path=self.cfg.logs_dir / f"task-{task_id}.log",
-            )
+            child = await self._spawn(task_id, workspace)
         except OSError as exc:
             failed = await self._db(
                 self.store.transition,
@@ -211,6 +209,29 @@ class Supervisor:
         await self._db(self.store.set_process, task_id, child.pid, child.create_time)
         self._track(task_id, child, row.options)
         self._publish(started)
+
+    async def _spawn(self, task_id: str, workspace: Path) -> process.Child:
+        """The task's process: forked warm from the zygote when it is ready, else cold."""
+        env = self._task_env()
+        log_path = self.cfg.logs_dir / f"task-{task_id}.log"
+        if self.forkserver is not None and self.forkserver.ready:
+            try:
+                return await self.forkserver.spawn(task_id, env, workspace, log_path)
+            except ForkServerError as exc:
+                log.warning("task %s starts cold: %s", task_id, exc)
+        argv = [self.cfg.python, "-m", "runner.task", task_id]
+        return process.spawn(argv, env=env, cwd=workspace, log_path=log_path)
+
+    def start_forkserver(self) -> ForkServer:
+        """Start the zygote in the background: tasks start cold until it is ready."""
+        self.forkserver = ForkServer(
+            self.cfg.python,
+            env=self._task_env(),
+            cwd=self.cfg.home,
+            log_path=self.cfg.logs_dir / "forkserver.log",
+        )
+        self.forkserver.start()
+        return self.forkserver
 
     def _track(self, task_id: str, child: process.Child, options: dict[str, Any]) -> None:
         run = Running(task_id, child, options)
@@ -281,7 +302,7 @@ class Supervisor:
         detail = process.describe_exit(rc)
         reason = row.error if row is not None and row.error else None
         text = f"Task process failed ({detail})"
-        if run.child.popen is None and rc is None:
+        if run.child.adopted and rc is None:
             text = "Task process ended while the supervisor was restarting (exit status unknown)"
         return "FAILED", f"{text}: {reason}" if reason else text
 
@@ -364,3 +385,5 @@ class Supervisor:
             return_exceptions=True,
         )
         # Queued tasks stay QUEUED: the next supervisor starts them.
+        if self.forkserver is not None:
+            await self.forkserver.close(self.cfg.stop_ask_timeout, self.cfg.stop_term_timeout)
