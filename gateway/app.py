@@ -11,9 +11,12 @@ from pathlib import Path
 import anyio
 import zmq.asyncio
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bus.client import Publisher
 from bus.messages import Ping
@@ -22,6 +25,7 @@ from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.hub import Hub
 from gateway.leases import LeaseKeeper
 from gateway.limits import ConnectionCounter, LimitsMiddleware
+from gateway.models import COMMON_RESPONSES
 from gateway.security import AuthMiddleware, Guard
 from metastream import settings as settings_mod
 from metastream.settings import Settings
@@ -37,7 +41,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cfg.ensure_dirs()
-        store = Store(cfg.db_url)
+        store = Store(cfg.db_url, cfg.events_dir)
         await anyio.to_thread.run_sync(store.create_schema)
         ctx = zmq.asyncio.Context()
         hub = Hub(cfg.bus_sub, ctx, cfg.ws_queue_size)
@@ -81,8 +85,8 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
-    app.include_router(api.router)
-    app.include_router(files.router)
+    app.include_router(api.router, responses=COMMON_RESPONSES)
+    app.include_router(files.router, responses=COMMON_RESPONSES)
     app.include_router(ws.router)
 
     @app.get("/healthz")
@@ -107,6 +111,24 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         if not guard.enabled:
             body["watchers"] = watched  # task ids: only when anyone may list tasks anyway
         return JSONResponse(body)
+
+    # (path pattern, methods) of the REST routes, for honest 405 answers.
+    method_table = [
+        (r.path_regex, r.methods)
+        for router in (api.router, files.router)
+        for r in router.routes
+        if isinstance(r, APIRoute)
+    ]
+
+    @app.exception_handler(StarletteHTTPException)
+    async def allow_every_method(request: Request, exc: StarletteHTTPException) -> Response:
+        """405s list every method of the path (Starlette names only its first route's)."""
+        if exc.status_code == 405:
+            path = request.url.path
+            methods = set().union(*(m for rx, m in method_table if rx.match(path)))
+            if methods:
+                exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
+        return await http_exception_handler(request, exc)
 
     if STATIC_DIR.is_dir():
         # The live web view: static files, no build step (mounted last: API routes win).

@@ -126,6 +126,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.home / "data"
 
     @property
+    def events_dir(self) -> Path:
+        """Per-task event log files (embedded SQLite only)."""
+        return self.data_dir / "events"
+
+    @property
     def tasks_dir(self) -> Path:
         return self.home / "tasks"
 

@@ -26,7 +26,7 @@ async def main() -> None:
 
     if not become_subreaper():
         log.warning("could not become a child subreaper: orphans of tasks are reaped by init")
-    store = Store(cfg.db_url)
+    store = Store(cfg.db_url, cfg.events_dir)
     store.create_schema()
     ctx = zmq.asyncio.Context()
     publisher = Publisher(cfg.bus_pub, ctx=zmq.Context.instance())

@@ -270,7 +270,6 @@ class Supervisor:
             await asyncio.to_thread(process.reap_group, run.child)
         self.heartbeats.forget(task_id)
         self.disconnects.forget(task_id)
-        self.running.pop(task_id, None)
         row = await self._db(self.store.get_task, task_id)
         status, message = self._outcome(run, row)
         fields: dict[str, Any] = dict(
@@ -279,10 +278,14 @@ class Supervisor:
             last_message=message,
             exit_code=run.child.returncode,
             pid=None,
+            # Exact, from the log: the final state tells clients which events precede it.
+            last_event_id=await self._db(self.store.last_event_id, task_id),
         )
         if status == "COMPLETED":
             fields["progress"] = 1.0
         ended = await self._db(self.store.transition, task_id, ("RUNNING",), **fields)
+        # Only now is its slot free: the store no longer shows it RUNNING.
+        self.running.pop(task_id, None)
         if ended is not None:
             self._publish(ended)
             log.info("task %s %s: %s", task_id, status, message)

@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
         return 2
     task_id = argv[0]
     cfg = settings.load()
-    store = Store(cfg.db_url)
+    store = Store(cfg.db_url, cfg.events_dir)
     row = store.get_task(task_id)
     if row is None:
         print(f"task {task_id} not found", file=sys.stderr)
@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
         store,
         publisher,
         task_id,
-        first_event_id=row.last_event_id + 1,
+        first_event_id=max(row.last_event_id, store.last_event_id(task_id)) + 1,
         state=msgspec.structs.replace(row.state(), status="RUNNING"),
         heartbeat_interval=cfg.heartbeat_interval,
     )

@@ -23,9 +23,9 @@ from store import Store
 MAX_PENDING = 20_000  # emitters wait beyond this: memory stays bounded if the log is slow
 MAX_BATCH = 5_000
 # Progress changes with nearly every event; publishing a state per event doubled the bus and
-# WebSocket traffic. A state is published at most this often (status changes are the
-# supervisor's, and always go out at once).
-STATE_INTERVAL = 0.05
+# WebSocket traffic, and each state is a write to the shared task row. A state is published
+# and stored at most this often (status changes are the supervisor's and go out at once).
+STATE_INTERVAL = 0.1
 
 
 class Outbox:

@@ -1,0 +1,95 @@
+"""One SQLite file per task for its event log (the embedded default).
+
+A single shared SQLite database has one write lock: with dozens of tasks committing their own
+events it became the bottleneck (writers spent most of their time in ``BEGIN IMMEDIATE``, and
+SQLite's busy handler sleeps in growing steps). Each task process is the only writer of its
+own file, so its commits never wait; readers (gateways) open the file read-only. A server
+database (PostgreSQL) keeps the ``events`` table instead: it has no global write lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS events (event_id INTEGER PRIMARY KEY, data BLOB NOT NULL)"
+
+
+class TaskLogs:
+    """Per-task event log files under one directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._writers: dict[str, sqlite3.Connection] = {}
+        self._lock = threading.Lock()
+
+    def path(self, task_id: str) -> Path:
+        return self.directory / f"{task_id}.db"
+
+    def _writer(self, task_id: str) -> sqlite3.Connection:
+        with self._lock:
+            conn = self._writers.get(task_id)
+            if conn is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    self.path(task_id), isolation_level=None, check_same_thread=False, timeout=30
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(_SCHEMA)
+                self._writers[task_id] = conn
+            return conn
+
+    def append(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None:
+        """Commit a batch of ``(event_id, data)``; ids must be new."""
+        conn = self._writer(task_id)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT INTO events (event_id, data) VALUES (?, ?)", batch)
+        except sqlite3.Error:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _reader(self, task_id: str) -> sqlite3.Connection | None:
+        path = self.path(task_id)
+        if not path.exists():
+            return None
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        return conn
+
+    def read(self, task_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` events with ``event_id > after``, in order."""
+        conn = self._reader(task_id)
+        if conn is None:
+            return []
+        try:
+            rows = conn.execute(
+                "SELECT event_id, data FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        except sqlite3.OperationalError:
+            return []  # created but its schema not yet committed: nothing logged yet
+        finally:
+            conn.close()
+        return [(int(i), bytes(d)) for i, d in rows]
+
+    def last_id(self, task_id: str) -> int:
+        conn = self._reader(task_id)
+        if conn is None:
+            return 0
+        try:
+            row = conn.execute("SELECT max(event_id) FROM events").fetchone()
+        except sqlite3.OperationalError:
+            return 0
+        finally:
+            conn.close()
+        return int(row[0] or 0)
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._writers.values():
+                conn.close()
+            self._writers.clear()
