@@ -11,7 +11,14 @@ from fastapi.responses import Response
 
 from bus.messages import CancelTask, StartTask, new_task_id, utcnow
 from gateway.control import ControlClient, SupervisorUnavailable
-from gateway.models import EventPage, TaskCreate, TaskList, TaskOut, TicketOut
+from gateway.models import (
+    COMMAND_RESPONSES,
+    EventPage,
+    TaskCreate,
+    TaskList,
+    TaskOut,
+    TicketOut,
+)
 from gateway.security import Guard
 from metastream.settings import Settings
 from store import Store, TaskRow
@@ -95,12 +102,12 @@ async def _command(
     return TaskOut.of(await _task_or_404(store, task_id))
 
 
-@router.post("/tasks/{task_id}/run", response_model=TaskOut)
+@router.post("/tasks/{task_id}/run", response_model=TaskOut, responses=COMMAND_RESPONSES)
 async def run_task(task_id: str, store: StoreDep, control: ControlDep, cfg: SettingsDep) -> TaskOut:
     return await _command(store, control, cfg, task_id, StartTask(task_id), cfg.control_timeout)
 
 
-@router.post("/tasks/{task_id}/cancel", response_model=TaskOut)
+@router.post("/tasks/{task_id}/cancel", response_model=TaskOut, responses=COMMAND_RESPONSES)
 async def cancel_task(
     task_id: str, store: StoreDep, control: ControlDep, cfg: SettingsDep
 ) -> TaskOut:

@@ -154,13 +154,14 @@ class LimitsMiddleware:
                 return
         if self.max_depth > 0 and json_depth_exceeds(bytes(body), self.max_depth):
             self.counters["json_too_deep"] += 1
-            await _reject(
-                scope,
-                receive,
-                send,
-                422,
-                f"JSON nested deeper than {self.max_depth} levels (METASTREAM_MAX_JSON_DEPTH)",
-            )
+            msg = f"JSON nested deeper than {self.max_depth} levels (METASTREAM_MAX_JSON_DEPTH)"
+            await _invalid_body(scope, receive, send, "json_too_deep", msg)
+            return
+        try:
+            body.decode()
+        except UnicodeDecodeError:
+            # FastAPI would answer 400; every invalid body is a 422 (CONTRACT).
+            await _invalid_body(scope, receive, send, "json_invalid", "body is not UTF-8 JSON")
             return
         await self.app(scope, _replay(bytes(body), receive), send)
 
@@ -197,6 +198,12 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+async def _invalid_body(scope: Scope, receive: Receive, send: Send, kind: str, msg: str) -> None:
+    # Shaped like FastAPI's own validation errors, as the API schema documents 422s.
+    error = {"type": kind, "loc": ["body"], "msg": msg}
+    await JSONResponse({"detail": [error]}, status_code=422)(scope, receive, send)
 
 
 async def _reject(

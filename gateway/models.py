@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from store import TaskRow
 
@@ -13,23 +13,35 @@ from store import TaskRow
 MAX_REQUIREMENT = 20_000
 
 
+def _integral(value: Any) -> Any:
+    # JSON Schema counts 3.0 as an integer; strict mode alone would refuse it.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Request models are strict (no true -> 1, no "1" -> 1) except for this one JSON rule.
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+
+
 class SyntheticIn(BaseModel):
     """A synthetic workload (see CONTRACT)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    events: int = Field(ge=0, le=10_000_000)
+    events: JsonInt = Field(ge=0, le=10_000_000)
     rate: float = Field(0.0, ge=0, le=1_000_000, description="events per second, 0 = max")
-    payload_bytes: int = Field(0, ge=0, le=1_000_000)
-    exit_after: int | None = Field(None, ge=0)
-    exit_code: int = Field(1, ge=0, le=255)
-    hang_after: int | None = Field(None, ge=0)
-    spawn_children: int = Field(0, ge=0, le=16)
+    payload_bytes: JsonInt = Field(0, ge=0, le=1_000_000)
+    exit_after: Annotated[int, Field(ge=0), BeforeValidator(_integral)] | None = None
+    exit_code: JsonInt = Field(1, ge=0, le=255)
+    hang_after: Annotated[int, Field(ge=0), BeforeValidator(_integral)] | None = None
+    spawn_children: JsonInt = Field(0, ge=0, le=16)
     crash: Literal["exception", "segv", "kill", "oom"] | None = None
 
 
 class TaskCreate(BaseModel):
     """``POST /api/tasks``."""
+
+    # Strict: a body the schema rejects (``"grace_seconds": false``) is not quietly coerced.
+    model_config = ConfigDict(strict=True)
 
     requirement: str = Field(
         min_length=1,
@@ -38,7 +50,7 @@ class TaskCreate(BaseModel):
     test_mode: bool = False
     synthetic: SyntheticIn | None = None
     use_qa: bool = False
-    n_round: int = Field(10, ge=1, le=50)
+    n_round: JsonInt = Field(10, ge=1, le=50)
     investment: float = Field(3.0, gt=0, le=100)
     disconnect_policy: Literal["continue", "kill", "grace"] | None = Field(
         None, description="what happens when the last client leaves (server default if unset)"
@@ -117,3 +129,23 @@ class EventPage(BaseModel):
     events: list[EventOut]
     next_after: int = Field(description="pass as ?after= to get the next page")
     has_more: bool
+
+
+class ErrorOut(BaseModel):
+    """An error answer: ``detail`` says what went wrong and, for a limit, which one."""
+
+    detail: str
+
+
+# Answers any route may give besides its own (documented so that clients and the schema fuzz
+# test know them): auth, body size and creation rate come from middleware.
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "missing or invalid API token"},
+    404: {"model": ErrorOut, "description": "unknown task (or file)"},
+    413: {"model": ErrorOut, "description": "request body too large (METASTREAM_MAX_BODY_BYTES)"},
+    429: {"model": ErrorOut, "description": "too many tasks created (METASTREAM_CREATE_RATE)"},
+}
+COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorOut, "description": "the supervisor refused the command"},
+    503: {"model": ErrorOut, "description": "the supervisor did not answer in time"},
+}

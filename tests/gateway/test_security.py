@@ -224,7 +224,7 @@ def test_limits_name_themselves(secured: Stack) -> None:
         # Deep nesting: json.loads would raise RecursionError (a 500) without the check.
         deep = b'{"requirement": "x", "synthetic": ' + b"[" * 1500 + b"]" * 1500 + b"}"
         r = api.post("/api/tasks", content=deep, headers=json_type)
-        assert r.status_code == 422 and "METASTREAM_MAX_JSON_DEPTH" in r.json()["detail"]
+        assert r.status_code == 422 and "METASTREAM_MAX_JSON_DEPTH" in r.text
         assert api.get("/api/tasks", params={"limit": 201}).status_code == 422
         assert api.get("/api/tasks/x/events", params={"limit": 10_001}).status_code == 422
 
