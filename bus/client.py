@@ -9,6 +9,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from bus import curve
 from bus.messages import (
     SYSTEM_TOPIC_PREFIX,
     BusMessage,
@@ -31,7 +32,7 @@ class Publisher:
         self._sock.setsockopt(zmq.SNDHWM, PUB_HWM)
         # Linger so that what was published just before a clean exit still leaves the process.
         self._sock.setsockopt(zmq.LINGER, linger_ms)
-        self._sock.connect(endpoint)
+        curve.connect_securely(self._sock, endpoint)  # CURVE when the bus leaves the host
         self._topics: dict[tuple[str, str], bytes] = {}
 
     def publish(self, task_id: str, msg: BusMessage) -> None:
@@ -74,7 +75,7 @@ class AsyncSubscriber:
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.RCVHWM, SUB_HWM)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(endpoint)
+        curve.connect_securely(self._sock, endpoint)  # CURVE when the bus leaves the host
         self._shadow = zmq.Socket.shadow(self._sock.underlying)
 
     def subscribe(self, prefixes: Iterable[bytes | str]) -> None:

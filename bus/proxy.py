@@ -8,6 +8,9 @@ import threading
 from pathlib import Path
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from bus import curve
 
 log = logging.getLogger("metastream.bus")
 
@@ -23,16 +26,20 @@ class Proxy:
     more reliable than ``proxy_steerable``'s TERMINATE, which was intermittently missed.
     """
 
-    def __init__(self, frontend: str, backend: str) -> None:
+    def __init__(self, frontend: str, backend: str, keys: Path | None = None) -> None:
         self.frontend_endpoint = frontend  # publishers connect (XSUB binds)
         self.backend_endpoint = backend  # subscribers connect (XPUB binds)
         self._ctx = zmq.Context()
+        self._keys = keys  # CURVE keys: tcp endpoints then admit only authorized clients
+        self._auth: ThreadAuthenticator | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
     def start(self, timeout: float = 5.0) -> None:
         """Bind both sides and forward in a thread; raises if binding fails."""
+        if self._keys is not None:
+            self._auth = curve.start_authenticator(self._ctx, self._keys)
         self._thread = threading.Thread(target=self._run, name="bus-proxy", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -50,6 +57,7 @@ class Proxy:
                 sock.setsockopt(zmq.LINGER, 0)
             for endpoint, sock in ((self.frontend_endpoint, xsub), (self.backend_endpoint, xpub)):
                 _prepare_ipc(endpoint)
+                curve.serve_securely(sock, endpoint, self._keys)
                 sock.bind(endpoint)
         except zmq.ZMQError as exc:
             self._error = exc
@@ -70,6 +78,8 @@ class Proxy:
         """Stop forwarding and close the sockets."""
         if self._thread is None:
             return
+        if self._auth is not None:
+            self._auth.stop()  # its socket must close before the context can terminate
         self._ctx.term()  # returns once the proxy thread has closed its sockets
         self._thread.join(timeout)
 
@@ -84,9 +94,15 @@ def serve(frontend: str, backend: str) -> None:
     """Run the proxy until SIGINT or SIGTERM."""
     # Block the stop signals before the proxy thread starts so that only this thread receives
     # them, then wait for one: the handler's only job is to wake us.
+    keys = curve.curve_dir()
+    endpoints = {"METASTREAM_BUS_PUB": frontend, "METASTREAM_BUS_SUB": backend}
+    try:
+        curve.check_endpoints(endpoints, keys, curve_capable=True)
+    except curve.InsecureEndpoint as exc:
+        raise SystemExit(f"bus: {exc}") from None
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    proxy = Proxy(frontend, backend)
+    proxy = Proxy(frontend, backend, keys)
     proxy.start()
     log.info("bus proxy up: publishers -> %s, subscribers -> %s", frontend, backend)
     print(f"bus: publishers connect to {frontend}; subscribers connect to {backend}", flush=True)

@@ -8,6 +8,7 @@ import sys
 
 import uvicorn
 
+from bus.curve import InsecureEndpoint, check_endpoints
 from gateway.security import bind_problem, describe
 from metastream import settings
 
@@ -24,6 +25,12 @@ def main(argv: list[str] | None = None) -> None:
         # Through the environment, so the app factory (which loads settings itself) sees it.
         os.environ["METASTREAM_INSECURE"] = "1"
     cfg = settings.load()
+    try:
+        # The control channel has no CURVE: it must stay on this machine.
+        check_endpoints({"METASTREAM_CONTROL": cfg.control}, None, curve_capable=False)
+    except InsecureEndpoint as exc:
+        print(f"gateway: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     problem = bind_problem(cfg, cfg.host)
     if problem:
         print(f"gateway: {problem}", file=sys.stderr, flush=True)

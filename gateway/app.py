@@ -114,7 +114,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
 
     # (path pattern, methods) of the REST routes, for honest 405 answers.
     method_table = [
-        (r.path_regex, r.methods)
+        (r.path_regex, r.methods or set())
         for router in (api.router, files.router)
         for r in router.routes
         if isinstance(r, APIRoute)
@@ -125,7 +125,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         """405s list every method of the path (Starlette names only its first route's)."""
         if exc.status_code == 405:
             path = request.url.path
-            methods = set().union(*(m for rx, m in method_table if rx.match(path)))
+            methods: set[str] = set().union(*(m for rx, m in method_table if rx.match(path)))
             if methods:
                 exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
         return await http_exception_handler(request, exc)

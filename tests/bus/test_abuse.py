@@ -4,12 +4,15 @@ of the targeted task still receives exactly its events."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 
 import httpx
 import msgpack
+import pytest
 import zmq
+import zmq.asyncio
 
 from bus.messages import LEASE_TOPIC, Event, bus_encoder, new_task_id, topic
 from metastream import settings
@@ -98,3 +101,65 @@ def test_rogue_publisher_flood(stack_factory) -> None:  # type: ignore[no-untype
     for name in ("bus", "supervisor", "gateway"):
         assert s.procs[name].poll() is None, f"{name} died: {s.log(name)[-2000:]}"
     poll_for(lambda: "dropped a bad bus frame" in s.log("supervisor"), 10, what="supervisor log")
+
+
+def test_curve_bus_admits_only_key_holders(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from bus import curve
+    from bus.client import AsyncSubscriber, Publisher
+    from bus.proxy import Proxy
+    from metastream.stack import free_port
+
+    keys = tmp_path / "keys"
+    curve.keygen(keys)
+    assert oct(keys.stat().st_mode & 0o777) == "0o700"
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    proxy = Proxy(front, back, keys)
+    proxy.start()
+    monkeypatch.setenv(curve.CURVE_ENV, str(keys))
+    tid = new_task_id()
+    ev = Event(event_id=1, task_id=tid, timestamp="t", agent_role="r", event_type="e")
+
+    async def scenario() -> tuple[list[object], list[bytes]]:
+        zctx = zmq.asyncio.Context()
+        trusted = AsyncSubscriber(back, zctx)  # a CURVE client with the deployment's key
+        trusted.subscribe([tid])
+        outsider = zctx.socket(zmq.SUB)  # no keys: the handshake never completes
+        outsider.setsockopt(zmq.SUBSCRIBE, b"")
+        outsider.connect(back)
+        pub = Publisher(front, linger_ms=0)
+        got: list[object] = []
+        heard: list[bytes] = []
+        try:
+            async with asyncio.timeout(10):
+                while not got:  # publish until the subscription has propagated
+                    pub.publish(tid, ev)
+                    try:
+                        async with asyncio.timeout(0.1):
+                            got.append((await trusted.recv())[1])
+                    except TimeoutError:
+                        continue
+            pub.publish(tid, ev)
+            with contextlib.suppress(TimeoutError):  # the trusted one got it: plenty of time
+                async with asyncio.timeout(0.5):
+                    heard.append(await outsider.recv())
+        finally:
+            pub.close()
+            trusted.close()
+            outsider.close(linger=0)
+            zctx.term()
+        return got, heard
+
+    try:
+        got, heard = asyncio.run(scenario())
+    finally:
+        proxy.stop()
+    assert got == [ev] and heard == []
+    # Without keys, a public endpoint is refused (the proxy and every client).
+    with pytest.raises(curve.InsecureEndpoint, match="CURVE"):
+        curve.check_endpoints({"METASTREAM_BUS_SUB": "tcp://0.0.0.0:5555"}, None, True)
+    with pytest.raises(curve.InsecureEndpoint, match="no CURVE"):
+        curve.check_endpoints({"METASTREAM_CONTROL": "tcp://10.0.0.1:5555"}, keys, False)
+    curve.check_endpoints({"METASTREAM_BUS_SUB": "tcp://127.0.0.1:5555"}, None, True)
+    monkeypatch.delenv(curve.CURVE_ENV)
+    with pytest.raises(curve.InsecureEndpoint):
+        Publisher("tcp://192.0.2.1:5555")
