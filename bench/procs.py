@@ -124,6 +124,13 @@ def stack(home: Path, env: dict[str, str] | None = None) -> Iterator[Stack]:
     st = Stack(home, env=env)
     try:
         st.start(60)
+        if (env or {}).get("METASTREAM_WARM", "1") != "0":
+            # The warm path is what is measured: wait until the fork server has imported.
+            deadline = time.monotonic() + 120
+            while "fork server ready" not in st.log("supervisor"):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the fork server did not get ready within 120 s")
+                time.sleep(0.1)
         yield st
     finally:
         st.stop()

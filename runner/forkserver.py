@@ -193,7 +193,7 @@ class ForkServer:
             if fut is not None and not fut.done():
                 fut.set_exception(ForkServerError(msg.error))
             return
-        child = process.Child(pid=msg.pid, pgid=msg.pid, create_time=msg.create_time)
+        child = process.Child(pid=msg.pid, pgid=msg.pid, create_time=msg.create_time, forked=True)
         self._children[msg.pid] = child
         if fut is None or fut.done():  # the request timed out: nobody will track this task
             log.warning("killing task process %d forked after its request timed out", msg.pid)

@@ -34,6 +34,7 @@ class Child:
     popen: subprocess.Popen[bytes] | None = None  # None when adopted or forked by the zygote
     returncode: int | None = None
     adopted: bool = False  # started by an earlier supervisor: its exit code is not ours to get
+    forked: bool = False  # forked from the zygote: shares its pre-imported pages
     _exited: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -229,15 +230,23 @@ def _reap_orphans(procs: Iterable[psutil.Process], timeout: float = 1.0) -> None
 
 
 def tree_rss_mb(child: Child) -> float:
-    """Resident memory of the task's whole process tree, in MB."""
+    """Resident memory of the task's whole process tree, in MB.
+
+    A task forked from the zygote counts its unique memory (USS) instead of its RSS: the
+    pre-imported pages it still shares with the zygote are not its own.
+    """
     total = 0
     try:
-        procs = [psutil.Process(child.pid), *descendants(child)]
+        leader = psutil.Process(child.pid)
+        procs = [leader, *descendants(child)]
     except psutil.NoSuchProcess:
         return 0.0
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            total += p.memory_info().rss
+            if child.forked and p is leader:
+                total += p.memory_full_info().uss
+            else:
+                total += p.memory_info().rss
     return total / (1024 * 1024)
 
 

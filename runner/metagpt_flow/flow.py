@@ -151,8 +151,9 @@ async def _run(
     spec: FlowSpec, workspace: Path, project: str, llm: dict[str, Any], obs: Any
 ) -> None:
     started = time.monotonic()
-    ctx, env = build_context(spec, workspace, project, llm, obs.fast_fail)
     req, meta = truncate(spec.requirement)
+    # FLOW_START goes out before the roles are built (a few hundred ms): it is the task's
+    # first sign of life, and the roles' first message belongs after it.
     obs.system(
         FLOW_START,
         {
@@ -170,6 +171,7 @@ async def _run(
             "use_qa": spec.use_qa,
         },
     )
+    ctx, env = build_context(spec, workspace, project, llm, obs.fast_fail)
     drive = asyncio.create_task(_drive(spec, env, ctx.cost_manager, obs))
     ticker = asyncio.create_task(_ticker(obs, drive))
     rounds = 0

@@ -55,8 +55,8 @@ def api(stack: Stack) -> Iterator[httpx.Client]:
         yield c
 
 
-def run(api: httpx.Client, **synthetic: object) -> str:
-    task = create_task(api, synthetic=synthetic)
+def run(api: httpx.Client, options: dict[str, object] | None = None, **synthetic: object) -> str:
+    task = create_task(api, synthetic=synthetic, **(options or {}))
     assert api.post(f"/api/tasks/{task['id']}/run").status_code == 200
     return str(task["id"])
 
@@ -102,6 +102,17 @@ def test_crash_reports_the_real_exit(
     final = wait_status(api, tid, TERMINAL)
     assert final["status"] == "FAILED" and reason in final["last_message"], final
     assert final["exit_code"] == code
+
+
+def test_memory_limit_counts_what_the_fork_owns(stack: Stack, api: httpx.Client) -> None:
+    # The pages shared with the zygote (MetaGPT: hundreds of MB) are not the task's own.
+    small = {"memory_limit_mb": 150}
+    fine = run(api, small, events=20, rate=10)
+    assert psutil.Process(pid_of(stack, fine)).ppid() == zygotes(stack)[-1]
+    assert wait_status(api, fine, TERMINAL)["status"] == "COMPLETED"
+    hog = run(api, small, events=10, rate=10, exit_after=3, crash="oom")
+    final = wait_status(api, hog, TERMINAL)
+    assert final["status"] == "FAILED" and "memory limit" in final["last_message"], final
 
 
 def test_cancel_kills_the_forked_tree(stack: Stack, api: httpx.Client) -> None:
