@@ -36,10 +36,10 @@ class Publisher:
         self._topics: dict[tuple[str, str], bytes] = {}
 
     def publish(self, task_id: str, msg: BusMessage) -> None:
-        key = (task_id, msg.__struct_config__.tag)
+        key = (task_id, str(msg.__struct_config__.tag))
         frame = self._topics.get(key)
         if frame is None:  # a task process publishes on a handful of topics: build each once
-            frame = self._topics[key] = topic(task_id, key[1])  # type: ignore[arg-type]
+            frame = self._topics[key] = topic(task_id, key[1])
         self.send(frame, bus_encoder.encode(msg))
 
     def publish_system(self, topic_frame: bytes, msg: BusMessage) -> None:
@@ -76,7 +76,7 @@ class AsyncSubscriber:
         self._sock.setsockopt(zmq.RCVHWM, SUB_HWM)
         self._sock.setsockopt(zmq.LINGER, 0)
         curve.connect_securely(self._sock, endpoint)  # CURVE when the bus leaves the host
-        self._shadow = zmq.Socket.shadow(self._sock.underlying)
+        self._shadow: zmq.Socket[bytes] = zmq.Socket.shadow(self._sock.underlying)
 
     def subscribe(self, prefixes: Iterable[bytes | str]) -> None:
         for p in prefixes:

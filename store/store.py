@@ -278,10 +278,10 @@ class Store:
                 ).fetchall()
             return [(i, bytes(d)) for i, d in rows]
         with self._read.connect() as c:
-            rows = c.execute(
+            found = c.execute(
                 select(events.c.event_id, events.c.data)
                 .where(events.c.task_id == task_id, events.c.event_id > after)
                 .order_by(events.c.event_id)
                 .limit(limit)
             )
-            return [(int(i), bytes(d)) for i, d in rows]
+            return [(int(i), bytes(d)) for i, d in found]

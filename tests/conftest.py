@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,6 +10,11 @@ import httpx
 import pytest
 
 from metastream.stack import Stack
+
+# Every test stack starts a fork server; pre-importing MetaGPT there costs ~8 s of CPU per
+# stack, which only tests/runner/test_forkserver.py needs (it turns it back on). Synthetic
+# tasks are still forked warm; MetaGPT tasks elsewhere start cold, as they would without it.
+os.environ.setdefault("METASTREAM_WARM_METAGPT", "0")
 
 
 @pytest.fixture

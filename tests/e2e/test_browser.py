@@ -273,7 +273,8 @@ def test_ten_thousand_events_render_fast_and_exact(stack: Stack, page: Page) -> 
 
 
 def test_token_is_kept_and_sent(stack: Stack, page: Page) -> None:
-    """The page holds an API token: saved in localStorage, sent with REST and WebSocket."""
+    """The page holds an API token: saved in localStorage, sent with REST; the WebSocket gets
+    a per-task ticket instead (the token never goes into a URL)."""
     pg = page.page
     auth: list[str | None] = []
     pg.on(
@@ -291,4 +292,24 @@ def test_token_is_kept_and_sent(stack: Stack, page: Page) -> None:
     create_from_page(page, stack.url, "synthetic: token", events=5, rate=0)
     page.wait_js("i.conn === 'ended'")
     assert auth and all(a == "Bearer s3cret" for a in auth), auth
-    assert page.ws_urls and all("token=s3cret" in u for u in page.ws_urls), page.ws_urls
+    assert page.ws_urls and all("ticket=" in u for u in page.ws_urls), page.ws_urls
+    assert not any("s3cret" in u for u in page.ws_urls), page.ws_urls
+
+
+def test_page_works_with_authentication_on(tmp_path: Path, page: Page) -> None:
+    """With METASTREAM_API_TOKEN set the page loads, asks for the token, and streams a task."""
+    secured = Stack(tmp_path / "secured", env={"METASTREAM_API_TOKEN": "s3cret"}).start()
+    try:
+        pg = page.page
+        pg.goto(secured.url + "/")
+        pg.click("#token-box summary")
+        pg.fill("#token-input", "s3cret")
+        pg.click("#token-form button[type=submit]")
+        create_from_page(page, secured.url, "synthetic: secured", events=20, rate=0)
+        page.wait_js("i.conn === 'ended'")
+        assert_exact_rows(page, 20)
+        assert page.ws_urls and not any("s3cret" in u for u in page.ws_urls)
+        page.shot("auth-on-done")
+        assert not page.errors, page.errors
+    finally:
+        secured.stop()

@@ -22,6 +22,7 @@ FAST = {
     "METASTREAM_STOP_ASK_TIMEOUT": "1",
     "METASTREAM_STOP_TERM_TIMEOUT": "1",
     "METASTREAM_WARM": "1",
+    "METASTREAM_WARM_METAGPT": "1",  # conftest turns it off for every other test stack
 }
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 READY = re.compile(r"fork server ready \(pid (\d+)")

@@ -66,6 +66,7 @@ export const api = {
   getTask: (id) => request(`/api/tasks/${encodeURIComponent(id)}`),
   createTask: (body) => request("/api/tasks", { method: "POST", body }),
   cancelTask: (id) => request(`/api/tasks/${encodeURIComponent(id)}/cancel`, { method: "POST" }),
+  ticket: (id) => request(`/api/tasks/${encodeURIComponent(id)}/ticket`, { method: "POST" }),
   listFiles: (id) => request(`/api/tasks/${encodeURIComponent(id)}/files`),
   getFile: (id, path) =>
     request(
@@ -74,12 +75,14 @@ export const api = {
     ),
 };
 
-/** ws(s):// URL for a path on this origin; browsers cannot set headers, so the token rides along. */
+/**
+ * ws(s):// URL for a path on this origin. Browsers cannot set headers on a WebSocket, so with a
+ * token the caller first gets a short-lived per-task ticket over REST (see stream.js); the
+ * long-lived token itself never goes into a URL (URLs end up in logs).
+ */
 export function wsUrl(path, params = {}) {
   const url = new URL(path, location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   for (const [k, v] of Object.entries(params)) url.searchParams.set(k, String(v));
-  const token = getToken();
-  if (token) url.searchParams.set("token", token);
   return url.toString();
 }

@@ -1,7 +1,7 @@
 // One task's WebSocket stream: resumes with ?last_event_id after any drop, hands events on
 // exactly once and strictly in order, and reports the connection state on its own.
 
-import { wsUrl } from "./api.js";
+import { api, getToken, wsUrl } from "./api.js";
 import { TERMINAL as TERMINAL_OK } from "./dom.js";
 
 const BACKOFF_MIN_MS = 250;
@@ -74,13 +74,27 @@ export class TaskStream {
     return TERMINAL_OK.has(this.status) && this._closedClean;
   }
 
-  connect() {
+  async connect() {
+    if (this.opening) return;
     this.retryTimer = null;
     this._closedClean = false;
     this.h.onConn(this.connections ? "reconnecting" : "connecting");
-    const ws = new WebSocket(wsUrl(`/ws/tasks/${encodeURIComponent(this.taskId)}`, {
-      last_event_id: this.lastId,
-    }));
+    const params = { last_event_id: this.lastId };
+    if (getToken()) {
+      // With authentication on, each connection uses a fresh short-lived ticket.
+      this.opening = true;
+      try {
+        params.ticket = (await api.ticket(this.taskId)).ticket;
+      } catch {
+        this.opening = false;
+        this.closed({ code: 4401 }); // back off and retry like any failed connection
+        return;
+      } finally {
+        this.opening = false;
+      }
+      if (this.stopped || this.ws) return;
+    }
+    const ws = new WebSocket(wsUrl(`/ws/tasks/${encodeURIComponent(this.taskId)}`, params));
     this.ws = ws;
     // Anything buffered beyond the resume point comes again from the server, in order.
     this.pending.clear();
