@@ -25,6 +25,7 @@ from bus.messages import (
     state_data,
     ws_frame,
 )
+from bus.ratelog import RateLimitedLog
 
 log = logging.getLogger("metastream.hub")
 
@@ -78,6 +79,7 @@ class Hub:
         self._queue_size = queue_size
         self._listeners: dict[str, set[Listener]] = {}
         self.dropped_frames = 0
+        self._bad_frames = RateLimitedLog(log)
         # Told the new watcher count of a task whenever a connection comes or goes.
         self.on_change: Callable[[str, int], None] = lambda _task_id, _n: None
 
@@ -128,7 +130,7 @@ class Hub:
                 item = LiveBeat(msg.last_event_id)
             case DecodeFailure(error=error):
                 self.dropped_frames += 1
-                log.warning("dropped a bad bus frame for %s: %s", task_id, error)
+                self._bad_frames.warning("dropped a bad bus frame for %s: %s", task_id, error)
                 return
             case _:
                 return  # leases and future kinds are not for clients

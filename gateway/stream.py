@@ -205,8 +205,13 @@ class TaskStream:
                             self.next_id += 1
                     case LiveState(state=state):
                         if state.status in TERMINAL_STATUSES:
+                            # Ending a stream is final: believe the store, not the bus (one
+                            # read per connection; a forged frame cannot end a stream).
+                            row = await self._db(self.store.get_task, self.task_id)
+                            if row is None or row.status not in TERMINAL_STATUSES:
+                                continue
                             await self._catch_up(None)
-                            await self._finish(state)
+                            await self._finish(row.state())
                             return
                         await self._offer_state(state)
                     case LiveBeat(last_event_id=last):

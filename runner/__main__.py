@@ -10,7 +10,9 @@ import time
 import zmq.asyncio
 
 from bus.client import AsyncSubscriber, DecodeFailure, Publisher, decode_frames
+from bus.curve import check_endpoints
 from bus.messages import LEASE_TOPIC, Heartbeat, Lease, topic
+from bus.ratelog import RateLimitedLog
 from metastream import settings
 from runner.control import ControlServer
 from runner.supervisor import Supervisor
@@ -21,6 +23,8 @@ log = logging.getLogger("metastream.supervisor")
 
 async def main() -> None:
     cfg = settings.load()
+    # The control channel has no CURVE: it must never be reachable from the network.
+    check_endpoints({"METASTREAM_CONTROL": cfg.control}, None, curve_capable=False)
     cfg.ensure_dirs()
     from runner.process import become_subreaper
 
@@ -65,6 +69,7 @@ async def main() -> None:
 
 
 async def _listen(sub: AsyncSubscriber, sup: Supervisor) -> None:
+    bad_frames = RateLimitedLog(log)
     while True:
         frames = await sub.recv_frames()
         if frames[0] == sup.beacon_topic:
@@ -77,7 +82,7 @@ async def _listen(sub: AsyncSubscriber, sup: Supervisor) -> None:
             case Lease(task_id=task_id, gateway_id=gw, watchers=n, ttl=ttl):
                 sup.disconnects.lease(task_id, gw, n, ttl)
             case DecodeFailure(error=error):
-                log.warning("dropped a bad bus frame: %s", error)
+                bad_frames.warning("dropped a bad bus frame: %s", error)
 
 
 async def _tick(sup: Supervisor, pub: Publisher, interval: float) -> None:

@@ -14,7 +14,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from bus.messages import LEASE_TOPIC, Event, bus_encoder, new_task_id, topic
+from bus.messages import LEASE_TOPIC, Event, State, bus_encoder, new_task_id, topic
 from metastream import settings
 from metastream.stack import Stack
 from tests.helpers import collect, create_task, poll_for
@@ -163,3 +163,41 @@ def test_curve_bus_admits_only_key_holders(tmp_path, monkeypatch) -> None:  # ty
     monkeypatch.delenv(curve.CURVE_ENV)
     with pytest.raises(curve.InsecureEndpoint):
         Publisher("tcp://192.0.2.1:5555")
+
+
+def test_a_forged_final_state_does_not_end_a_stream(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    s: Stack = stack_factory()
+    n = 200
+    cfg = settings.load(s.env)
+    with httpx.Client(base_url=s.url, timeout=30) as api:
+        task = create_task(api, synthetic={"events": n, "rate": 100})
+        tid = task["id"]
+        ctx = zmq.Context()
+        rogue = ctx.socket(zmq.XPUB)
+        rogue.setsockopt(zmq.LINGER, 0)
+        rogue.connect(cfg.bus_pub)
+        forged = bus_encoder.encode(State(task_id=tid, status="COMPLETED", progress=1.0))
+
+        async def scenario():  # type: ignore[no-untyped-def]
+            good = asyncio.create_task(collect(s.ws_url, tid, timeout=60))
+            async with asyncio.timeout(20):  # wait until the gateway's subscription reaches us
+                while True:
+                    try:
+                        if rogue.recv(zmq.NOBLOCK) == b"\x01" + tid.encode():
+                            break
+                    except zmq.Again:
+                        await asyncio.sleep(0.02)
+            for _ in range(20):
+                rogue.send_multipart([topic(tid, "state"), forged])
+                await asyncio.sleep(0.05)
+            return await good
+
+        try:
+            got = asyncio.run(scenario())
+        finally:
+            rogue.close()
+            ctx.term()
+    # The stream went on to the real end: every event, then the true final state.
+    assert got.event_ids == list(range(1, n + 1)) and got.close_code == 1000
+    assert got.of("state")[-1]["status"] == "COMPLETED"
+    assert got.of("state")[-1]["completed_at"] is not None
