@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import scenarios, startup
+from bench import persistence, scenarios, startup
 from bench.common import Ctx
 from bench.table import Row, render, write_json
 
@@ -30,6 +30,7 @@ SCENARIOS: dict[str, Callable[[Ctx, list[Row]], None]] = {
     "many": scenarios.s3_many,
     "start": startup.s4_start,
     "memory": startup.s5_memory,
+    "persistence": persistence.s_persistence,
 }
 DEFAULT_JSON = Path(__file__).parent / "results" / "latest.json"
 

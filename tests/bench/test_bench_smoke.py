@@ -29,6 +29,7 @@ EXPECTED = [
     ("4", "start MetaGPT", "cold MetaGPT interpreter"),
     ("5", "per-task USS", "cold MetaGPT process RSS"),
     ("5", "total PSS", "x cold MetaGPT RSS"),
+    ("4b", "event log on", "event log off"),
 ]
 
 
