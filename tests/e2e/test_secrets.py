@@ -9,6 +9,7 @@ import httpx
 import psutil
 
 from metastream.stack import Stack
+from store import Store
 from tests.gateway.test_security import ws_read
 from tests.helpers import create_task, poll_for, wait_status
 
@@ -18,14 +19,16 @@ SECRET = "ticket-secret-e2e-4b2a"
 
 def _task_processes(stack: Stack, task_id: str, at_least: int) -> list[psutil.Process]:
     """The task's process and its children, once there are ``at_least`` of them."""
-    for p in psutil.Process(stack.procs["supervisor"].pid).children():
-        try:
-            if task_id in p.cmdline():
-                found = [p, *p.children(recursive=True)]
-                return found if len(found) >= at_least else []
-        except psutil.NoSuchProcess:
-            continue
-    return []
+    # By recorded pid: a task forked from the zygote has the zygote's command line.
+    row = Store(f"sqlite:///{stack.home / 'data' / 'metastream.db'}").get_task(task_id)
+    if row is None or row.pid is None:
+        return []
+    try:
+        leader = psutil.Process(row.pid)
+        found = [leader, *leader.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    return found if len(found) >= at_least else []
 
 
 def test_tokens_never_reach_logs_files_or_task_processes(stack_factory) -> None:  # type: ignore[no-untyped-def]
