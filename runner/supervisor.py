@@ -367,14 +367,24 @@ class Supervisor:
                 log.info("re-adopted task %s (pid %s)", row.id, row.pid)
                 self._track(row.id, child, row.options)
                 continue
+            # Gone while nobody watched: its own record says how it ended, if it got that far.
+            if row.exit_code == 0:
+                status, message = "COMPLETED", "Completed (while the supervisor was down)"
+            else:
+                status = "FAILED"
+                message = "Task process was lost while the supervisor was down"
+                if row.error:
+                    message = f"{message}: {row.error}"
             ended = await self._db(
                 self.store.transition,
                 row.id,
                 ("RUNNING",),
-                status="FAILED",
+                status=status,
                 completed_at=utcnow(),
                 pid=None,
-                last_message="Task process was lost while the supervisor was down",
+                last_message=message,
+                last_event_id=await self._db(self.store.last_event_id, row.id),
+                **({"progress": 1.0} if status == "COMPLETED" else {}),
             )
             if ended:
                 self._publish(ended)

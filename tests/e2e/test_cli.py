@@ -139,7 +139,17 @@ def test_run_exits_2_when_cancelled_while_following(stack: Stack, api: httpx.Cli
 
 
 def test_json_output_is_one_message_per_line(stack: Stack) -> None:
-    r = cli(stack, "--json", "run", "json please", "--synthetic-events", "300")
+    # Paced so the task is still running when the stream opens (a warm task is that fast).
+    r = cli(
+        stack,
+        "--json",
+        "run",
+        "json please",
+        "--synthetic-events",
+        "300",
+        "--synthetic-rate",
+        "300",
+    )
     assert r.returncode == 0, r.stderr
     msgs = [json.loads(line) for line in r.stdout.splitlines()]
     assert msgs[0]["type"] == "connected"

@@ -170,7 +170,9 @@ def test_at_most_max_running(stack_factory) -> None:  # type: ignore[no-untyped-
         peak = 0
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            statuses = [api.get(f"/api/tasks/{t}").json()["status"] for t in ids]
+            # One listing is one query: a consistent snapshot (per-task GETs are not).
+            listed = {t["id"]: t["status"] for t in api.get("/api/tasks").json()["tasks"]}
+            statuses = [listed[t] for t in ids]
             peak = max(peak, statuses.count("RUNNING"))
             if all(st == "COMPLETED" for st in statuses):
                 break
