@@ -153,7 +153,7 @@ def test_zygote_death_falls_back_cold_and_restarts(tmp_path: Path) -> None:
             assert psutil.Process(pid_of(st, survivor)).ppid() == zygote
             os.kill(zygote, signal.SIGKILL)
             poll_for(lambda: not psutil.pid_exists(zygote), 5)
-            cold = run(api, events=3)
+            cold = run(api, events=20, rate=20)  # long enough to see its pid recorded
             assert psutil.Process(pid_of(st, cold)).ppid() == st.procs["supervisor"].pid
             assert wait_status(api, cold, TERMINAL)["status"] == "COMPLETED"
             final = wait_status(api, survivor, TERMINAL)
