@@ -184,6 +184,7 @@ def _install() -> None:
     set_llm_stream_logfunc(_stream_log)
     _reset_logging()
     _patch_retries()
+    _confine_run_code()
 
 
 def _reset_logging() -> None:
@@ -191,6 +192,21 @@ def _reset_logging() -> None:
     loguru_logger.remove()
     loguru_logger.add(sys.stderr, level=os.environ.get(LOG_LEVEL_ENV, "WARNING"))
     loguru_logger.add(_loguru_sink, level="WARNING", filter=lambda r: CURRENT.get() is not None)
+
+
+def _confine_run_code() -> None:
+    """QA's RunCode must not install packages: no network, nothing outside the workspace.
+
+    RunCode already runs the generated code with the project directory as its working
+    directory and a 10 s timeout; its pip installs would write into whatever interpreter is
+    on PATH, so they are skipped (the run reports a missing module instead).
+    """
+    from metagpt.actions.run_code import RunCode
+
+    def _no_install(working_directory: Any, env: Any = None) -> None:
+        return None
+
+    RunCode._install_dependencies = staticmethod(_no_install)
 
 
 def _patch_retries() -> None:
