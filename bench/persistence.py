@@ -27,7 +27,10 @@ from store import Store
 class NullStore:
     """Accepts every write and keeps nothing (the 'persistence off' baseline)."""
 
-    def append_events(self, *_a: Any, **_k: Any) -> int:
+    def append_events(self, *_a: Any, **_k: Any) -> None:
+        return None
+
+    def save_state(self, *_a: Any, **_k: Any) -> int:
         return 0
 
 

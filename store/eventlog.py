@@ -9,12 +9,18 @@ database (PostgreSQL) keeps the ``events`` table instead: it has no global write
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS events (event_id INTEGER PRIMARY KEY, data BLOB NOT NULL)"
+# With one commit per event, SQLite's automatic checkpoint (every 1000 WAL pages) ran inside
+# a commit every ~900 events and stalled that event by ~4 ms: the p99 of the event path.
+# Checkpoints run instead on a connection of their own, in a thread, where they overlap the
+# writer's commits (PASSIVE never blocks it).
+CHECKPOINT_INTERVAL = 1.0
 
 
 class TaskLogs:
@@ -24,6 +30,7 @@ class TaskLogs:
         self.directory = directory
         self._writers: dict[str, sqlite3.Connection] = {}
         self._lock = threading.Lock()
+        self._closed = threading.Event()
 
     def path(self, task_id: str) -> Path:
         return self.directory / f"{task_id}.db"
@@ -38,9 +45,23 @@ class TaskLogs:
                 )
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA wal_autocheckpoint=0")
                 conn.execute(_SCHEMA)
                 self._writers[task_id] = conn
+                threading.Thread(
+                    target=self._checkpoints, args=(task_id,), name="checkpoint", daemon=True
+                ).start()
             return conn
+
+    def _checkpoints(self, task_id: str) -> None:
+        conn = sqlite3.connect(self.path(task_id), isolation_level=None, timeout=30)
+        try:
+            while not self._closed.wait(CHECKPOINT_INTERVAL):
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass  # the writer reports real problems; a missed checkpoint only grows the WAL
+        finally:
+            conn.close()
 
     def append(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None:
         """Commit a batch of ``(event_id, data)``; ids must be new."""
@@ -89,7 +110,10 @@ class TaskLogs:
         return int(row[0] or 0)
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             for conn in self._writers.values():
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 conn.close()
             self._writers.clear()

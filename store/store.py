@@ -105,7 +105,6 @@ class Store:
         self._logs = TaskLogs(events_dir) if events_dir and url.startswith("sqlite") else None
         self._write = _engine(url, "BEGIN IMMEDIATE")
         self._read = _engine(url, "BEGIN")
-        self._sqlite = url.startswith("sqlite")
 
     def create_schema(self) -> None:
         metadata.create_all(self._write)
@@ -201,59 +200,38 @@ class Store:
 
     # --- events --------------------------------------------------------------------------
 
-    def append_events(
-        self,
-        task_id: str,
-        batch: Sequence[tuple[int, bytes]],
-        state: Mapping[str, Any] | None = None,
-    ) -> int | None:
-        """Persist a batch of ``(event_id, data_json)`` and, if given, the task's state.
-
-        Returns the new state version when ``state`` was given. With per-task log files the
-        task row's ``last_event_id`` is updated only with a state (it may lag the log; use
-        :meth:`last_event_id` for the exact value).
-        """
+    def append_events(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None:
+        """Persist a batch of ``(event_id, data_json)`` in one commit."""
+        if not batch:
+            return
         if self._logs is not None:
-            if batch:
-                self._logs.append(task_id, batch)
-            if not state:
-                return None
-            with self._tx() as c:
-                return self._update_state(c, task_id, batch, state)
+            self._logs.append(task_id, batch)
+            return
         with self._tx() as c:
-            if batch and self._sqlite:
-                # The DBAPI's executemany with tuples skips SQLAlchemy's per-row parameter
-                # processing (11 -> 8 us per event).
-                c.exec_driver_sql(
-                    "INSERT INTO events (task_id, event_id, data) VALUES (?, ?, ?)",
-                    [(task_id, i, d) for i, d in batch],
-                )
-            elif batch:
-                c.execute(
-                    insert(events),
-                    [{"task_id": task_id, "event_id": i, "data": d} for i, d in batch],
-                )
-            return self._update_state(c, task_id, batch, state)
+            c.execute(
+                insert(events),
+                [{"task_id": task_id, "event_id": i, "data": d} for i, d in batch],
+            )
+            c.execute(update(tasks).where(tasks.c.id == task_id).values(last_event_id=batch[-1][0]))
 
-    def _update_state(
-        self,
-        c: Connection,
-        task_id: str,
-        batch: Sequence[tuple[int, bytes]],
-        state: Mapping[str, Any] | None,
-    ) -> int | None:
-        values: dict[str, Any] = dict(state or {})
-        if batch:
-            values["last_event_id"] = batch[-1][0]
-        if state:
-            values["state_version"] = tasks.c.state_version + 1
-        if not values:
-            return None
-        stmt = update(tasks).where(tasks.c.id == task_id).values(**values)
-        if not state:
-            c.execute(stmt)
-            return None
-        return c.execute(stmt.returning(tasks.c.state_version)).scalar_one_or_none()
+    def save_state(self, task_id: str, columns: Mapping[str, Any], last_event_id: int) -> int:
+        """Store the task's progress columns (a state change); returns the new state version.
+
+        With per-task log files the row's ``last_event_id`` advances only here, so it may lag
+        the log between states; :meth:`last_event_id` is exact.
+        """
+        with self._tx() as c:
+            version = c.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id)
+                .values(
+                    state_version=tasks.c.state_version + 1,
+                    last_event_id=last_event_id,
+                    **columns,
+                )
+                .returning(tasks.c.state_version)
+            ).scalar_one_or_none()
+        return int(version or 0)
 
     def last_event_id(self, task_id: str) -> int:
         """The id of the task's last persisted event (exact, from the log itself)."""
@@ -269,14 +247,6 @@ class Store:
         """Up to ``limit`` events with ``event_id > after``, in order."""
         if self._logs is not None:
             return self._logs.read(task_id, after, limit)
-        if self._sqlite:
-            with self._read.connect() as c:
-                rows = c.exec_driver_sql(
-                    "SELECT event_id, data FROM events WHERE task_id = ? AND event_id > ?"
-                    " ORDER BY event_id LIMIT ?",
-                    (task_id, after, limit),
-                ).fetchall()
-            return [(i, bytes(d)) for i, d in rows]
         with self._read.connect() as c:
             found = c.execute(
                 select(events.c.event_id, events.c.data)

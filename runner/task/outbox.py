@@ -202,25 +202,25 @@ class Outbox:
                 next_beat = time.monotonic() + self._hb_interval
 
     def _commit(self, batch: list[Event], state: State | None, extra: dict[str, Any]) -> None:
-        columns: dict[str, Any] = dict(extra)
-        if state is not None:
-            columns.update(
-                progress=state.progress,
-                current_agent=state.current_agent,
-                last_message=state.last_message,
+        # Events first: durable, then on the bus. The state write (shared task row) comes
+        # after, so it never holds back the events of the batch it rides with.
+        if batch:
+            self._store.append_events(
+                self.task_id, [(ev.event_id, event_data_json(ev)) for ev in batch]
             )
-        version = None
-        if batch or columns:
-            version = self._store.append_events(
-                self.task_id, [(ev.event_id, event_data_json(ev)) for ev in batch], columns
-            )
-        for ev in batch:
-            self._pub.publish(self.task_id, ev)
-        with self._cond:
-            if batch:
+            for ev in batch:
+                self._pub.publish(self.task_id, ev)
+            with self._cond:
                 self._written_id = batch[-1].event_id
-            self._cond.notify_all()
-        if state is not None:
-            state.last_event_id = self._written_id
-            state.version = version or 0
-            self._pub.publish(self.task_id, state)
+                self._cond.notify_all()
+        if state is None:
+            return
+        columns: dict[str, Any] = dict(extra)
+        columns.update(
+            progress=state.progress,
+            current_agent=state.current_agent,
+            last_message=state.last_message,
+        )
+        state.version = self._store.save_state(self.task_id, columns, self._written_id)
+        state.last_event_id = self._written_id
+        self._pub.publish(self.task_id, state)
