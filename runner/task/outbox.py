@@ -25,7 +25,7 @@ MAX_BATCH = 5_000
 # Progress changes with nearly every event; publishing a state per event doubled the bus and
 # WebSocket traffic, and each state is a write to the shared task row. A state is published
 # and stored at most this often (status changes are the supervisor's and go out at once).
-STATE_INTERVAL = 0.1
+STATE_INTERVAL = 0.25
 
 
 class Outbox:
