@@ -30,8 +30,8 @@ class NullStore:
     def append_events(self, *_a: Any, **_k: Any) -> None:
         return None
 
-    def save_state(self, *_a: Any, **_k: Any) -> int:
-        return 0
+    def save_state(self, *_a: Any, **_k: Any) -> None:
+        return None
 
 
 def _run(store: Any, task_id: str, n: int, front: str, back: str) -> float:

@@ -214,24 +214,14 @@ class Store:
             )
             c.execute(update(tasks).where(tasks.c.id == task_id).values(last_event_id=batch[-1][0]))
 
-    def save_state(self, task_id: str, columns: Mapping[str, Any], last_event_id: int) -> int:
-        """Store the task's progress columns (a state change); returns the new state version.
+    def save_state(self, task_id: str, columns: Mapping[str, Any]) -> None:
+        """Store the running task's own row columns (progress, version, last event id...).
 
         With per-task log files the row's ``last_event_id`` advances only here, so it may lag
         the log between states; :meth:`last_event_id` is exact.
         """
         with self._tx() as c:
-            version = c.execute(
-                update(tasks)
-                .where(tasks.c.id == task_id)
-                .values(
-                    state_version=tasks.c.state_version + 1,
-                    last_event_id=last_event_id,
-                    **columns,
-                )
-                .returning(tasks.c.state_version)
-            ).scalar_one_or_none()
-        return int(version or 0)
+            c.execute(update(tasks).where(tasks.c.id == task_id).values(**columns))
 
     def last_event_id(self, task_id: str) -> int:
         """The id of the task's last persisted event (exact, from the log itself)."""

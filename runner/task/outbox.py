@@ -58,9 +58,18 @@ class Outbox:
         self._beating = True
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        # The task row (progress, last message, version) is written by a thread of its own:
+        # that write (~1 ms on the shared database) must not hold back the next events.
+        # Versions are counted here; the supervisor only writes the row before the task
+        # starts and after it ends, so ours stay in order with its.
+        self._version = state.version
+        self._row_pending: dict[str, Any] | None = None
+        self._row_written = state.version
+        self._row_thread = threading.Thread(target=self._write_rows, name="task-row", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._row_thread.start()
 
     # --- called by workloads -------------------------------------------------------------
 
@@ -119,7 +128,9 @@ class Outbox:
         with self._cond:
             target = self._next_id - 1
             self._state_urgent = self._state_dirty
-            while (self._written_id < target or self._state_dirty) and self._error is None:
+            while (
+                self._written_id < target or self._state_dirty or self._row_written < self._version
+            ) and self._error is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -142,6 +153,9 @@ class Outbox:
                 self._stopping = True
                 self._cond.notify_all()
             self._thread.join(timeout)
+            with self._cond:
+                self._cond.notify_all()  # the row writer may now finish
+            self._row_thread.join(timeout)
 
     @property
     def last_event_id(self) -> int:
@@ -221,6 +235,34 @@ class Outbox:
             current_agent=state.current_agent,
             last_message=state.last_message,
         )
-        state.version = self._store.save_state(self.task_id, columns, self._written_id)
-        state.last_event_id = self._written_id
+        with self._cond:
+            self._version += 1
+            state.version = self._version
+            state.last_event_id = self._written_id
+            # Newest wins, but columns recorded earlier (an exit code) are kept.
+            pending = self._row_pending or {}
+            pending.update(columns, last_event_id=self._written_id, state_version=self._version)
+            self._row_pending = pending
+            self._cond.notify_all()
         self._pub.publish(self.task_id, state)
+
+    def _write_rows(self) -> None:
+        while True:
+            with self._cond:
+                while self._row_pending is None and not (
+                    self._stopping and not self._thread.is_alive()
+                ):
+                    self._cond.wait(0.5)
+                row, self._row_pending = self._row_pending, None
+            if row is None:
+                return
+            try:
+                self._store.save_state(self.task_id, row)
+            except Exception as exc:  # the task row is unusable: fail loudly, like the log
+                with self._cond:
+                    self._error = exc
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._row_written = row["state_version"]
+                self._cond.notify_all()
