@@ -165,11 +165,13 @@ def event_data_json(ev: Event) -> bytes:
     return json_encoder.encode(msgspec.structs.asdict(ev))
 
 
+# The state's WebSocket ``data`` fields (the seed's): everything but the bus-only extras.
+STATE_FIELDS = tuple(f for f in State.__struct_fields__ if f not in ("last_event_id", "version"))
+
+
 def state_data(st: State) -> dict[str, Any]:
     """The state's WebSocket ``data`` object: exactly the seed's fields."""
-    data = msgspec.structs.asdict(st)
-    del data["last_event_id"], data["version"]
-    return data
+    return {f: getattr(st, f) for f in STATE_FIELDS}
 
 
 def ws_frame(msg_type: str, data_json: bytes) -> bytes:

@@ -30,6 +30,7 @@ import zmq.asyncio
 
 from bus.client import AsyncSubscriber, DecodeFailure, decode_frames
 from bus.messages import (
+    STATE_FIELDS,
     SYSTEM_TOPIC_PREFIX,
     TERMINAL_STATUSES,
     BusMessage,
@@ -57,15 +58,6 @@ __all__ = [
 
 log = logging.getLogger("metastream.subscribe")
 
-STATE_FIELDS = (
-    "task_id",
-    "status",
-    "progress",
-    "current_agent",
-    "last_message",
-    "started_at",
-    "completed_at",
-)
 CLOSE_NOT_FOUND = 4404
 CLOSE_REFUSED = (4401, 4403)  # no valid token or ticket; a browser origin not allowed
 # After the final state arrives on the bus, events published just before it by the task process
