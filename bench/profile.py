@@ -25,7 +25,7 @@ from bench.clients import ClientGroup, latencies_ms, percentile, throughput
 
 OUT = Path(__file__).parent / "results"
 LOADS = {  # name: (tasks, synthetic spec per task, clients per task)
-    "throughput": (1, {"events": 150_000, "rate": 0, "payload_bytes": 256}, 1),
+    "throughput": (1, {"events": 400_000, "rate": 0, "payload_bytes": 256}, 1),
     "latency": (1, {"events": 12_000, "rate": 2000, "payload_bytes": 256}, 1),
     "many": (50, {"events": 400, "rate": 40, "payload_bytes": 256}, 2),
 }
@@ -67,12 +67,12 @@ def main(load: str = "throughput", seconds: int = 5) -> None:
             spies = []
             with ClientGroup(urls, spec["events"], latency=True, procs=4, timeout=120) as g:
                 g.wait_ready()
-                time.sleep(1.0)  # past the task processes' start
-                task_pid = next(
-                    p.pid
-                    for p in psutil.process_iter(["cmdline"])
-                    if "runner.task" in (c := " ".join(p.info["cmdline"] or [])) and tids[-1] in c
-                )
+                time.sleep(0.5)  # past the task processes' start
+                # Warm task processes are forks of the zygote and keep its command line:
+                # the task is the newest process in the supervisor's tree.
+                sup = psutil.Process(st.procs["supervisor"].pid)
+                kids = sup.children(recursive=True)
+                task_pid = max(kids, key=lambda p: p.create_time()).pid
                 for name, pid, extra in (
                     ("gateway", st.procs["gateway"].pid, []),
                     ("task", task_pid, ["--threads", "--idle"]),

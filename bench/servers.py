@@ -267,6 +267,7 @@ def main() -> None:
         return
     import uvicorn
 
+    from gateway.wsprotocol import WS_PROTOCOL
     from metastream import settings
 
     parser = argparse.ArgumentParser()
@@ -281,6 +282,7 @@ def main() -> None:
         app,
         host="127.0.0.1",
         port=args.port,
+        ws=WS_PROTOCOL,
         ws_ping_interval=cfg.ws_ping_interval,
         ws_ping_timeout=cfg.ws_ping_timeout,
         log_level="info",

@@ -10,6 +10,7 @@ import uvicorn
 
 from bus.curve import InsecureEndpoint, check_endpoints
 from gateway.security import bind_problem, describe
+from gateway.wsprotocol import WS_PROTOCOL
 from metastream import settings
 
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         factory=True,
         host=cfg.host,
         port=settings.gateway_port(cfg),
+        ws=WS_PROTOCOL,
         ws_ping_interval=cfg.ws_ping_interval,
         ws_ping_timeout=cfg.ws_ping_timeout,
         # Clients have nothing big to send; a larger frame closes the socket with 1009.

@@ -2,12 +2,14 @@
 
 Each message is decoded and JSON-encoded once, then offered to every listener of its task.
 Listeners have bounded queues and are never waited on: a full queue marks the listener as
-overflowed, and its connection catches up from the event log instead.
+overflowed, and its connection catches up from the event log instead (until then the hub
+does not even encode for it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,13 +18,13 @@ import zmq.asyncio
 
 from bus.client import AsyncSubscriber, DecodeFailure, decode_frames
 from bus.messages import (
-    BusMessage,
     Event,
     Heartbeat,
     State,
     event_data_json,
     json_encoder,
     state_data,
+    task_id_of,
     ws_frame,
 )
 from bus.ratelog import RateLimitedLog
@@ -51,44 +53,87 @@ Item = LiveEvent | LiveState | LiveBeat
 
 
 class Listener:
-    """One connection's bounded view of a task's live messages."""
+    """One connection's bounded view of a task's live messages.
 
-    def __init__(self, task_id: str, maxsize: int) -> None:
+    A deque and a bare future rather than an ``asyncio.Queue``: the hub appends whole batches
+    and the writer drains them, and waking the writer costs one future per wait instead of
+    queue bookkeeping per item (and ``wait_for``'s task per get).
+    """
+
+    def __init__(
+        self, task_id: str, maxsize: int, on_overflow: Callable[[str], None] = lambda _t: None
+    ) -> None:
         self.task_id = task_id
-        self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize)
+        self.items: collections.deque[Item] = collections.deque()
+        self.maxsize = maxsize
         self.overflowed = False
+        self._waiter: asyncio.Future[None] | None = None
+        # Told when this listener starts or stops taking live messages.
+        self._on_overflow = on_overflow
 
     def offer(self, item: Item) -> None:
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if self.overflowed:
+            return  # dropped: the connection catches up from the log
+        if len(self.items) >= self.maxsize:
             self.overflowed = True
+            self._on_overflow(self.task_id)
+        else:
+            self.items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until there is something to do; False if ``timeout`` passed first."""
+        if self.items or self.overflowed:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        return bool(self.items or self.overflowed)
 
     def reset(self) -> None:
-        """Forget queued items after an overflow (the log has them)."""
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self.overflowed = False
+        """Forget queued items after an overflow (the log has them) and take live ones again."""
+        self.items.clear()
+        if self.overflowed:
+            self.overflowed = False
+            self._on_overflow(self.task_id)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Hub:
-    """One bus subscription per watched task, shared by all its connections."""
+    """One bus subscription per watched task, shared by all its connections.
+
+    While every connection of a task has overflowed (each is catching up from the log), the
+    task is unsubscribed: the proxy stops forwarding what nobody would take, and a gateway
+    that is behind spends nothing on it until a connection is live again. Resubscribing
+    leaves a gap that the connection refills from the log, as after any loss.
+    """
 
     def __init__(self, endpoint: str, ctx: zmq.asyncio.Context, queue_size: int) -> None:
         self._sub = AsyncSubscriber(endpoint, ctx)
         self._queue_size = queue_size
         self._listeners: dict[str, set[Listener]] = {}
+        self._subscribed: set[str] = set()
         self.dropped_frames = 0
         self._bad_frames = RateLimitedLog(log)
         # Told the new watcher count of a task whenever a connection comes or goes.
         self.on_change: Callable[[str, int], None] = lambda _task_id, _n: None
 
     def attach(self, task_id: str) -> Listener:
-        listener = Listener(task_id, self._queue_size)
+        listener = Listener(task_id, self._queue_size, self._sync)
         group = self._listeners.setdefault(task_id, set())
-        if not group:
-            self._sub.subscribe([task_id])
         group.add(listener)
+        self._sync(task_id)
         self.on_change(task_id, len(group))
         return listener
 
@@ -99,8 +144,22 @@ class Hub:
         group.discard(listener)
         if not group:
             del self._listeners[listener.task_id]
-            self._sub.unsubscribe(listener.task_id)
+        self._sync(listener.task_id)
         self.on_change(listener.task_id, len(group))
+
+    def _sync(self, task_id: str) -> None:
+        """Subscribed to a task exactly while one of its connections takes live messages."""
+        group = self._listeners.get(task_id, ())
+        wanted = any(not listener.overflowed for listener in group)
+        if wanted and task_id not in self._subscribed:
+            self._sub.subscribe([task_id])
+            self._subscribed.add(task_id)
+        elif not wanted and task_id in self._subscribed:
+            self._sub.unsubscribe(task_id)
+            self._subscribed.discard(task_id)
+
+    def subscribed(self, task_id: str) -> bool:
+        return task_id in self._subscribed
 
     def watchers(self, task_id: str) -> int:
         return len(self._listeners.get(task_id, ()))
@@ -109,15 +168,27 @@ class Hub:
         return {t: len(g) for t, g in self._listeners.items()}
 
     async def run(self) -> None:
+        # A batch may hold more than a listener's queue: a task that far behind overflows
+        # and its connections switch to the log instead of draining a stale backlog.
+        limit = max(1000, 2 * self._queue_size)
         while True:
-            for frames in await self._sub.recv_batch():
-                self._dispatch(*decode_frames(frames))
+            for frames in await self._sub.recv_batch(limit):
+                self._dispatch(frames)
             # A long batch must not starve the connections' writers.
             await asyncio.sleep(0)
 
-    def _dispatch(self, task_id: str, msg: BusMessage | DecodeFailure) -> None:
-        group = self._listeners.get(task_id)
+    def _dispatch(self, frames: list[bytes]) -> None:
+        group = self._listeners.get(task_id_of(frames[0]))
         if not group:
+            return  # a system topic, or a task whose connections all left
+        # Overflowed connections read the log instead: with none live, skip the decoding.
+        live = [listener for listener in group if not listener.overflowed]
+        if not live:
+            return
+        task_id, msg = decode_frames(frames)
+        if isinstance(msg, DecodeFailure):
+            self.dropped_frames += 1
+            self._bad_frames.warning("dropped a bad bus frame for %s: %s", task_id, msg.error)
             return
         item: Item
         match msg:
@@ -128,13 +199,9 @@ class Hub:
                 item = LiveState(msg, ws_frame("state", data).decode())
             case Heartbeat():
                 item = LiveBeat(msg.last_event_id)
-            case DecodeFailure(error=error):
-                self.dropped_frames += 1
-                self._bad_frames.warning("dropped a bad bus frame for %s: %s", task_id, error)
-                return
             case _:
                 return  # leases and future kinds are not for clients
-        for listener in group:
+        for listener in live:
             listener.offer(item)
 
     def close(self) -> None:

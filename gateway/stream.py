@@ -7,7 +7,6 @@ log is the source of truth; the bus is only the fast path.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import logging
@@ -20,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bus.messages import TERMINAL_STATUSES, StartTask, State, json_encoder, state_data, ws_frame
 from gateway.control import ControlClient, SupervisorUnavailable
-from gateway.hub import Hub, Listener, LiveBeat, LiveEvent, LiveState
+from gateway.hub import Hub, Item, Listener, LiveBeat, LiveEvent, LiveState
 from metastream.settings import Settings
 from store import Store
 
@@ -166,9 +165,13 @@ class TaskStream:
     async def _forward(self, listener: Listener, scope: anyio.CancelScope) -> None:
         try:
             next_poll = time.monotonic() + QUIET_POLL
+            items = listener.items
             while True:
                 if listener.overflowed:
                     # Too far behind for the live queue: the log has everything, states too.
+                    # Read it while still overflowed (the hub may unsubscribe meanwhile), then
+                    # take live messages again and read what was logged before they resumed.
+                    await self._catch_up(None)
                     listener.reset()
                     await self._catch_up(None)
                     if await self._on_quiet():
@@ -177,48 +180,48 @@ class TaskStream:
                 now = time.monotonic()
                 if now - self._last_send >= self.cfg.ws_heartbeat_interval:
                     await self._heartbeat()
-                wait = min(next_poll, self._last_send + self.cfg.ws_heartbeat_interval) - now
-                try:
-                    # Fast path first: wait_for creates a task per call (~8 us), which adds up
-                    # per event and per client.
-                    item = listener.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    item = None
-                try:
-                    if item is None:
-                        item = await asyncio.wait_for(listener.queue.get(), max(wait, 0.001))
-                except TimeoutError:
-                    if time.monotonic() >= next_poll:
-                        next_poll = time.monotonic() + QUIET_POLL
-                        if await self._on_quiet():
-                            return
-                    continue
+                if not items:
+                    wait = min(next_poll, self._last_send + self.cfg.ws_heartbeat_interval) - now
+                    if not await listener.wait(max(wait, 0.001)):
+                        if time.monotonic() >= next_poll:
+                            next_poll = time.monotonic() + QUIET_POLL
+                            if await self._on_quiet():
+                                return
+                        continue
                 next_poll = time.monotonic() + QUIET_POLL
-                match item:
-                    case LiveEvent(event_id=event_id, frame=frame):
-                        if event_id < self.next_id:
-                            continue  # already sent (replayed from the log)
-                        if event_id > self.next_id:
-                            await self._catch_up(event_id - 1)  # a gap: refill from the log
-                        if event_id == self.next_id:
-                            await self._send(frame)
-                            self.next_id += 1
-                    case LiveState(state=state):
-                        if state.status in TERMINAL_STATUSES:
-                            # Ending a stream is final: believe the store, not the bus (one
-                            # read per connection; a forged frame cannot end a stream).
-                            row = await self._db(self.store.get_task, self.task_id)
-                            if row is None or row.status not in TERMINAL_STATUSES:
-                                continue
-                            await self._catch_up(None)
-                            await self._finish(row.state())
-                            return
-                        await self._offer_state(state)
-                    case LiveBeat(last_event_id=last):
-                        if last >= self.next_id:
-                            await self._catch_up(last)
+                # Drain what is queued; stop at an overflow (reset drops the rest).
+                while items and not listener.overflowed:
+                    if await self._handle(items.popleft()):
+                        return
         finally:
             scope.cancel()
+
+    async def _handle(self, item: Item) -> bool:
+        """Send one live item; True once the stream has ended."""
+        match item:
+            case LiveEvent(event_id=event_id, frame=frame):
+                if event_id < self.next_id:
+                    return False  # already sent (replayed from the log)
+                if event_id > self.next_id:
+                    await self._catch_up(event_id - 1)  # a gap: refill from the log
+                if event_id == self.next_id:
+                    await self._send(frame)
+                    self.next_id += 1
+            case LiveState(state=state):
+                if state.status in TERMINAL_STATUSES:
+                    # Ending a stream is final: believe the store, not the bus (one read
+                    # per connection; a forged frame cannot end a stream).
+                    row = await self._db(self.store.get_task, self.task_id)
+                    if row is None or row.status not in TERMINAL_STATUSES:
+                        return False
+                    await self._catch_up(None)
+                    await self._finish(row.state())
+                    return True
+                await self._offer_state(state)
+            case LiveBeat(last_event_id=last):
+                if last >= self.next_id:
+                    await self._catch_up(last)
+        return False
 
     async def _heartbeat(self) -> None:
         """Tell an idle client the link is alive and which event it should have last."""

@@ -91,8 +91,10 @@ class TaskLogs:
                 "SELECT event_id, data FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?",
                 (after, limit),
             ).fetchall()
-        except sqlite3.OperationalError:
-            return []  # created but its schema not yet committed: nothing logged yet
+        except sqlite3.OperationalError as exc:
+            if _not_created(exc):
+                return []  # the file exists but its table is not committed: nothing logged
+            raise  # never "no events" for a log that could not be read: that would lose them
         finally:
             conn.close()
         return [(int(i), bytes(d)) for i, d in rows]
@@ -103,8 +105,10 @@ class TaskLogs:
             return 0
         try:
             row = conn.execute("SELECT max(event_id) FROM events").fetchone()
-        except sqlite3.OperationalError:
-            return 0
+        except sqlite3.OperationalError as exc:
+            if _not_created(exc):
+                return 0
+            raise
         finally:
             conn.close()
         return int(row[0] or 0)
@@ -117,3 +121,7 @@ class TaskLogs:
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 conn.close()
             self._writers.clear()
+
+
+def _not_created(exc: sqlite3.OperationalError) -> bool:
+    return "no such table" in str(exc)

@@ -222,8 +222,7 @@ class Outbox:
             self._store.append_events(
                 self.task_id, [(ev.event_id, event_data_json(ev)) for ev in batch]
             )
-            for ev in batch:
-                self._pub.publish(self.task_id, ev)
+            self._pub.publish_events(self.task_id, batch)
             with self._cond:
                 self._written_id = batch[-1].event_id
                 self._cond.notify_all()

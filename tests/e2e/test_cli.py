@@ -100,7 +100,7 @@ def test_run_exits_0_on_completed_with_a_line_per_event(stack: Stack) -> None:
     r = cli(stack, "run", "make a thing", "--synthetic-events", "40", "--synthetic-rate", "0")
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stdout.splitlines() if " #" in line]
-    assert len(lines) == 40 and "#40" in lines[-1]
+    assert len(lines) == 40 and "#40" in lines[-1], (r.stdout, r.stderr)
     assert "── COMPLETED 100%" in r.stdout
     assert "COMPLETED" in r.stderr.splitlines()[-1]
     no_traceback(r.stdout, r.stderr)
