@@ -40,7 +40,7 @@ def s1_throughput(cx: Ctx, rows: list[Row]) -> None:
         baseline_name="seed design",
         target=("min", 1.5),
     )
-    n = cx.size(20_000, 2_000)
+    n = cx.size(100_000, 2_000)  # long enough for the steady state, not the ramp-up
     with (
         procs.stack(cx.home("s1")) as st,
         httpx.Client(base_url=st.url, timeout=30) as api,

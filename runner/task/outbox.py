@@ -1,10 +1,11 @@
 """Group-commit outbox: every event is in the log before it is on the bus.
 
-Workloads call :meth:`Outbox.emit` and :meth:`Outbox.set_state` from any thread. One writer
-thread takes whatever accumulated since its last commit, writes it in a single transaction,
-then publishes it. At low rates that is one commit per event (lowest latency); under load the
-batches grow by themselves (highest throughput). The same thread sends heartbeats, so they keep
-coming while a workload blocks its own event loop.
+Workloads call :meth:`Outbox.emit` and :meth:`Outbox.set_state` from any thread. An event
+emitted while nothing is being written is written and published by the emitting thread at
+once (~15 us; lowest latency). Otherwise it queues, and one writer thread takes whatever
+accumulated since its last commit, writes it in a single transaction, then publishes it:
+under load the batches grow by themselves (highest throughput). The writer thread also sends
+the heartbeats, so they keep coming while a workload blocks its own event loop.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ MAX_BATCH = 5_000
 # WebSocket traffic, and each state is a write to the shared task row. A state is published
 # and stored at most this often (status changes are the supervisor's and go out at once).
 STATE_INTERVAL = 0.25
+INLINE_AFTER = 0.0002  # an event this long after the previous one is written by its emitter
 
 
 class Outbox:
@@ -45,7 +47,13 @@ class Outbox:
         self._store = store
         self._pub = publisher
         self._hb_interval = heartbeat_interval
-        self._cond = threading.Condition()
+        # One lock, three wake-up lists: the writer thread waits for work, the row thread
+        # for a row, emitters and flushers for progress. Kept apart so that an event
+        # written by its emitter does not wake the idle writer thread for nothing.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._rows = threading.Condition(self._lock)
+        self._progress = threading.Condition(self._lock)
         self._pending: list[Event] = []
         self._next_id = first_event_id
         self._written_id = first_event_id - 1
@@ -57,6 +65,11 @@ class Outbox:
         self._stopping = False
         self._beating = True
         self._error: BaseException | None = None
+        # Set while a thread writes the log and publishes (the writer, or an emitter writing
+        # its own event): one at a time, which keeps batches in order and the PUB socket
+        # (not thread-safe) to one thread.
+        self._busy = False
+        self._last_emit = 0.0
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         # The task row (progress, last message, version) is written by a thread of its own:
         # that write (~1 ms on the shared database) must not hold back the next events.
@@ -75,9 +88,9 @@ class Outbox:
 
     def emit(self, agent_role: str, event_type: str, payload: dict[str, Any]) -> int:
         """Queue one event; returns its id."""
-        with self._cond:
+        with self._lock:
             while len(self._pending) >= MAX_PENDING and not self._stopping:
-                self._cond.wait(0.5)
+                self._progress.wait(0.5)
             self._raise_if_failed()
             event_id = self._next_id
             self._next_id += 1
@@ -91,9 +104,37 @@ class Outbox:
                     payload=payload,
                 )
             )
-            if len(self._pending) == 1:
-                self._cond.notify_all()
-            return event_id
+            # After a pause, with nothing in flight: write it here and now, sparing the
+            # hand-off to the writer thread (a thread wake-up, the largest part of an event's
+            # latency at low rates). Events in quick succession go to the writer thread,
+            # which takes them in batches: one commit per event would cap the throughput.
+            now = time.monotonic()
+            inline = (
+                now - self._last_emit >= INLINE_AFTER
+                and len(self._pending) == 1
+                and not self._busy
+                and self._error is None
+            )
+            self._last_emit = now
+            if inline:
+                self._busy = True
+                batch, self._pending = self._pending, []
+            elif len(self._pending) == 1:
+                self._work.notify()
+        if inline:
+            try:
+                self._commit(batch, None, {})
+            except Exception as exc:
+                with self._lock:
+                    self._error = exc
+                raise RuntimeError(f"event log writer failed: {exc}") from exc
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._progress.notify_all()
+                    if self._pending or self._state_due():
+                        self._work.notify()  # what queued meanwhile
+        return event_id
 
     def set_state(
         self,
@@ -103,7 +144,7 @@ class Outbox:
         last_message: str | None = None,
     ) -> None:
         """Update the task's progress fields; published with the next commit."""
-        with self._cond:
+        with self._lock:
             st = self._state
             if progress is not None:
                 st.progress = min(1.0, max(0.0, float(progress)))
@@ -113,19 +154,19 @@ class Outbox:
                 st.last_message = last_message
             if not self._state_dirty:
                 self._state_dirty = True
-                self._cond.notify_all()
+                self._work.notify()
 
     def record(self, **columns: Any) -> None:
         """Store extra task columns (``error``, ``exit_code``) with the next commit."""
-        with self._cond:
+        with self._lock:
             self._extra.update(columns)
             self._state_dirty = self._state_urgent = True
-            self._cond.notify_all()
+            self._work.notify()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything emitted so far is persisted and published."""
         deadline = time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             target = self._next_id - 1
             self._state_urgent = self._state_dirty
             while (
@@ -134,14 +175,14 @@ class Outbox:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._cond.notify_all()
-                self._cond.wait(min(remaining, 0.1))
+                self._work.notify()
+                self._progress.wait(min(remaining, 0.1))
             self._raise_if_failed()
             return True
 
     def stop_heartbeats(self) -> None:
         """Stop beating (used by the synthetic ``hang_after`` drill)."""
-        with self._cond:
+        with self._lock:
             self._beating = False
 
     def close(self, timeout: float = 30.0) -> None:
@@ -149,12 +190,13 @@ class Outbox:
         try:
             self.flush(timeout)
         finally:
-            with self._cond:
+            with self._lock:
                 self._stopping = True
-                self._cond.notify_all()
+                self._work.notify_all()
+                self._progress.notify_all()
             self._thread.join(timeout)
-            with self._cond:
-                self._cond.notify_all()  # the row writer may now finish
+            with self._lock:
+                self._rows.notify_all()  # the row writer may now finish
             self._row_thread.join(timeout)
 
     @property
@@ -174,15 +216,15 @@ class Outbox:
     def _run(self) -> None:
         next_beat = time.monotonic()
         while True:
-            with self._cond:
-                while not (self._pending or self._state_due() or self._stopping):
+            with self._lock:
+                while self._busy or not (self._pending or self._state_due() or self._stopping):
                     deadline = next_beat
                     if self._state_dirty:
                         deadline = min(deadline, self._next_state)
                     wait = deadline - time.monotonic()
-                    if wait <= 0:
+                    if wait <= 0 and not self._busy:
                         break
-                    self._cond.wait(wait)
+                    self._work.wait(max(wait, 0.001))
                 if self._stopping and not (self._pending or self._state_dirty):
                     return
                 batch = self._pending[:MAX_BATCH]
@@ -194,14 +236,16 @@ class Outbox:
                     extra, self._extra = self._extra, {}
                     self._state_dirty = self._state_urgent = False
                     self._next_state = time.monotonic() + STATE_INTERVAL
-                self._cond.notify_all()  # wake emitters blocked on MAX_PENDING
+                self._progress.notify_all()  # emitters blocked on MAX_PENDING, flushers
                 beating = self._beating
+                self._busy = True  # the log and the PUB socket are ours until done
             try:
                 self._commit(batch, state, extra)
             except Exception as exc:  # the log is unusable: fail the task loudly, not silently
-                with self._cond:
+                with self._lock:
                     self._error = exc
-                    self._cond.notify_all()
+                    self._busy = False
+                    self._progress.notify_all()
                 return
             if beating and time.monotonic() >= next_beat:
                 self._pub.publish(
@@ -214,6 +258,8 @@ class Outbox:
                     ),
                 )
                 next_beat = time.monotonic() + self._hb_interval
+            with self._lock:
+                self._busy = False
 
     def _commit(self, batch: list[Event], state: State | None, extra: dict[str, Any]) -> None:
         # Events first: durable, then on the bus. The state write (shared task row) comes
@@ -223,9 +269,9 @@ class Outbox:
                 self.task_id, [(ev.event_id, event_data_json(ev)) for ev in batch]
             )
             self._pub.publish_events(self.task_id, batch)
-            with self._cond:
+            with self._lock:
                 self._written_id = batch[-1].event_id
-                self._cond.notify_all()
+                self._progress.notify_all()
         if state is None:
             return
         columns: dict[str, Any] = dict(extra)
@@ -234,7 +280,7 @@ class Outbox:
             current_agent=state.current_agent,
             last_message=state.last_message,
         )
-        with self._cond:
+        with self._lock:
             self._version += 1
             state.version = self._version
             state.last_event_id = self._written_id
@@ -242,26 +288,26 @@ class Outbox:
             pending = self._row_pending or {}
             pending.update(columns, last_event_id=self._written_id, state_version=self._version)
             self._row_pending = pending
-            self._cond.notify_all()
+            self._rows.notify()
         self._pub.publish(self.task_id, state)
 
     def _write_rows(self) -> None:
         while True:
-            with self._cond:
+            with self._lock:
                 while self._row_pending is None and not (
                     self._stopping and not self._thread.is_alive()
                 ):
-                    self._cond.wait(0.5)
+                    self._rows.wait(0.5)
                 row, self._row_pending = self._row_pending, None
             if row is None:
                 return
             try:
                 self._store.save_state(self.task_id, row)
             except Exception as exc:  # the task row is unusable: fail loudly, like the log
-                with self._cond:
+                with self._lock:
                     self._error = exc
-                    self._cond.notify_all()
+                    self._progress.notify_all()
                 return
-            with self._cond:
+            with self._lock:
                 self._row_written = row["state_version"]
-                self._cond.notify_all()
+                self._progress.notify_all()

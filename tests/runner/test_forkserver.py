@@ -98,7 +98,8 @@ def test_task_is_forked_into_its_own_session(stack: Stack, api: httpx.Client) ->
 def test_crash_reports_the_real_exit(
     stack: Stack, api: httpx.Client, spec: dict[str, object], reason: str, code: int
 ) -> None:
-    tid = run(api, events=50, rate=50, exit_after=5, **spec)
+    # Long enough alive (0.5 s) for its pid to be read before the supervisor clears it.
+    tid = run(api, events=50, rate=20, exit_after=10, **spec)
     assert psutil.Process(pid_of(stack, tid)).ppid() == zygotes(stack)[-1]
     final = wait_status(api, tid, TERMINAL)
     assert final["status"] == "FAILED" and reason in final["last_message"], final
