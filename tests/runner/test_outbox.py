@@ -1,0 +1,131 @@
+"""The outbox on a real SQLite log and a real bus: inline writes, batches, many emitters."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
+
+from bus.client import Publisher
+from bus.messages import State, new_task_id, utcnow
+from bus.proxy import Proxy
+from runner.task.outbox import Outbox
+from store import Store
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Rig:
+    def __init__(self, tmp_path: Path) -> None:
+        self.store = Store(f"sqlite:///{tmp_path}/db.sqlite", tmp_path / "events")
+        self.store.create_schema()
+        self.task_id = new_task_id()
+        self.store.create_task(self.task_id, "test", True, {}, utcnow())
+        front, back = f"ipc://{tmp_path}/in.sock", f"ipc://{tmp_path}/out.sock"
+        self.proxy = Proxy(front, back)
+        self.proxy.start()
+        self.ctx = zmq.Context()
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, 0)
+        self.sub.connect(back)
+        self.sub.setsockopt(zmq.SUBSCRIBE, self.task_id.encode())
+        self.pub = Publisher(front, self.ctx, linger_ms=1000)
+        self._join()
+
+    def _join(self) -> None:
+        """Probe until the subscription has reached the publisher (no sleeping)."""
+        deadline = time.monotonic() + 10
+        probe = State(task_id=self.task_id, status="PENDING")
+        while not self.sub.poll(20):
+            assert time.monotonic() < deadline, "subscription never reached the publisher"
+            self.pub.publish(self.task_id, probe)
+        while self.sub.poll(100):
+            self.sub.recv_multipart()
+
+    def bus_event_ids(self, last: int) -> list[int]:
+        ids: list[int] = []
+        while not ids or ids[-1] < last:
+            assert self.sub.poll(5000), f"bus went quiet after {ids[-1:]}"
+            _topic, body = self.sub.recv_multipart()
+            msg = msgspec.msgpack.decode(body)
+            if msg["kind"] == "event":
+                ids.append(msg["event_id"])
+        return ids
+
+    def close(self) -> None:
+        self.pub.close(0)
+        self.sub.close(0)
+        self.ctx.term()
+        self.proxy.stop()
+        self.store.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(tmp_path)
+    yield r
+    r.close()
+
+
+def outbox(rig: Rig) -> Outbox:
+    box = Outbox(rig.store, rig.pub, rig.task_id, 1, State(task_id=rig.task_id, status="RUNNING"))
+    box.start()
+    return box
+
+
+def test_paced_events_are_written_by_their_emitter_at_once(rig: Rig) -> None:
+    box = outbox(rig)
+    try:
+        for i in range(1, 21):
+            box.emit("Engineer", "MESSAGE", {"i": i})
+            # Written inline: durable and published when emit returns, no flush needed.
+            assert box.last_event_id == i
+            assert rig.store.last_event_id(rig.task_id) == i
+            time.sleep(0.002)  # a pause: the next one goes inline too
+        assert rig.bus_event_ids(20) == list(range(1, 21))
+    finally:
+        box.close()
+
+
+def test_many_emitters_bursts_and_pauses_keep_one_order_everywhere(rig: Rig) -> None:
+    box = outbox(rig)
+    per_thread, threads = 3000, 4
+    errors: list[BaseException] = []
+
+    def emitter(seed: int) -> None:
+        rnd = random.Random(seed)
+        try:
+            for i in range(per_thread):
+                box.emit("Engineer", "MESSAGE", {"thread": seed, "i": i})
+                if rnd.random() < 0.01:
+                    time.sleep(0.001)  # pauses make some of them inline, bursts make batches
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=emitter, args=(s,)) for s in range(threads)]
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(30)
+        assert not errors
+        total = per_thread * threads
+        assert box.flush(30)
+        # The log: every id once, in order, each thread's payloads in its own order.
+        rows = rig.store.read_events(rig.task_id, 0, total + 10)
+        assert [i for i, _ in rows] == list(range(1, total + 1))
+        seen: dict[int, int] = {}
+        for _, data in rows:
+            payload = msgspec.json.decode(data)["payload"]
+            assert payload["i"] == seen.get(payload["thread"], -1) + 1
+            seen[payload["thread"]] = payload["i"]
+        # The bus: the same order (one publisher at a time on the PUB socket), nothing lost.
+        assert rig.bus_event_ids(total) == list(range(1, total + 1))
+    finally:
+        box.close()
