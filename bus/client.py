@@ -30,16 +30,61 @@ SUB_HWM = 200_000
 
 
 class Publisher:
-    """A blocking PUB socket connected to the proxy's publisher side."""
+    """A blocking PUB socket connected to the proxy's publisher side.
 
-    def __init__(self, endpoint: str, ctx: zmq.Context | None = None, linger_ms: int = 2000):
+    With ``track_interest`` it is an XPUB instead, which is told every subscription the proxy
+    forwards: :meth:`publish_events` then skips encoding and sending a task's events while
+    nobody subscribes to them (a gateway serving a lagging client from the log unsubscribes).
+    Dropping them here is what the socket would do anyway, only cheaper.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        ctx: zmq.Context | None = None,
+        linger_ms: int = 2000,
+        *,
+        track_interest: bool = False,
+    ):
         self._ctx = ctx or zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.PUB)
+        self._sock = self._ctx.socket(zmq.XPUB if track_interest else zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, PUB_HWM)
         # Linger so that what was published just before a clean exit still leaves the process.
         self._sock.setsockopt(zmq.LINGER, linger_ms)
         curve.connect_securely(self._sock, endpoint)  # CURVE when the bus leaves the host
         self._topics: dict[tuple[str, str], bytes] = {}
+        self._interest: set[bytes] | None = set() if track_interest else None
+        self._wanted: dict[bytes, bool] = {}  # per topic, while the subscriptions stay the same
+
+    def wanted(self, topic_frame: bytes) -> bool:
+        """Whether any subscription matches this topic (always True for a plain PUB)."""
+        if self._interest is None:
+            return True
+        self._read_subscriptions()
+        found = self._wanted.get(topic_frame)
+        if found is None:
+            found = any(topic_frame.startswith(p) for p in self._interest)
+            self._wanted[topic_frame] = found
+        return found
+
+    def _read_subscriptions(self) -> None:
+        # XPUB (not verbose) reports a topic's first subscription and its last unsubscription:
+        # a set of the prefixes someone wants.
+        if self._interest is None:
+            return
+        changed = False
+        while True:
+            try:
+                msg = self._sock.recv(_RECV)
+            except zmq.Again:
+                break
+            if msg[:1] == b"\x01":
+                self._interest.add(msg[1:])
+            elif msg[:1] == b"\x00":
+                self._interest.discard(msg[1:])
+            changed = True
+        if changed:
+            self._wanted.clear()
 
     def _topic(self, task_id: str, kind: str) -> bytes:
         frame = self._topics.get((task_id, kind))
@@ -53,6 +98,8 @@ class Publisher:
     def publish_events(self, task_id: str, events: Sequence[Event]) -> None:
         """Publish a batch of one task's events (the writer's hot loop, kept lean)."""
         frame = self._topic(task_id, "event")
+        if not self.wanted(frame):
+            return
         send, encode = self._sock.send, bus_encoder.encode
         for ev in events:
             try:
@@ -67,6 +114,7 @@ class Publisher:
     def send(self, topic_frame: bytes, body: bytes) -> None:
         # At the high-water mark the message is dropped on the bus only: it is in the event
         # log, and subscribers refill the gap from there.
+        self._read_subscriptions()  # (so they never pile up in the socket)
         try:
             # Two sends rather than send_multipart, and copying: for small messages zero-copy
             # costs more than it saves.

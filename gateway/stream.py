@@ -7,6 +7,7 @@ log is the source of truth; the bus is only the fast path.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import logging
@@ -249,16 +250,34 @@ class TaskStream:
         return False
 
     async def _catch_up(self, upto: int | None) -> None:
-        """Send every logged event from ``next_id`` (up to ``upto``), in pages."""
+        """Send every logged event from ``next_id`` (up to ``upto``), in pages.
+
+        The next page is read (in a worker thread) while this one is sent, so a connection
+        reading the log does not wait for the database between pages.
+        """
         page = self.cfg.replay_page
-        while upto is None or self.next_id <= upto:
-            limit = page if upto is None else min(page, upto - self.next_id + 1)
-            rows = await self._db(self.store.read_events, self.task_id, self.next_id - 1, limit)
-            for event_id, data in rows:
-                await self._send(ws_frame("event", data).decode())
-                self.next_id = event_id + 1
-            if len(rows) < limit:
-                return
+
+        def read(after: int) -> asyncio.Task[list[tuple[int, bytes]]] | None:
+            limit = page if upto is None else min(page, upto - after)
+            if limit <= 0:
+                return None
+            return asyncio.ensure_future(
+                self._db(self.store.read_events, self.task_id, after, limit)
+            )
+
+        pending = read(self.next_id - 1)
+        try:
+            while pending is not None:
+                rows = await pending
+                # A full page: there may be more (a short one is the end of the log).
+                pending = read(rows[-1][0]) if len(rows) == page else None
+                for event_id, data in rows:
+                    await self._send(ws_frame("event", data).decode())
+                    self.next_id = event_id + 1
+        finally:
+            if pending is not None:  # we are leaving early (cancelled, or a send failed)
+                pending.cancel()
+                pending.add_done_callback(_discard_result)
 
     async def _offer_state(self, state: State) -> None:
         if state.version < self._last_state_version:
@@ -277,3 +296,9 @@ class TaskStream:
         self._last_state_version = -1
         await self._offer_state(final)
         await self._close(CLOSE_NORMAL)
+
+
+def _discard_result(task: asyncio.Task[Any]) -> None:
+    """Retrieve an abandoned read's outcome, so asyncio does not report it as lost."""
+    if not task.cancelled():
+        task.exception()

@@ -21,6 +21,9 @@ _SCHEMA = "CREATE TABLE IF NOT EXISTS events (event_id INTEGER PRIMARY KEY, data
 # Checkpoints run instead on a connection of their own, in a thread, where they overlap the
 # writer's commits (PASSIVE never blocks it).
 CHECKPOINT_INTERVAL = 1.0
+_INSERT_ONE = "INSERT INTO events (event_id, data) VALUES (?, ?)"
+_CHUNK = 100  # rows per multi-row INSERT (200 parameters: far below SQLite's limit)
+_INSERT_CHUNK = "INSERT INTO events (event_id, data) VALUES " + ", ".join(["(?, ?)"] * _CHUNK)
 
 
 class TaskLogs:
@@ -68,7 +71,14 @@ class TaskLogs:
         conn = self._writer(task_id)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("INSERT INTO events (event_id, data) VALUES (?, ?)", batch)
+            # Full chunks as multi-row INSERTs: a third cheaper per row than executemany.
+            full = len(batch) - len(batch) % _CHUNK
+            for start in range(0, full, _CHUNK):
+                conn.execute(
+                    _INSERT_CHUNK, [v for row in batch[start : start + _CHUNK] for v in row]
+                )
+            if full < len(batch):
+                conn.executemany(_INSERT_ONE, batch[full:])
         except sqlite3.Error:
             conn.execute("ROLLBACK")
             raise

@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     if row is None:
         print(f"task {task_id} not found", file=sys.stderr)
         return 2
-    publisher = Publisher(cfg.bus_pub)
+    publisher = Publisher(cfg.bus_pub, track_interest=True)
     outbox = Outbox(
         store,
         publisher,

@@ -55,6 +55,9 @@ class Outbox:
         self._rows = threading.Condition(self._lock)
         self._progress = threading.Condition(self._lock)
         self._pending: list[Event] = []
+        # Each pending event as its log row, encoded by the emitter: the writer thread is
+        # the pipeline's narrow part, the emitters mostly wait for it.
+        self._pending_rows: list[tuple[int, bytes]] = []
         self._next_id = first_event_id
         self._written_id = first_event_id - 1
         self._state = state
@@ -94,16 +97,16 @@ class Outbox:
             self._raise_if_failed()
             event_id = self._next_id
             self._next_id += 1
-            self._pending.append(
-                Event(
-                    event_id=event_id,
-                    task_id=self.task_id,
-                    timestamp=utcnow(),
-                    agent_role=agent_role,
-                    event_type=event_type,
-                    payload=payload,
-                )
+            ev = Event(
+                event_id=event_id,
+                task_id=self.task_id,
+                timestamp=utcnow(),
+                agent_role=agent_role,
+                event_type=event_type,
+                payload=payload,
             )
+            self._pending.append(ev)
+            self._pending_rows.append((event_id, event_data_json(ev)))
             # After a pause, with nothing in flight: write it here and now, sparing the
             # hand-off to the writer thread (a thread wake-up, the largest part of an event's
             # latency at low rates). Events in quick succession go to the writer thread,
@@ -119,11 +122,12 @@ class Outbox:
             if inline:
                 self._busy = True
                 batch, self._pending = self._pending, []
+                rows, self._pending_rows = self._pending_rows, []
             elif len(self._pending) == 1:
                 self._work.notify()
         if inline:
             try:
-                self._commit(batch, None, {})
+                self._commit(batch, rows, None, {})
             except Exception as exc:
                 with self._lock:
                     self._error = exc
@@ -229,6 +233,8 @@ class Outbox:
                     return
                 batch = self._pending[:MAX_BATCH]
                 del self._pending[:MAX_BATCH]
+                rows = self._pending_rows[:MAX_BATCH]
+                del self._pending_rows[:MAX_BATCH]
                 state = None
                 extra: dict[str, Any] = {}
                 if self._state_dirty and (self._state_due() or self._stopping):
@@ -240,7 +246,7 @@ class Outbox:
                 beating = self._beating
                 self._busy = True  # the log and the PUB socket are ours until done
             try:
-                self._commit(batch, state, extra)
+                self._commit(batch, rows, state, extra)
             except Exception as exc:  # the log is unusable: fail the task loudly, not silently
                 with self._lock:
                     self._error = exc
@@ -261,13 +267,17 @@ class Outbox:
             with self._lock:
                 self._busy = False
 
-    def _commit(self, batch: list[Event], state: State | None, extra: dict[str, Any]) -> None:
+    def _commit(
+        self,
+        batch: list[Event],
+        rows: list[tuple[int, bytes]],
+        state: State | None,
+        extra: dict[str, Any],
+    ) -> None:
         # Events first: durable, then on the bus. The state write (shared task row) comes
         # after, so it never holds back the events of the batch it rides with.
         if batch:
-            self._store.append_events(
-                self.task_id, [(ev.event_id, event_data_json(ev)) for ev in batch]
-            )
+            self._store.append_events(self.task_id, rows)
             self._pub.publish_events(self.task_id, batch)
             with self._lock:
                 self._written_id = batch[-1].event_id
