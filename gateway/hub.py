@@ -172,10 +172,13 @@ class Hub:
         # and its connections switch to the log instead of draining a stale backlog.
         limit = max(1000, 2 * self._queue_size)
         while True:
-            for frames in await self._sub.recv_batch(limit):
+            batch = await self._sub.recv_batch(limit)
+            for frames in batch:
                 self._dispatch(frames)
-            # A long batch must not starve the connections' writers.
-            await asyncio.sleep(0)
+            if len(batch) >= limit:
+                # More is waiting: let the connections' writers run before the next batch.
+                # (Otherwise the socket is drained and the next receive yields anyway.)
+                await asyncio.sleep(0)
 
     def _dispatch(self, frames: list[bytes]) -> None:
         group = self._listeners.get(task_id_of(frames[0]))

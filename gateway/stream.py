@@ -31,6 +31,7 @@ CLOSE_NORMAL = 1000
 CLOSE_NOT_FOUND = 4404
 CLOSE_START_FAILED = 1011
 CLOSE_TOO_MANY = 4429
+LIVE_AGAIN_BELOW = 256  # a log pass finding fewer new events than this: back to live
 QUIET_POLL = 1.0  # with no bus traffic for this long, look at the log (a lost final state...)
 
 
@@ -170,9 +171,12 @@ class TaskStream:
             while True:
                 if listener.overflowed:
                     # Too far behind for the live queue: the log has everything, states too.
-                    # Read it while still overflowed (the hub may unsubscribe meanwhile), then
-                    # take live messages again and read what was logged before they resumed.
-                    await self._catch_up(None)
+                    # Read it while still overflowed (the hub may unsubscribe meanwhile), as
+                    # long as each pass still finds many new events (reading the log is the
+                    # cheaper way to follow a fast task), then take live messages again and
+                    # read what was logged before they resumed.
+                    while await self._catch_up(None) >= LIVE_AGAIN_BELOW:
+                        pass
                     listener.reset()
                     await self._catch_up(None)
                     if await self._on_quiet():
@@ -249,8 +253,8 @@ class TaskStream:
         await self._offer_state(row.state())
         return False
 
-    async def _catch_up(self, upto: int | None) -> None:
-        """Send every logged event from ``next_id`` (up to ``upto``), in pages.
+    async def _catch_up(self, upto: int | None) -> int:
+        """Send every logged event from ``next_id`` (up to ``upto``), in pages; how many.
 
         The next page is read (in a worker thread) while this one is sent, so a connection
         reading the log does not wait for the database between pages.
@@ -266,6 +270,7 @@ class TaskStream:
             )
 
         pending = read(self.next_id - 1)
+        sent = 0
         try:
             while pending is not None:
                 rows = await pending
@@ -274,6 +279,8 @@ class TaskStream:
                 for event_id, data in rows:
                     await self._send(ws_frame("event", data).decode())
                     self.next_id = event_id + 1
+                sent += len(rows)
+            return sent
         finally:
             if pending is not None:  # we are leaving early (cancelled, or a send failed)
                 pending.cancel()

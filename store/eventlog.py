@@ -114,7 +114,7 @@ class TaskLogs:
         if conn is None:
             return 0
         try:
-            row = conn.execute("SELECT max(event_id) FROM events").fetchone()
+            row = conn.execute("SELECT max(event_id) FROM events").fetchall()[0]
         except sqlite3.OperationalError as exc:
             if _not_created(exc):
                 return 0
