@@ -130,7 +130,10 @@ class TaskStream:
             self._move(Phase.CONNECTING, Phase.REPLAYING)
             row = await self._db(self.store.get_task, self.task_id)
             assert row is not None
-            await self._offer_state(row.state())
+            if row.status not in TERMINAL_STATUSES:
+                # A final state is only ever the last message: clients stop reading at it
+                # (an ended task's replay is events first, then its final state).
+                await self._offer_state(row.state())
             await self._catch_up(None)
             if row.status in TERMINAL_STATUSES and self.next_id > row.last_event_id:
                 await self._finish(row.state())

@@ -136,3 +136,16 @@ def test_start_false_watches_without_starting(stack: Stack, api: httpx.Client) -
     assert first["data"]["message"] == "Connected to event stream"
     assert state["data"]["status"] == "PENDING"
     assert api.get(f"/api/tasks/{task['id']}").json()["status"] == "PENDING"
+
+
+def test_an_ended_task_replays_events_then_its_final_state_last(
+    stack: Stack, api: httpx.Client
+) -> None:
+    # Clients stop reading at a final state: for an ended task it must come after the events.
+    task = create_task(api, synthetic={"events": 40, "rate": 0})
+    assert api.post(f"/api/tasks/{task['id']}/run").status_code == 200
+    wait_status(api, task["id"], {"COMPLETED"})
+    got = asyncio.run(collect(stack.ws_url, task["id"]))
+    assert [m["type"] for m in got.messages] == ["connected"] + ["event"] * 40 + ["state"]
+    assert got.event_ids == list(range(1, 41))
+    assert got.of("state")[-1]["status"] == "COMPLETED" and got.close_code == 1000
