@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,20 @@ async def until(fn, timeout: float, what: str):  # type: ignore[no-untyped-def]
     return value
 
 
+@contextlib.asynccontextmanager
+async def running_hub(bus: Bus, queue_size: int) -> AsyncIterator[tuple[Hub, Publisher]]:
+    """A hub reading the bus on this loop, and a publisher to feed it."""
+    hub = Hub(bus.back, bus.ctx, queue_size=queue_size)
+    runner = asyncio.create_task(hub.run())
+    pub = Publisher(bus.front, bus.pub_ctx, linger_ms=0)
+    try:
+        yield hub, pub
+    finally:
+        runner.cancel()
+        pub.close(0)
+        hub.close()
+
+
 def events(listener: Listener) -> list[LiveEvent]:
     return [i for i in listener.items if isinstance(i, LiveEvent)]
 
@@ -88,11 +103,8 @@ async def joined(pub: Publisher, task_id: str, listener: Listener) -> None:
 
 @on_loop
 async def test_live_messages_reach_every_listener_once_encoded(bus: Bus) -> None:
-    hub = Hub(bus.back, bus.ctx, queue_size=100)
-    runner = asyncio.create_task(hub.run())
-    pub = Publisher(bus.front, bus.pub_ctx, linger_ms=0)
     tid, other = new_task_id(), new_task_id()
-    try:
+    async with running_hub(bus, 100) as (hub, pub):
         a, b = hub.attach(tid), hub.attach(tid)
         await joined(pub, tid, a)
         b.items.clear()
@@ -104,19 +116,12 @@ async def test_live_messages_reach_every_listener_once_encoded(bus: Bus) -> None
         # One item per message, shared by the listeners: encoded once, not once per client.
         assert all(x is y for x, y in zip(events(a), events(b), strict=True))
         assert events(a)[0].frame.startswith('{"type":"event","data":{"event_id":1,')
-    finally:
-        runner.cancel()
-        pub.close(0)
-        hub.close()
 
 
 @on_loop
 async def test_a_task_far_behind_is_unsubscribed_until_a_listener_resets(bus: Bus) -> None:
-    hub = Hub(bus.back, bus.ctx, queue_size=50)
-    runner = asyncio.create_task(hub.run())
-    pub = Publisher(bus.front, bus.pub_ctx, linger_ms=0)
     tid = new_task_id()
-    try:
+    async with running_hub(bus, 50) as (hub, pub):
         listener = hub.attach(tid)
         await joined(pub, tid, listener)
         assert hub.subscribed(tid)
@@ -134,19 +139,12 @@ async def test_a_task_far_behind_is_unsubscribed_until_a_listener_resets(bus: Bu
         await joined(pub, tid, listener)
         pub.publish_events(tid, [event(tid, 201)])
         await until(lambda: events(listener), 10, "the next event")
-    finally:
-        runner.cancel()
-        pub.close(0)
-        hub.close()
 
 
 @on_loop
 async def test_one_live_listener_keeps_the_subscription(bus: Bus) -> None:
-    hub = Hub(bus.back, bus.ctx, queue_size=20)
-    runner = asyncio.create_task(hub.run())
-    pub = Publisher(bus.front, bus.pub_ctx, linger_ms=0)
     tid = new_task_id()
-    try:
+    async with running_hub(bus, 20) as (hub, pub):
         slow, fast = hub.attach(tid), hub.attach(tid)
         await joined(pub, tid, slow)
         fast.items.clear()
@@ -173,7 +171,3 @@ async def test_one_live_listener_keeps_the_subscription(bus: Bus) -> None:
         assert not hub.subscribed(tid)  # only the overflowed one is left
         hub.detach(slow)
         assert hub.watched() == {}
-    finally:
-        runner.cancel()
-        pub.close(0)
-        hub.close()
