@@ -61,7 +61,7 @@ class Listener:
     """
 
     def __init__(
-        self, task_id: str, maxsize: int, on_overflow: Callable[[str], None] = lambda _t: None
+        self, task_id: str, maxsize: int, on_live_change: Callable[[str], None] = lambda _t: None
     ) -> None:
         self.task_id = task_id
         self.items: collections.deque[Item] = collections.deque()
@@ -69,14 +69,14 @@ class Listener:
         self.overflowed = False
         self._waiter: asyncio.Future[None] | None = None
         # Told when this listener starts or stops taking live messages.
-        self._on_overflow = on_overflow
+        self._on_live_change = on_live_change
 
     def offer(self, item: Item) -> None:
         if self.overflowed:
             return  # dropped: the connection catches up from the log
         if len(self.items) >= self.maxsize:
             self.overflowed = True
-            self._on_overflow(self.task_id)
+            self._on_live_change(self.task_id)
         else:
             self.items.append(item)
         waiter = self._waiter
@@ -102,7 +102,7 @@ class Listener:
         self.items.clear()
         if self.overflowed:
             self.overflowed = False
-            self._on_overflow(self.task_id)
+            self._on_live_change(self.task_id)
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
