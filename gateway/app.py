@@ -25,6 +25,7 @@ from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.hub import Hub
 from gateway.leases import LeaseKeeper
 from gateway.limits import ConnectionCounter, LimitsMiddleware
+from gateway.logreader import LogReader
 from gateway.models import COMMON_RESPONSES
 from gateway.security import AuthMiddleware, Guard
 from metastream import settings as settings_mod
@@ -52,6 +53,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         background = [asyncio.create_task(hub.run()), asyncio.create_task(leases.run())]
         app.state.settings = cfg
         app.state.store = store
+        app.state.log_reader = LogReader(store, cfg.replay_page)
         app.state.hub = hub
         app.state.control = control
         try:

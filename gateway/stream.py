@@ -7,7 +7,6 @@ log is the source of truth; the bus is only the fast path.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import logging
@@ -21,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from bus.messages import TERMINAL_STATUSES, StartTask, State, json_encoder, state_data, ws_frame
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.hub import Hub, Item, Listener, LiveBeat, LiveEvent, LiveState
+from gateway.logreader import LogReader
 from metastream.settings import Settings
 from store import Store
 
@@ -57,6 +57,7 @@ class TaskStream:
         last_event_id: int,
         *,
         store: Store,
+        log: LogReader,
         hub: Hub,
         control: ControlClient,
         cfg: Settings,
@@ -66,6 +67,7 @@ class TaskStream:
         self.task_id = task_id
         self.next_id = last_event_id + 1
         self.store = store
+        self.log = log
         self.hub = hub
         self.control = control
         self.cfg = cfg
@@ -257,37 +259,21 @@ class TaskStream:
         return False
 
     async def _catch_up(self, upto: int | None) -> int:
-        """Send every logged event from ``next_id`` (up to ``upto``), in pages; how many.
+        """Send logged events from ``next_id`` on (at least up to ``upto``); how many.
 
-        The next page is read (in a worker thread) while this one is sent, so a connection
-        reading the log does not wait for the database between pages.
+        Pages come from the gateway's shared :class:`LogReader`, which reads the next one
+        while this one is sent.
         """
-        page = self.cfg.replay_page
-
-        def read(after: int) -> asyncio.Task[list[tuple[int, bytes]]] | None:
-            limit = page if upto is None else min(page, upto - after)
-            if limit <= 0:
-                return None
-            return asyncio.ensure_future(
-                self._db(self.store.read_events, self.task_id, after, limit)
-            )
-
-        pending = read(self.next_id - 1)
         sent = 0
-        try:
-            while pending is not None:
-                rows = await pending
-                # A full page: there may be more (a short one is the end of the log).
-                pending = read(rows[-1][0]) if len(rows) == page else None
-                for event_id, data in rows:
-                    await self._send(ws_frame("event", data).decode())
-                    self.next_id = event_id + 1
-                sent += len(rows)
-            return sent
-        finally:
-            if pending is not None:  # we are leaving early (cancelled, or a send failed)
-                pending.cancel()
-                pending.add_done_callback(_discard_result)
+        while upto is None or self.next_id <= upto:
+            rows = await self.log.read(self.task_id, self.next_id - 1)
+            if not rows:
+                break
+            for event_id, frame in rows:
+                await self._send(frame)
+                self.next_id = event_id + 1
+            sent += len(rows)
+        return sent
 
     async def _offer_state(self, state: State) -> None:
         if state.version < self._last_state_version:
@@ -306,9 +292,3 @@ class TaskStream:
         self._last_state_version = -1
         await self._offer_state(final)
         await self._close(CLOSE_NORMAL)
-
-
-def _discard_result(task: asyncio.Task[Any]) -> None:
-    """Retrieve an abandoned read's outcome, so asyncio does not report it as lost."""
-    if not task.cancelled():
-        task.exception()

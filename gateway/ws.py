@@ -59,6 +59,7 @@ async def task_stream(
             task_id,
             last_event_id,
             store=state.store,
+            log=state.log_reader,
             hub=state.hub,
             control=state.control,
             cfg=state.settings,

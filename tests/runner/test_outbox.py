@@ -129,3 +129,34 @@ def test_many_emitters_bursts_and_pauses_keep_one_order_everywhere(rig: Rig) -> 
         assert rig.bus_event_ids(total) == list(range(1, total + 1))
     finally:
         box.close()
+
+
+def test_a_fast_run_is_written_by_its_emitter_in_batches_and_its_tail_after_it(
+    rig: Rig,
+) -> None:
+    writes: list[tuple[str, int]] = []
+    append = rig.store.append_events
+
+    def recording(task_id: str, rows: list[tuple[int, bytes]]) -> None:
+        writes.append((threading.current_thread().name, len(rows)))
+        append(task_id, rows)
+
+    rig.store.append_events = recording  # type: ignore[method-assign]
+    box = outbox(rig)
+    total = 20_000
+    try:
+        for i in range(total):
+            box.emit("Engineer", "MESSAGE", {"i": i})
+        # The last events of the run wait for no further emit: the writer thread takes them
+        # once the emitter has paused, without a flush.
+        deadline = time.monotonic() + 10
+        while box.last_event_id < total:
+            assert time.monotonic() < deadline, f"tail not written: {box.last_event_id}"
+            time.sleep(0.001)
+        assert rig.bus_event_ids(total) == list(range(1, total + 1))
+    finally:
+        box.close()
+    by_emitter = sum(n for name, n in writes if name == "MainThread")
+    # The run pays for its own writes (no GIL ping-pong with a writer thread), in batches.
+    assert by_emitter >= total * 0.9, writes[:20]
+    assert len(writes) < total / 5, f"{len(writes)} commits for {total} events"

@@ -1,0 +1,132 @@
+"""The gateway's shared log reader, over a real per-task SQLite log."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bus.messages import ws_frame
+from gateway.logreader import LogReader
+from store import Store
+
+pytestmark = pytest.mark.timeout(60)
+TASK = "t-1"
+
+
+def data(i: int) -> bytes:
+    return b'{"event_id":%d,"x":"%s"}' % (i, b"y" * 50)
+
+
+def frame(i: int) -> str:
+    return ws_frame("event", data(i)).decode()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(f"sqlite:///{tmp_path}/db.sqlite", tmp_path / "events")
+    s.create_schema()
+    yield s
+    s.close()
+
+
+def append(store: Store, ids: range) -> None:
+    store.append_events(TASK, [(i, data(i)) for i in ids])
+
+
+async def read_all(reader: LogReader, after: int = 0) -> list[int]:
+    got: list[int] = []
+    while rows := await reader.read(TASK, after):
+        got += [i for i, _ in rows]
+        after = rows[-1][0]
+    return got
+
+
+def test_follows_a_growing_log_block_by_block(store: Store) -> None:
+    async def main() -> None:
+        reader = LogReader(store, block=10)
+        assert await reader.read(TASK, 0) == []  # no log yet
+        append(store, range(1, 8))
+        rows = await reader.read(TASK, 0)
+        assert rows == [(i, frame(i)) for i in range(1, 8)]
+        assert await reader.read(TASK, 7) == []  # nothing newer: not a stale "more"
+        append(store, range(8, 26))
+        assert await read_all(reader, 3) == list(range(4, 26))  # across block boundaries
+
+    asyncio.run(main())
+
+
+def test_connections_on_one_task_share_each_database_read(store: Store) -> None:
+    append(store, range(1, 101))
+
+    async def main() -> None:
+        reader = LogReader(store, block=50)
+        results = await asyncio.gather(*(read_all(reader) for _ in range(20)))
+        assert all(r == list(range(1, 101)) for r in results)
+        # 2 full blocks and the empty third (the tail), each read once for all 20 readers.
+        assert reader.db_reads <= 4, reader.db_reads
+        # A late reader is served from memory.
+        before = reader.db_reads
+        assert await read_all(reader, 60) == list(range(61, 101))
+        assert reader.db_reads - before <= 1  # only the tail is asked again
+
+    asyncio.run(main())
+
+
+def test_a_gap_in_ids_is_skipped_not_taken_for_the_end(store: Store) -> None:
+    # A task restarted after losing unwritten events may leave ids unused.
+    append(store, range(1, 5))
+    store.append_events(TASK, [(i, data(i)) for i in (27, 28)])
+
+    async def main() -> None:
+        reader = LogReader(store, block=10)
+        assert await read_all(reader) == [1, 2, 3, 4, 27, 28]
+
+    asyncio.run(main())
+
+
+def test_a_reader_that_leaves_does_not_cancel_the_read_others_wait_for(store: Store) -> None:
+    append(store, range(1, 31))
+
+    async def main() -> None:
+        reader = LogReader(store, block=100)
+        leaver = asyncio.create_task(reader.read(TASK, 0))
+        stayer = asyncio.create_task(reader.read(TASK, 10))
+        await asyncio.sleep(0)  # both are waiting on the one read now
+        leaver.cancel()
+        rows = await asyncio.wait_for(stayer, 10)
+        assert [i for i, _ in rows] == list(range(11, 31))
+        assert reader.db_reads == 1
+
+    asyncio.run(main())
+
+
+def test_memory_stays_within_budget_and_evicted_blocks_are_read_again(store: Store) -> None:
+    append(store, range(1, 1001))
+
+    async def main() -> None:
+        reader = LogReader(store, block=100, budget_bytes=30_000)  # ~2 blocks of ~130-char rows
+        assert await read_all(reader) == list(range(1, 1001))
+        assert reader._size <= 30_000 + 100 * 200  # the block being read may exceed it
+        before = reader.db_reads
+        assert await read_all(reader) == list(range(1, 1001))
+        assert reader.db_reads - before >= 8  # the early blocks had gone
+
+    asyncio.run(main())
+
+
+def test_an_unreadable_log_raises_to_every_waiting_reader(store: Store, tmp_path: Path) -> None:
+    (tmp_path / "events").mkdir(exist_ok=True)
+    (tmp_path / "events" / f"{TASK}.db").write_bytes(b"not a database" * 100)
+
+    async def main() -> None:
+        reader = LogReader(store, block=10)
+        results = await asyncio.gather(
+            reader.read(TASK, 0), reader.read(TASK, 3), return_exceptions=True
+        )
+        assert all(isinstance(r, sqlite3.DatabaseError) for r in results), results
+
+    asyncio.run(main())
