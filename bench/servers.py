@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bus.messages import Event, event_data_json, topic, utcnow, ws_frame
+from gateway.wsprotocol import SEND_TEXTS
 
+PAGE = 2000  # frames per call in the raw ceiling: the gateway's default log page (block)
 ROLES = ("ProductManager", "Architect", "ProjectManager", "Engineer")
 
 
@@ -51,6 +53,11 @@ def _connected(task_id: str) -> dict[str, Any]:
     return {"type": "connected", "data": {"task_id": task_id, "message": "connected"}}
 
 
+def _send_texts(ws: Any) -> Any:
+    """The server's many-frames send (gateway.wsprotocol), as the gateway uses it; or None."""
+    return ((ws.scope.get("extensions") or {}).get(SEND_TEXTS) or {}).get("send_texts")
+
+
 # --- raw WebSocket ceiling -----------------------------------------------------------------
 
 
@@ -70,13 +77,19 @@ def raw_app() -> Any:
         await ws.accept()
         name = ws.path_params["name"]
         n = int(ws.query_params["n"])
-        frame = event_frame(name, 1, n, pad_for(int(ws.query_params["bytes"]))).decode()
+        frame = event_frame(name, 1, n, pad_for(int(ws.query_params["bytes"])))
         waiter = gate["event"]
         await ws.send_json(_connected(name))
         if ws.query_params.get("gate") == "1":
             await asyncio.wait_for(waiter.wait(), 60)
-        for _ in range(n):
-            await ws.send_text(frame)
+        send_texts = _send_texts(ws)
+        if send_texts is not None:
+            # As the gateway sends what it reads from the log: pages of frames per call.
+            for start in range(0, n, PAGE):
+                await send_texts([frame] * min(PAGE, n - start))
+        else:
+            for _ in range(n):
+                await ws.send_text(frame.decode())
         await ws.close(1000)
 
     return Starlette(
@@ -102,13 +115,17 @@ def bus_app(bus_sub: str) -> Any:
         sub.setsockopt(zmq.RCVHWM, 200_000)
         sub.setsockopt(zmq.SUBSCRIBE, name.encode())
         sub.connect(bus_sub)
+        send_texts = _send_texts(ws)
         try:
             await ws.send_json(_connected(name))
             while True:
                 _topic, body = await sub.recv_multipart()
                 if body == b"END":
                     break
-                await ws.send_text(body.decode())
+                if send_texts is not None:
+                    await send_texts([body])  # the gateway's send path, one frame at a time
+                else:
+                    await ws.send_text(body.decode())
             await ws.close(1000)
         finally:
             sub.close(linger=0)

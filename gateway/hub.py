@@ -35,13 +35,13 @@ log = logging.getLogger("metastream.hub")
 @dataclass(frozen=True, slots=True)
 class LiveEvent:
     event_id: int
-    frame: str
+    frame: bytes  # the WebSocket message, UTF-8
 
 
 @dataclass(frozen=True, slots=True)
 class LiveState:
     state: State
-    frame: str
+    frame: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,10 +196,10 @@ class Hub:
         item: Item
         match msg:
             case Event():
-                item = LiveEvent(msg.event_id, ws_frame("event", event_data_json(msg)).decode())
+                item = LiveEvent(msg.event_id, ws_frame("event", event_data_json(msg)))
             case State():
                 data = json_encoder.encode(state_data(msg))
-                item = LiveState(msg, ws_frame("state", data).decode())
+                item = LiveState(msg, ws_frame("state", data))
             case Heartbeat():
                 item = LiveBeat(msg.last_event_id)
             case _:

@@ -23,7 +23,7 @@ import anyio
 from bus.messages import ws_frame
 from store import Store
 
-Row = tuple[int, str]  # (event_id, the event's WebSocket frame)
+Row = tuple[int, bytes]  # (event_id, the event's WebSocket message as UTF-8)
 _event_id = itemgetter(0)
 
 
@@ -102,7 +102,7 @@ class LogReader:
             after, limit = blk.covered, blk.end - blk.covered
             self.db_reads += 1
             rows = await anyio.to_thread.run_sync(self.store.read_events, task_id, after, limit)
-            frames = [(i, ws_frame("event", data).decode()) for i, data in rows if i <= blk.end]
+            frames = [(i, ws_frame("event", data)) for i, data in rows if i <= blk.end]
             blk.rows += frames
             added = sum(len(f) for _, f in frames) + 64 * len(frames)
             blk.size += added

@@ -21,6 +21,7 @@ from bus.messages import TERMINAL_STATUSES, StartTask, State, json_encoder, stat
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.hub import Hub, Item, Listener, LiveBeat, LiveEvent, LiveState
 from gateway.logreader import LogReader
+from gateway.wsprotocol import SEND_TEXTS
 from metastream.settings import Settings
 from store import Store
 
@@ -76,6 +77,9 @@ class TaskStream:
         self._last_state: dict[str, Any] | None = None
         self._last_state_version = -1
         self._last_send = time.monotonic()
+        # Many frames per call, framed by the server itself (see gateway.wsprotocol).
+        ext = ws.scope.get("extensions") or {}
+        self._send_texts = (ext.get(SEND_TEXTS) or {}).get("send_texts")
 
     def _move(self, expected: Phase, new: Phase) -> None:
         if self.phase is not expected:
@@ -85,12 +89,23 @@ class TaskStream:
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(fn, *args)
 
-    async def _send(self, text: str) -> None:
-        await self.ws.send_text(text)
+    async def _send(self, frame: bytes) -> None:
+        await self._send_many([frame])
+
+    async def _send_many(self, frames: list[bytes]) -> None:
+        """Send WebSocket text messages given as UTF-8."""
+        if self._send_texts is None:  # a server without the extension (a test client)
+            for frame in frames:
+                await self.ws.send_text(frame.decode())
+        else:
+            try:
+                await self._send_texts(frames)
+            except OSError as exc:  # uvicorn's ClientDisconnected, as Starlette reports it
+                raise WebSocketDisconnect(code=1006) from exc
         self._last_send = time.monotonic()
 
     async def _send_json(self, msg_type: str, data: dict[str, Any]) -> None:
-        await self._send(ws_frame(msg_type, json_encoder.encode(data)).decode())
+        await self._send(ws_frame(msg_type, json_encoder.encode(data)))
 
     # --- the connection ------------------------------------------------------------------
 
@@ -269,9 +284,8 @@ class TaskStream:
             rows = await self.log.read(self.task_id, self.next_id - 1)
             if not rows:
                 break
-            for event_id, frame in rows:
-                await self._send(frame)
-                self.next_id = event_id + 1
+            await self._send_many([frame for _, frame in rows])
+            self.next_id = rows[-1][0] + 1
             sent += len(rows)
         return sent
 

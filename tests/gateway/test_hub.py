@@ -115,7 +115,7 @@ async def test_live_messages_reach_every_listener_once_encoded(bus: Bus) -> None
         assert [i.event_id for i in events(a)] == list(range(1, 11))
         # One item per message, shared by the listeners: encoded once, not once per client.
         assert all(x is y for x, y in zip(events(a), events(b), strict=True))
-        assert events(a)[0].frame.startswith('{"type":"event","data":{"event_id":1,')
+        assert events(a)[0].frame.startswith(b'{"type":"event","data":{"event_id":1,')
 
 
 @on_loop

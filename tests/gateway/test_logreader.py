@@ -21,8 +21,8 @@ def data(i: int) -> bytes:
     return b'{"event_id":%d,"x":"%s"}' % (i, b"y" * 50)
 
 
-def frame(i: int) -> str:
-    return ws_frame("event", data(i)).decode()
+def frame(i: int) -> bytes:
+    return ws_frame("event", data(i))
 
 
 @pytest.fixture
