@@ -94,7 +94,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stop_ask_timeout: float = 2.0
     stop_term_timeout: float = 3.0
     control_timeout: float = 5.0
-    ws_queue_size: int = 2048
+    # Small on purpose: a connection that is behind is cheaper to serve from the (shared,
+    # cached) log than through the bus; see gateway/logreader.py.
+    ws_queue_size: int = 16
     ws_heartbeat_interval: float = 15.0
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
@@ -190,7 +192,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         stop_ask_timeout=env.number("METASTREAM_STOP_ASK_TIMEOUT", 2.0),
         stop_term_timeout=env.number("METASTREAM_STOP_TERM_TIMEOUT", 3.0),
         control_timeout=env.number("METASTREAM_CONTROL_TIMEOUT", 5.0),
-        ws_queue_size=env.integer("METASTREAM_WS_QUEUE", 2048),
+        ws_queue_size=env.integer("METASTREAM_WS_QUEUE", 16),
         ws_heartbeat_interval=env.number("METASTREAM_WS_HEARTBEAT", 15.0),
         ws_ping_interval=env.number("METASTREAM_WS_PING_INTERVAL", 20.0),
         ws_ping_timeout=env.number("METASTREAM_WS_PING_TIMEOUT", 20.0),
