@@ -56,6 +56,10 @@ class TaskLogs:
                 ).start()
             return conn
 
+    def open(self, task_id: str) -> None:
+        """Create the task's log file and its writer now (idempotent)."""
+        self._writer(task_id)
+
     def _checkpoints(self, task_id: str) -> None:
         conn = sqlite3.connect(self.path(task_id), isolation_level=None, timeout=30)
         try:

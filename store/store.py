@@ -200,6 +200,11 @@ class Store:
 
     # --- events --------------------------------------------------------------------------
 
+    def open_events(self, task_id: str) -> None:
+        """Get the task's event log ready for writing (its file, when embedded)."""
+        if self._logs is not None:
+            self._logs.open(task_id)
+
     def append_events(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None:
         """Persist a batch of ``(event_id, data_json)`` in one commit."""
         if not batch:

@@ -92,6 +92,8 @@ class Outbox:
         self._row_thread = threading.Thread(target=self._write_rows, name="task-row", daemon=True)
 
     def start(self) -> None:
+        # Creating the log file takes milliseconds: before the first event, not in its commit.
+        self._store.open_events(self.task_id)
         self._thread.start()
         self._row_thread.start()
 
