@@ -27,6 +27,9 @@ from store import Store
 class NullStore:
     """Accepts every write and keeps nothing (the 'persistence off' baseline)."""
 
+    def open_events(self, *_a: Any, **_k: Any) -> None:
+        return None
+
     def append_events(self, *_a: Any, **_k: Any) -> None:
         return None
 
