@@ -110,9 +110,10 @@ class RawClient:
         self.sock.close()
 
 
-def test_a_client_that_stops_reading_holds_the_sender_back(server: str) -> None:
+@pytest.mark.parametrize("via", ["send", "texts"])
+def test_a_client_that_stops_reading_holds_the_sender_back(server: str, via: str) -> None:
     n, size = 100_000, 1000  # 100 MB if nothing pushed back
-    client = RawClient(server, f"/ws/flood?n={n}&size={size}")
+    client = RawClient(server, f"/ws/flood?n={n}&size={size}&via={via}")
     try:
         # Not reading: once the socket buffers are full the server's sends must stall.
         seen: list[int] = []
@@ -131,10 +132,12 @@ def test_a_client_that_stops_reading_holds_the_sender_back(server: str) -> None:
     assert status(server)["outcome"] == "done"
 
 
-def test_sending_to_a_gone_client_raises_instead_of_buffering(server: str) -> None:
+@pytest.mark.parametrize("via", ["send", "texts"])
+def test_sending_to_a_gone_client_raises_instead_of_buffering(server: str, via: str) -> None:
     async def scenario() -> None:
         async with websockets.connect(
-            f"ws://{server}/ws/flood?n=10000000&size=100&yield_every=100", open_timeout=10
+            f"ws://{server}/ws/flood?n=10000000&size=100&yield_every=100&via={via}",
+            open_timeout=10,
         ) as ws:
             await ws.recv()
         # closed from our side after one frame
@@ -145,3 +148,35 @@ def test_sending_to_a_gone_client_raises_instead_of_buffering(server: str) -> No
     )
     assert outcome.startswith("disconnected"), outcome
     assert status(server)["sent"] < 10_000_000
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+def test_pages_of_frames_keep_their_order_with_single_sends(
+    server: str, compression: str | None
+) -> None:
+    """send_texts frames every length encoding itself, or through websockets when compressed."""
+    from tests.gateway.wsapp import mixed_frame
+
+    pages = 30
+
+    async def scenario() -> tuple[list[str | bytes], int | None]:
+        got: list[str | bytes] = []
+        async with websockets.connect(
+            f"ws://{server}/ws/mixed?pages={pages}",
+            open_timeout=10,
+            max_size=None,
+            compression=compression,
+        ) as ws:
+            try:
+                while True:
+                    got.append(await asyncio.wait_for(ws.recv(), 10))
+            except websockets.ConnectionClosedOK:
+                pass
+            return got, ws.close_code
+
+    got, code = asyncio.run(scenario())
+    want: list[str | bytes] = []
+    for page in range(pages):
+        want += [mixed_frame(page, k).decode() for k in range(10)] + [f"page {page} done"]
+    assert got == want  # text frames (str), whole, in order among the ordinary sends
+    assert code == 1000
