@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -35,6 +35,15 @@ STATE_INTERVAL = 0.25
 INLINE_AFTER = 0.0002  # an event this long after the previous one is written by its emitter
 # In a run of events, the emitter that finds the oldest pending one this old writes the batch.
 MAX_DELAY = 0.0005
+
+
+class _Claim(NamedTuple):
+    """What one writer took to commit and publish."""
+
+    batch: list[Event]
+    rows: list[tuple[int, bytes]]  # the batch as log rows
+    state: State | None
+    extra: dict[str, Any]
 
 
 class Outbox:
@@ -131,11 +140,11 @@ class Outbox:
             )
             self._last_emit = now
             if mine:
-                batch, rows, state, extra = self._take(events=True)
+                claim = self._take(events=True)
             elif len(self._pending) == 1:
                 self._work.notify()
         if mine:
-            self._write(batch, rows, state, extra)
+            self._write(claim)
         return event_id
 
     def set_state(
@@ -215,7 +224,7 @@ class Outbox:
 
     # --- writing ------------------------------------------------------------------------
 
-    def _take(self, *, events: bool, flush_state: bool = False) -> tuple[Any, ...]:
+    def _take(self, *, events: bool, flush_state: bool = False) -> _Claim:
         """Claim the log and the PUB socket, and what to write with them (lock held)."""
         batch: list[Event] = []
         rows: list[tuple[int, bytes]] = []
@@ -233,18 +242,22 @@ class Outbox:
         # One writer at a time keeps the batches in order and the PUB socket (not
         # thread-safe) to one thread.
         self._busy = True
-        return batch, rows, state, extra
+        return _Claim(batch, rows, state, extra)
 
-    def _write(
-        self,
-        batch: list[Event],
-        rows: list[tuple[int, bytes]],
-        state: State | None,
-        extra: dict[str, Any],
-    ) -> None:
-        """Commit and publish what :meth:`_take` claimed, then release the claim."""
+    def _write(self, claim: _Claim, *, beat: bool = False) -> None:
+        """Commit and publish what :meth:`_take` claimed (and a heartbeat), then release."""
         try:
-            self._commit(batch, rows, state, extra)
+            self._commit(claim)
+            if beat:
+                self._pub.publish(
+                    self.task_id,
+                    Heartbeat(
+                        task_id=self.task_id,
+                        last_event_id=self._written_id,
+                        pid=os.getpid(),
+                        sent_at=time.time(),
+                    ),
+                )
         except Exception as exc:  # the log is unusable: fail the task loudly, not silently
             with self._lock:
                 self._error = exc
@@ -280,39 +293,18 @@ class Outbox:
                     self._work.wait(max(deadline - now, 0.0001))
                 # Events only once the emitters pause: writing while they run would make
                 # both wait for the GIL (see the module's docstring).
-                batch, rows, state, extra = self._take(
-                    events=bool(self._pending) and quiet, flush_state=self._stopping
-                )
-                beating = self._beating
+                claim = self._take(events=bool(self._pending) and quiet, flush_state=self._stopping)
+                # Within the same claim: the PUB socket is never used by two threads.
+                beat = self._beating and now >= next_beat
             try:
-                self._write(batch, rows, state, extra)
+                self._write(claim, beat=beat)
             except RuntimeError:
                 return  # recorded: emitters and flushers raise it
-            if beating and time.monotonic() >= next_beat:
-                with self._lock:
-                    self._busy = True
-                try:
-                    self._pub.publish(
-                        self.task_id,
-                        Heartbeat(
-                            task_id=self.task_id,
-                            last_event_id=self._written_id,
-                            pid=os.getpid(),
-                            sent_at=time.time(),
-                        ),
-                    )
-                finally:
-                    with self._lock:
-                        self._busy = False
+            if beat:
                 next_beat = time.monotonic() + self._hb_interval
 
-    def _commit(
-        self,
-        batch: list[Event],
-        rows: list[tuple[int, bytes]],
-        state: State | None,
-        extra: dict[str, Any],
-    ) -> None:
+    def _commit(self, claim: _Claim) -> None:
+        batch, rows, state, extra = claim
         # Events first: durable, then on the bus. The state write (shared task row) comes
         # after, so it never holds back the events of the batch it rides with.
         if batch:
