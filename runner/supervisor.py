@@ -342,7 +342,7 @@ class Supervisor:
                 float(run.options.get("timeout_seconds") or self.cfg.task_timeout),
                 float(run.options.get("memory_limit_mb") or self.cfg.task_memory_mb),
             )
-            rss = process.tree_rss_mb(run.child) if limits.memory_mb else 0.0
+            rss = process.tree_rss_mb(run.child, limits.memory_mb) if limits.memory_mb else 0.0
             breach = limits.breach(self._clock() - run.started, rss)
             if breach is not None:
                 # Out of memory: kill at once, the memory is the problem; out of time: SIGTERM.
