@@ -129,16 +129,18 @@ class Outbox:
                 self._oldest = now
             self._pending.append(ev)
             self._pending_rows.append((event_id, event_data_json(ev)))
-            # Written here, by the emitting thread, when nobody else is writing and either
-            # this event follows a pause (sparing a thread hand-off, the largest part of an
-            # event's latency at low rates) or the batch has waited long enough (one commit
-            # per event would cap the throughput). Otherwise the events wait for the next
-            # emit, or for the writer thread once the emitters pause.
-            mine = not self._busy and (
-                now - self._oldest >= MAX_DELAY
-                or (len(self._pending) == 1 and now - self._last_emit >= INLINE_AFTER)
-            )
-            self._last_emit = now
+            # Written here, by the emitting thread, when this event follows a pause (sparing
+            # a thread hand-off, the largest part of an event's latency at low rates) or the
+            # batch has waited long enough (one commit per event would cap the throughput).
+            # Otherwise the events wait for the next emit, or for the writer thread once the
+            # emitters pause.
+            paced = len(self._pending) == 1 and now - self._last_emit >= INLINE_AFTER
+            self._last_emit = now  # (the writer thread leaves events to a running emitter)
+            while paced and self._busy and not self._stopping:
+                # Someone is writing (a heartbeat, a state, another thread's batch: short);
+                # after it, this event still goes at once instead of after the writer's wait.
+                self._progress.wait(0.1)
+            mine = not self._busy and (paced or now - self._oldest >= MAX_DELAY)
             if mine:
                 claim = self._take(events=True)
             elif len(self._pending) == 1:

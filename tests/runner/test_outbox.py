@@ -73,22 +73,27 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     r.close()
 
 
-def outbox(rig: Rig) -> Outbox:
-    box = Outbox(rig.store, rig.pub, rig.task_id, 1, State(task_id=rig.task_id, status="RUNNING"))
+def outbox(rig: Rig, heartbeat_interval: float = 1.0) -> Outbox:
+    state = State(task_id=rig.task_id, status="RUNNING")
+    box = Outbox(rig.store, rig.pub, rig.task_id, 1, state, heartbeat_interval)
     box.start()
     return box
 
 
-def test_paced_events_are_written_by_their_emitter_at_once(rig: Rig) -> None:
-    box = outbox(rig)
+# With heartbeats every millisecond the writer thread holds the PUB socket often: an event
+# emitted meanwhile must still be written before emit returns (it waits for the claim).
+@pytest.mark.parametrize("beat", [1.0, 0.001])
+def test_paced_events_are_written_by_their_emitter_at_once(rig: Rig, beat: float) -> None:
+    box = outbox(rig, beat)
     try:
-        for i in range(1, 21):
+        for i in range(1, 201 if beat < 0.01 else 21):
             box.emit("Engineer", "MESSAGE", {"i": i})
             # Written inline: durable and published when emit returns, no flush needed.
             assert box.last_event_id == i
             assert rig.store.last_event_id(rig.task_id) == i
             time.sleep(0.002)  # a pause: the next one goes inline too
-        assert rig.bus_event_ids(20) == list(range(1, 21))
+        n = box.last_event_id
+        assert rig.bus_event_ids(n) == list(range(1, n + 1))
     finally:
         box.close()
 
