@@ -22,6 +22,7 @@ EXPECTED = [
     ("1", "latency p50", "raw bus forwarder"),
     ("1", "latency p99", "raw bus forwarder"),
     ("1", "latency p99", "seed design"),
+    ("1", "over the whole stream", "raw bus forwarder"),
     ("2", "fan-out", "raw WebSocket ceiling"),
     ("3", "latency p99", "raw bus forwarder"),
     ("3", "CPU/msg", "raw bus forwarder"),
