@@ -27,7 +27,6 @@ from bus.messages import Event, Heartbeat, State, event_data_json, utcnow
 from store import Store
 
 MAX_PENDING = 20_000  # emitters wait beyond this: memory stays bounded if the log is slow
-MAX_BATCH = 5_000
 # Progress changes with nearly every event; publishing a state per event doubled the bus and
 # WebSocket traffic, and each state is a write to the shared task row. A state is published
 # and stored at most this often (status changes are the supervisor's and go out at once).
