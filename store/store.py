@@ -15,10 +15,11 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import Connection, create_engine, event, func, insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from bus.messages import State
 from store.eventlog import TaskLogs
+from store.rowwriter import RowWriter
 from store.schema import events, metadata, tasks
 
 BUSY_TIMEOUT_MS = 30_000
@@ -105,6 +106,11 @@ class Store:
         self._logs = TaskLogs(events_dir) if events_dir and url.startswith("sqlite") else None
         self._write = _engine(url, "BEGIN IMMEDIATE")
         self._read = _engine(url, "BEGIN")
+        database = make_url(url).database if url.startswith("sqlite") else None
+        # A file database's running-task rows go through plain sqlite3 (see store.rowwriter).
+        self._rows = (
+            RowWriter(database, BUSY_TIMEOUT_MS) if database not in (None, "", ":memory:") else None
+        )
 
     def create_schema(self) -> None:
         metadata.create_all(self._write)
@@ -112,6 +118,8 @@ class Store:
     def close(self) -> None:
         if self._logs is not None:
             self._logs.close()
+        if self._rows is not None:
+            self._rows.close()
         self._write.dispose()
         self._read.dispose()
 
@@ -225,6 +233,9 @@ class Store:
         With per-task log files the row's ``last_event_id`` advances only here, so it may lag
         the log between states; :meth:`last_event_id` is exact.
         """
+        if self._rows is not None:
+            self._rows.update(task_id, columns)
+            return
         with self._tx() as c:
             c.execute(update(tasks).where(tasks.c.id == task_id).values(**columns))
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from store import eventlog
 from store.eventlog import TaskLogs
+from tests.helpers import poll_for
 
 pytestmark = pytest.mark.timeout(60)
 DATA = b'{"x":1}'
@@ -47,5 +49,47 @@ def test_an_unreadable_log_raises_instead_of_reading_as_empty(tmp_path: Path) ->
         logs.path("t").write_bytes(b"this is not a database" * 100)
         with pytest.raises(sqlite3.DatabaseError):
             logs.read("t", 0, 10)
+    finally:
+        logs.close()
+
+
+def test_checkpoints_wait_for_a_quiet_log_or_a_large_wal() -> None:
+    # Each checkpoint flushes to disk and disturbs the event path: none while events flow.
+    assert not eventlog.checkpoint_due(0, 3600.0)  # nothing written since the last one
+    assert not eventlog.checkpoint_due(500, 0.001)  # a steady stream, WAL still small
+    assert eventlog.checkpoint_due(1, eventlog.CHECKPOINT_IDLE)  # the log went quiet
+    assert eventlog.checkpoint_due(eventlog.CHECKPOINT_FRAMES, 0.001)  # the WAL grew large
+
+
+def _checkpointed(logs: TaskLogs, before: int) -> bool:
+    # Until a checkpoint, commits live in the WAL only: the database file does not grow.
+    return logs.path("t").stat().st_size > before
+
+
+def test_a_log_that_goes_quiet_is_checkpointed(tmp_path: Path) -> None:
+    logs = TaskLogs(tmp_path)
+    try:
+        logs.open("t")
+        before = logs.path("t").stat().st_size
+        for i in range(1, 201):
+            logs.append("t", [(i, b"x" * 400)])
+        poll_for(lambda: _checkpointed(logs, before), 10, what="a checkpoint")
+        assert logs.read("t", 0, 1000)[-1] == (200, b"x" * 400)
+    finally:
+        logs.close()
+
+
+def test_a_log_that_never_pauses_is_checkpointed_once_its_wal_is_large(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(eventlog, "CHECKPOINT_IDLE", 3600.0)  # never quiet enough
+    monkeypatch.setattr(eventlog, "CHECKPOINT_FRAMES", 50)
+    logs = TaskLogs(tmp_path)
+    try:
+        logs.open("t")
+        before = logs.path("t").stat().st_size
+        logs.append("t", [(i, b"x" * 400) for i in range(1, 21)])  # ~3 pages: not yet
+        logs.append("t", [(i, b"x" * 4000) for i in range(21, 81)])  # ~60 more pages
+        poll_for(lambda: _checkpointed(logs, before), 10, what="a checkpoint")
     finally:
         logs.close()
