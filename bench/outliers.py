@@ -3,10 +3,11 @@
 A latency tail made by something periodic (a checkpoint, a state write, a heartbeat) shows as
 late events at a fixed offset from the task's start, run after run; a noisy neighbour shows as
 late events anywhere. This runs a stack, subscribes to a task's events with a plain SUB socket
-(no gateway, no WebSocket), runs a synthetic task at a fixed rate, and prints per repetition
-the percentiles and each run of consecutive late events: ``offset_ms:count,max_ms``.
+(no gateway, no WebSocket; or, with ``--via ws``, the benchmark's WebSocket client through
+the gateway), runs a synthetic task at a fixed rate, and prints per repetition the
+percentiles and each run of consecutive late events: ``offset_ms:count,max_ms``.
 
-    python -m bench.outliers [--rate 2000] [--events 6000] [--reps 3] [--late-ms 0.3]
+    python -m bench.outliers [--via bus|ws] [--rate 2000] [--events 6000] [--reps 3]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import httpx
 import zmq
 
 from bench import procs
+from bench.clients import ClientGroup
 from bench.common import create
 from bus.messages import Event, bus_decoder
 from metastream import settings
@@ -42,6 +44,14 @@ def _receive(endpoint: str, topic: bytes, n: int, out: list[tuple[int, float, fl
     finally:
         sub.close(linger=0)
         ctx.term()
+
+
+def _via_ws(url: str, n: int) -> list[tuple[int, float, float]]:
+    """The same through the gateway, received by the benchmark's client (which starts it)."""
+    with ClientGroup([url], n, latency=True, procs=1, timeout=60) as group:
+        group.wait_ready(30)
+        (res,) = group.results()
+    return [(i, e, r) for i, (e, r) in enumerate(zip(res["emit"], res["recv"], strict=True), 1)]
 
 
 def _report(rep: int, got: list[tuple[int, float, float]], late_ms: float) -> None:
@@ -75,6 +85,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=6000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--late-ms", type=float, default=0.3)
+    ap.add_argument("--via", choices=["bus", "ws"], default="bus")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="outliers") as tmp:
         print("starting a stack (the fork server imports for a few seconds)...", flush=True)
@@ -83,6 +94,9 @@ def main() -> None:
             for rep in range(1, args.reps + 1):
                 spec = {"events": args.events, "rate": args.rate, "payload_bytes": 256}
                 tid = create(api, synthetic=spec)
+                if args.via == "ws":
+                    _report(rep, _via_ws(f"{st.ws_url}/ws/tasks/{tid}", args.events), args.late_ms)
+                    continue
                 got: list[tuple[int, float, float]] = []
                 rx = threading.Thread(
                     target=_receive, args=(cfg.bus_sub, tid.encode(), args.events, got)

@@ -25,9 +25,10 @@ _SCHEMA = "CREATE TABLE IF NOT EXISTS events (event_id INTEGER PRIMARY KEY, data
 # events 0.5-2 ms late, whatever the flush's size; none on tmpfs). So they are rare: once the
 # log has been quiet for CHECKPOINT_IDLE (between an agent's LLM calls, say), or once about
 # CHECKPOINT_FRAMES pages (64 MB) have been written since the last one, and at close.
-CHECKPOINT_IDLE = 0.5
+# The checkpoint thread sleeps until then instead of polling: each wake-up of a thread in the
+# task process takes the GIL, and a 0.1 s poll showed as late events every 0.1 s.
+CHECKPOINT_IDLE = 1.0
 CHECKPOINT_FRAMES = 16_384
-CHECKPOINT_POLL = 0.1
 _PAGE = 4096  # SQLite's default page size: a commit writes at least one page to the WAL
 _INSERT_ONE = "INSERT INTO events (event_id, data) VALUES (?, ?)"
 _CHUNK = 100  # rows per multi-row INSERT (200 parameters: far below SQLite's limit)
@@ -40,13 +41,25 @@ def checkpoint_due(pages: int, quiet: float) -> bool:
 
 
 class _Written:
-    """What a log's writer wrote: read by its checkpoint thread, written by the writer only."""
+    """What a log's writer wrote, and what its checkpoint thread has checkpointed."""
 
-    __slots__ = ("at", "pages")
+    __slots__ = ("at", "done", "kick", "pages")
 
     def __init__(self) -> None:
+        # Each field has one writer thread, so no lock: a stale read only delays a checkpoint.
         self.pages = 0  # WAL pages written, estimated: one per commit plus the data's size
         self.at = 0.0  # monotonic time of the last commit
+        self.done = 0  # ``pages`` at the last checkpoint (the checkpoint thread's)
+        self.kick = threading.Event()  # wakes the checkpoint thread
+
+    def wrote(self, batch: Sequence[tuple[int, bytes]]) -> None:
+        """Count a commit; wake the checkpoint thread if it has something new to wait for."""
+        before = self.pages
+        self.pages = before + 1 + sum(len(d) for _, d in batch) // _PAGE
+        self.at = time.monotonic()
+        # The first commit since a checkpoint starts the quiet timer; a large WAL is due now.
+        if before == self.done or self.pages - self.done >= CHECKPOINT_FRAMES:
+            self.kick.set()
 
 
 class TaskLogs:
@@ -88,13 +101,17 @@ class TaskLogs:
     def _checkpoints(self, task_id: str) -> None:
         written = self._written[task_id]
         conn = sqlite3.connect(self.path(task_id), isolation_level=None, timeout=30)
-        done = 0  # pages written before the last checkpoint
         try:
-            while not self._closed.wait(CHECKPOINT_POLL):
+            while not self._closed.is_set():
+                written.kick.clear()  # before looking: a kick from now on is not lost
                 pages = written.pages
-                if checkpoint_due(pages - done, time.monotonic() - written.at):
+                quiet = time.monotonic() - written.at
+                if checkpoint_due(pages - written.done, quiet):
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    done = pages
+                    written.done = pages
+                    continue
+                # Until the log could be quiet long enough; with nothing new, until a commit.
+                written.kick.wait(CHECKPOINT_IDLE - quiet if pages > written.done else None)
         except sqlite3.Error:
             pass  # the writer reports real problems; a missed checkpoint only grows the WAL
         finally:
@@ -117,9 +134,7 @@ class TaskLogs:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        written = self._written[task_id]
-        written.pages += 1 + sum(len(d) for _, d in batch) // _PAGE
-        written.at = time.monotonic()
+        self._written[task_id].wrote(batch)
 
     def _reader(self, task_id: str) -> sqlite3.Connection | None:
         path = self.path(task_id)
@@ -162,6 +177,8 @@ class TaskLogs:
 
     def close(self) -> None:
         self._closed.set()
+        for written in self._written.values():
+            written.kick.set()
         with self._lock:
             for conn in self._writers.values():
                 with contextlib.suppress(sqlite3.Error):
