@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -165,3 +166,72 @@ def test_a_fast_run_is_written_by_its_emitter_in_batches_and_its_tail_after_it(
     # The run pays for its own writes (no GIL ping-pong with a writer thread), in batches.
     assert by_emitter >= total * 0.9, writes[:20]
     assert len(writes) < total / 5, f"{len(writes)} commits for {total} events"
+
+
+def _count_row_writes(rig: Rig) -> list[float]:
+    """Times of the store's task-row writes (the real method runs)."""
+    times: list[float] = []
+    real = rig.store.save_state
+
+    def save_state(task_id: str, columns: dict) -> None:  # type: ignore[type-arg]
+        times.append(time.monotonic())
+        real(task_id, columns)
+
+    rig.store.save_state = save_state  # type: ignore[method-assign]
+    return times
+
+
+def test_the_task_row_is_written_less_often_than_states_are_published(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("runner.task.outbox.STATE_INTERVAL", 0.02)
+    monkeypatch.setattr("runner.task.outbox.ROW_INTERVAL", 0.3)
+    rows = _count_row_writes(rig)
+    box = outbox(rig)
+    states = 0
+    try:
+        end = time.monotonic() + 1.0
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+            box.emit("Engineer", "MESSAGE", {"n": n})
+            box.set_state(progress=n / 1e6, last_message=f"{n}")
+            while rig.sub.poll(0):
+                _topic, body = rig.sub.recv_multipart()
+                states += msgspec.msgpack.decode(body)["kind"] == "state"
+            time.sleep(0.002)
+        assert box.flush(5)
+    finally:
+        box.close()
+    assert states >= 15, states  # live clients got a state every STATE_INTERVAL or so
+    gaps = [b - a for a, b in itertools.pairwise(rows)]
+    assert 2 <= len(rows) <= 6, rows  # ~1 s / ROW_INTERVAL, plus the flush's
+    assert all(g >= 0.29 for g in gaps[:-1]), gaps  # only the flush comes early
+    row = rig.store.get_task(rig.task_id)
+    assert row is not None and row.last_message == f"{n}"  # the flush wrote the newest
+
+
+def test_a_flush_writes_the_task_row_without_waiting_for_the_interval(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("runner.task.outbox.ROW_INTERVAL", 3600.0)
+    box = outbox(rig)
+    try:
+        box.set_state(progress=0.5, last_message="first")
+        assert box.flush(5)  # the first row write
+        box.set_state(progress=0.75, last_message="second")
+        # Published on the bus in its own time; its row waits for the (hour-long) interval...
+        while True:
+            assert rig.sub.poll(5000), "the state was not published"
+            msg = msgspec.msgpack.decode(rig.sub.recv_multipart()[1])
+            if msg["kind"] == "state" and msg["last_message"] == "second":
+                break
+        assert rig.store.get_task(rig.task_id).last_message == "first"  # type: ignore[union-attr]
+        assert box.flush(5)  # ...unless someone flushes
+        box.record(exit_code=0)
+        assert box.flush(5)
+    finally:
+        box.close()
+    row = rig.store.get_task(rig.task_id)
+    assert row is not None
+    assert (row.progress, row.last_message, row.exit_code) == (0.75, "second", 0)
