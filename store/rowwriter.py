@@ -3,8 +3,8 @@
 A task process updates its row (progress, last message, version) every state interval from a
 thread of its own. Through SQLAlchemy that update costs ~140 us of Python per write, nearly all
 of it holding the GIL; at 2,000 events/s each write delayed the next one or two events by
-0.4-1 ms, a cluster every 0.25 s that made up a third of the event path's p99. The same UPDATE
-on a plain ``sqlite3`` connection runs in C with the GIL released, and the clusters are gone.
+0.4-1 ms, a cluster of late events at every write. The same UPDATE on a plain ``sqlite3``
+connection runs in C with the GIL released, and the clusters are gone.
 Server databases keep the SQLAlchemy path (see :meth:`store.Store.save_state`).
 """
 

@@ -28,8 +28,8 @@ from store import Store
 
 MAX_PENDING = 20_000  # emitters wait beyond this: memory stays bounded if the log is slow
 # Progress changes with nearly every event; publishing a state per event doubled the bus and
-# WebSocket traffic, and each state is a write to the shared task row. A state is published
-# and stored at most this often (status changes are the supervisor's and go out at once).
+# WebSocket traffic. A state is published at most this often (status changes are the
+# supervisor's and go out at once).
 STATE_INTERVAL = 0.25
 # The task row (what REST readers see) is written at most this often; live clients have the
 # states. A row write per state made 50 busy tasks 200 writes/s on the shared database (one
