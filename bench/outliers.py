@@ -22,7 +22,7 @@ import httpx
 import zmq
 
 from bench import procs
-from bench.clients import ClientGroup
+from bench.clients import ClientGroup, percentile
 from bench.common import create
 from bus.messages import Event, bus_decoder
 from metastream import settings
@@ -57,8 +57,8 @@ def _via_ws(url: str, n: int) -> list[tuple[int, float, float]]:
 def _report(rep: int, got: list[tuple[int, float, float]], late_ms: float) -> None:
     steady = got[len(got) // 30 :]  # the start-up ramp is scenario 4's business
     t0 = steady[0][1]
-    lat = sorted((r - e) * 1000 for _, e, r in steady)
-    p = {q: lat[min(len(lat) - 1, int(len(lat) * q / 100))] for q in (50, 97, 99)}
+    lat = [(r - e) * 1000 for _, e, r in steady]
+    p = {q: percentile(lat, q) for q in (50, 97, 99)}  # as the table's rows compute them
     runs: list[list[tuple[int, float, float]]] = []
     for seq, e, r in steady:
         ms = (r - e) * 1000
