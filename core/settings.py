@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_type_hints
 
@@ -57,7 +57,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Resolved configuration of one metastream stack: each setting declared once, here.
 
     The README's configuration table is generated from these declarations
-    (``python -m core.settings``) and tests/core/test_settings.py checks that it matches.
+    (``python -m core.settings_table``) and tests/core/test_settings.py checks that it matches.
     """
 
     home: Annotated[
@@ -437,92 +437,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(**values)
 
 
-def markdown_table() -> str:
-    """The README's configuration table, from the declarations."""
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for _name, _hint, meta, default in declarations():
-        rows.append(f"| `{meta['env']}` | {_shown(meta['shown'], default)} | {meta['doc']} |")
-    return "\n".join(rows) + "\n"
-
-
-def _shown(shown: str, default: Any) -> str:
-    if shown:
-        return f"`{shown}`" if "/" in shown or "$" in shown else shown
-    if default is msgspec.NODEFAULT or default in ("", ()) or isinstance(default, Secrets):
-        return "unset"
-    if isinstance(default, bool):
-        return f"`{int(default)}`"
-    if isinstance(default, float) and default.is_integer():
-        default = int(default)
-    return f"`{default}`"
-
-
 # Server secrets (the settings of type Secrets): never passed to task processes, never logged.
 SECRET_ENV = tuple(
     meta["env"] for _n, hint, meta, _d in declarations() if get_args(hint)[0] is Secrets
 )
 
 
-HONCHO_DEFAULT_PORT = 5000  # honcho's own base port when it is given none
-
-
-def gateway_port(
-    cfg: Settings,
-    environ: Mapping[str, str] | None = None,
-    honcho_was_given_a_port: Callable[[], bool] | None = None,
-) -> int:
-    """The port the gateway listens on: ``PORT``, except honcho's own default.
-
-    honcho sets ``PORT`` for every Procfile process (base + 100 per process; the gateway is
-    the first, so it gets the base). The base is the user's ``PORT``, ``-p``, or a ``.env``
-    file's, and 5000 when none is given, where the contract says 8000. So only a ``PORT`` of
-    5000 under honcho is in doubt, and only then is honcho itself asked how it got it.
-    """
-    environ = os.environ if environ is None else environ
-    if "HONCHO_PROCESS_NAME" not in environ or cfg.port != HONCHO_DEFAULT_PORT:
-        return cfg.port
-    given = (honcho_was_given_a_port or _honcho_was_given_a_port)()
-    return cfg.port if given else 8000
-
-
-def _honcho_was_given_a_port() -> bool:
-    """Whether the honcho that started us had a port from its environment, ``-p`` or ``.env``."""
-    import psutil
-
-    try:
-        ancestor = psutil.Process().parent()
-        for _ in range(3):  # honcho -> sh -c -> python
-            if ancestor is None:
-                break
-            argv = ancestor.cmdline()
-            if any(part.endswith("honcho") for part in argv[:2]):
-                if ancestor.environ().get("PORT"):
-                    return True
-                if any(a in ("-p", "--port") or a.startswith(("-p", "--port=")) for a in argv):
-                    return True
-                dotenv = Path(ancestor.cwd()) / ".env"
-                return dotenv.is_file() and any(
-                    line.strip().startswith("PORT=") for line in dotenv.read_text().splitlines()
-                )
-            ancestor = ancestor.parent()
-    except (psutil.Error, OSError):
-        pass
-    return True  # can't tell: PORT as given
-
-
-def write_readme_table(readme: Path) -> None:
-    """Replace the table between the README's ``settings:begin``/``end`` markers."""
-    text = readme.read_text()
-    head, rest = text.split("<!-- settings:begin -->\n", 1)
-    _old, tail = rest.split("<!-- settings:end -->", 1)
-    readme.write_text(
-        f"{head}<!-- settings:begin -->\n{markdown_table()}<!-- settings:end -->{tail}"
-    )
-
-
-if __name__ == "__main__":
-    # ``python -m core.settings``: print the table; ``--write README.md``: update it there.
-    if sys.argv[1:2] == ["--write"]:
-        write_readme_table(Path(sys.argv[2]))
-    else:
-        print(markdown_table(), end="")
+# Where honcho runs the gateway (kept importable from here).
+from core.honcho import gateway_port as gateway_port  # noqa: E402

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from core import settings
-from core.settings import Secrets, declarations, gateway_port, load, markdown_table
+from core.settings import Secrets, declarations, gateway_port, load
+from core.settings_table import markdown_table
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -17,7 +18,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def test_the_readme_table_is_generated_from_the_declarations() -> None:
     text = README.read_text()
     table = text.split("<!-- settings:begin -->\n", 1)[1].split("<!-- settings:end -->", 1)[0]
-    assert table == markdown_table(), "regenerate it: python -m core.settings --write README.md"
+    assert table == markdown_table(), (
+        "regenerate it: python -m core.settings_table --write README.md"
+    )
 
 
 def test_every_variable_read_is_declared_once() -> None:
