@@ -68,7 +68,7 @@ class Supervisor:
         self.cfg = cfg
         self.store = store
         self.pub = publisher
-        self.node = node or os.environ.get("METASTREAM_NODE") or socket.gethostname()
+        self.node = node or cfg.node or socket.gethostname()
         self.running: dict[str, Running] = {}
         self.admission = Admission(cfg.max_running)
         self.heartbeats = HeartbeatPolicy(cfg.heartbeat_timeout, STARTUP_GRACE, clock)
