@@ -21,7 +21,9 @@ from bus.messages import TERMINAL_STATUSES, StartTask, State, json_encoder, stat
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.hub import Hub, Item, Listener, LiveBeat, LiveEvent, LiveState
 from gateway.logreader import LogReader
+from gateway.metrics import GatewayMetrics
 from gateway.wsprotocol import SEND_TEXTS
+from metastream.metrics import Registry
 from metastream.settings import Settings
 from store import Store
 
@@ -63,6 +65,7 @@ class TaskStream:
         control: ControlClient,
         cfg: Settings,
         autostart: bool = True,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.ws = ws
         self.task_id = task_id
@@ -73,6 +76,7 @@ class TaskStream:
         self.control = control
         self.cfg = cfg
         self.autostart = autostart
+        self.metrics = metrics or GatewayMetrics(Registry(enabled=False))
         self.phase = Phase.CONNECTING
         self._last_state: dict[str, Any] | None = None
         self._last_state_version = -1
@@ -103,6 +107,7 @@ class TaskStream:
             except OSError as exc:  # uvicorn's ClientDisconnected, as Starlette reports it
                 raise WebSocketDisconnect(code=1006) from exc
         self._last_send = time.monotonic()
+        self.metrics.ws_sent.inc(len(frames))
 
     async def _send_json(self, msg_type: str, data: dict[str, Any]) -> None:
         await self._send(ws_frame(msg_type, json_encoder.encode(data)))
@@ -111,6 +116,7 @@ class TaskStream:
 
     async def run(self) -> None:
         await self.ws.accept()
+        self.metrics.ws_opened.inc()
         row = await self._db(self.store.get_task, self.task_id)
         if row is None:
             await self._send_json("error", {"message": "Task not found"})
@@ -160,7 +166,7 @@ class TaskStream:
                 tg.start_soon(self._read_client, tg.cancel_scope)
                 tg.start_soon(self._forward, listener, tg.cancel_scope)
         except* WebSocketDisconnect:
-            pass  # the client left; the task goes on (policy decides otherwise)
+            self.metrics.ws_client_left.inc()  # the task goes on (policy decides otherwise)
         finally:
             self.hub.detach(listener)
             self.phase = Phase.CLOSED
@@ -171,6 +177,7 @@ class TaskStream:
 
     async def _close(self, code: int) -> None:
         self.phase = Phase.CLOSING
+        self.metrics.closed(code)
         with contextlib.suppress(RuntimeError):  # the client closed first
             await self.ws.close(code)
 
@@ -195,6 +202,7 @@ class TaskStream:
                     # long as each pass still finds many new events (reading the log is the
                     # cheaper way to follow a fast task), then take live messages again and
                     # read what was logged before they resumed.
+                    self.metrics.ws_log_catchups.inc()
                     while await self._catch_up(None) >= LIVE_AGAIN_BELOW:
                         pass
                     listener.reset()
@@ -228,6 +236,7 @@ class TaskStream:
                 if event_id < self.next_id:
                     return False  # already sent (replayed from the log)
                 if event_id > self.next_id:
+                    self.metrics.ws_gap_refills.inc(event_id - self.next_id)
                     await self._catch_up(event_id - 1)  # a gap: refill from the log
                 if event_id == self.next_id:
                     await self._send(frame)
@@ -287,6 +296,7 @@ class TaskStream:
             await self._send_many([frame for _, frame in rows])
             self.next_id = rows[-1][0] + 1
             sent += len(rows)
+        self.metrics.ws_log_events.inc(sent)
         return sent
 
     async def _offer_state(self, state: State) -> None:

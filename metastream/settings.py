@@ -122,6 +122,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     create_burst: int = 100
     curve_dir: str = ""
     warm: bool = True  # fork task processes from a pre-imported zygote (runner.forkserver)
+    # Operating (README "Operating metastream"): Prometheus metrics and the log format.
+    metrics: bool = True  # False: no /metrics, no metrics servers, nothing counted
+    metrics_host: str = "127.0.0.1"
+    # 0 = no server. Off by default: two stacks side by side (and tests) would clash on fixed
+    # ports; an operator picks them (e.g. 9101, 9102).
+    supervisor_metrics_port: int = 0
+    bus_metrics_port: int = 0
+    log_format: str = "plain"
 
     @property
     def data_dir(self) -> Path:
@@ -156,6 +164,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 DISCONNECT_POLICIES = ("continue", "kill", "grace")
+LOG_FORMATS = ("plain", "json")
+_OFF = ("0", "false", "no", "off")
 # Server secrets: never passed to task processes, never logged.
 SECRET_ENV = ("METASTREAM_API_TOKEN", "METASTREAM_TICKET_SECRET")
 
@@ -177,6 +187,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise ValueError(f"METASTREAM_DISCONNECT_POLICY must be one of {DISCONNECT_POLICIES}")
     home = Path(env.text("METASTREAM_HOME", "var")).resolve()
     run = run_dir_for(home)
+    log_format = env.text("METASTREAM_LOG_FORMAT", "plain").strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"METASTREAM_LOG_FORMAT must be one of {LOG_FORMATS}")
     return Settings(
         home=home,
         host=env.text("HOST", "127.0.0.1"),
@@ -217,6 +230,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         create_burst=env.integer("METASTREAM_CREATE_BURST", 100),
         curve_dir=env.text("METASTREAM_CURVE_DIR", ""),
         warm=env.text("METASTREAM_WARM", "1").strip().lower() not in ("0", "false", "no", "off"),
+        metrics=env.text("METASTREAM_METRICS", "1").strip().lower() not in _OFF,
+        metrics_host=env.text("METASTREAM_METRICS_HOST", "127.0.0.1"),
+        supervisor_metrics_port=env.integer("METASTREAM_SUPERVISOR_METRICS_PORT", 0),
+        bus_metrics_port=env.integer("METASTREAM_BUS_METRICS_PORT", 0),
+        log_format=log_format,
     )
 
 

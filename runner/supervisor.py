@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
+
 from bus.client import Publisher
 from bus.messages import (
     SYSTEM_TOPIC_PREFIX,
@@ -19,9 +21,11 @@ from bus.messages import (
     Reply,
     utcnow,
 )
+from metastream.metrics import Registry
 from metastream.settings import Settings
 from runner import process
 from runner.forkserver import ForkServer, ForkServerError
+from runner.metrics import SupervisorMetrics
 from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits
 from store import Store, TaskRow
 
@@ -54,6 +58,7 @@ class Supervisor:
         publisher: Publisher,
         node: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Registry | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -70,6 +75,8 @@ class Supervisor:
         self.forkserver: ForkServer | None = None  # the warm path, once start_forkserver ran
         self.on_started: Callable[[str], None] = lambda _tid: None
         self.on_ended: Callable[[str], None] = lambda _tid: None
+        self.metrics = SupervisorMetrics(metrics or Registry(enabled=False), self.node)
+        self.metrics.gauges(self._gauges)
 
     @property
     def beacon_topic(self) -> bytes:
@@ -139,6 +146,7 @@ class Supervisor:
             )
             if ended is not None:
                 self._publish(ended)
+                self.metrics.ended(task_id, "CANCELLED")
                 return Reply(ok=True, status="CANCELLED")
         # It became RUNNING while we looked: stop the process.
         run = self.running.get(task_id)
@@ -156,6 +164,7 @@ class Supervisor:
         if run.stop_reason is None:
             run.stop_reason = (status, message)
         if run.stopping is None:
+            self.metrics.killed(_kill_reason(status, message))
             ask_timeout = self.cfg.stop_ask_timeout if how == "ask" else 0.0
             term_timeout = self.cfg.stop_term_timeout if how in ("ask", "term") else 0.0
             run.stopping = asyncio.create_task(process.stop(run.child, ask_timeout, term_timeout))
@@ -205,9 +214,12 @@ class Supervisor:
             )
             if failed:
                 self._publish(failed)
+                self.metrics.ended(task_id, "FAILED")
             return
         await self._db(self.store.set_process, task_id, child.pid, child.create_time)
         self._track(task_id, child, row.options)
+        how = "warm" if child.forked else "cold"
+        self.metrics.started(task_id, how, row.queued_at, row.last_event_id + 1)
         self._publish(started)
 
     async def _spawn(self, task_id: str, workspace: Path) -> process.Child:
@@ -288,6 +300,8 @@ class Supervisor:
         self.running.pop(task_id, None)
         if ended is not None:
             self._publish(ended)
+            await self._first_event_metric(task_id)
+            self.metrics.ended(task_id, status, fields["last_event_id"])
             log.info("task %s %s: %s", task_id, status, message)
         self.on_ended(task_id)
         await self.pump()
@@ -309,10 +323,23 @@ class Supervisor:
             text = "Task process ended while the supervisor was restarting (exit status unknown)"
         return "FAILED", f"{text}: {reason}" if reason else text
 
+    async def _first_event_metric(self, task_id: str) -> None:
+        """A task that ended before a heartbeat told its first event's time: read it."""
+        first = self.metrics.awaiting_first_event(task_id)
+        if first is not None:
+            rows = await self._db(self.store.read_events, task_id, first - 1, 1)
+            if rows:
+                self.metrics.first_event(task_id, msgspec.json.decode(rows[0][1])["timestamp"])
+
+    def _gauges(self) -> dict[str, float]:
+        restarts = self.forkserver.restarts if self.forkserver is not None else 0
+        return {"zygote_restarts": restarts, "running": len(self.running)}
+
     # --- heartbeats ----------------------------------------------------------------------
 
     def heard(self, msg: Heartbeat) -> None:
         self.heartbeats.beat(msg.task_id)
+        self.metrics.heard(msg)
 
     def bus_beacon(self) -> None:
         if self.heartbeats.beacon():
@@ -326,6 +353,7 @@ class Supervisor:
                 self.heartbeats.forget(task_id)
                 continue
             msg = f"Task process unresponsive: no heartbeat for {silent:.1f} s; killed"
+            self.metrics.heartbeat_misses.inc()
             self._stop_soon(run, "FAILED", msg, how="kill")
         if not self.heartbeats.bus_ok():
             return  # leases can't arrive either: judge nobody's absence
@@ -366,6 +394,7 @@ class Supervisor:
             if child is not None:
                 log.info("re-adopted task %s (pid %s)", row.id, row.pid)
                 self._track(row.id, child, row.options)
+                self.metrics.started(row.id, "adopted", None)
                 continue
             # Gone while nobody watched: its own record says how it ended, if it got that far.
             if row.exit_code == 0:
@@ -388,6 +417,7 @@ class Supervisor:
             )
             if ended:
                 self._publish(ended)
+                self.metrics.ended(row.id, status)
         await self.pump()
 
     async def shutdown(self, reason: str = "Supervisor shut down") -> None:
@@ -400,3 +430,14 @@ class Supervisor:
         # Queued tasks stay QUEUED: the next supervisor starts them.
         if self.forkserver is not None:
             await self.forkserver.close(self.cfg.stop_ask_timeout, self.cfg.stop_term_timeout)
+
+
+def _kill_reason(status: str, message: str) -> str:
+    """A bounded label for why the supervisor stopped a task (see runner.metrics)."""
+    if status == "CANCELLED":
+        if message.startswith("Supervisor shut down"):
+            return "shutdown"
+        return "disconnect" if "(policy " in message else "cancel"
+    if "unresponsive" in message:
+        return "unresponsive"
+    return "memory" if "memory" in message else "timeout"
