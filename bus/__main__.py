@@ -1,7 +1,7 @@
 """``python -m bus``: run the stack's XSUB/XPUB proxy."""
 
 from bus.proxy import serve
-from metastream import logs, settings
+from core import logs, settings
 
 if __name__ == "__main__":
     logs.setup("bus")

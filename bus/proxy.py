@@ -12,8 +12,8 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from bus import curve
 from bus.metrics import BusCounters, watch_sockets
-from metastream import logs
-from metastream.metrics import Registry, Server
+from core import logs
+from core.metrics import Registry, Server
 
 log = logging.getLogger("metastream.bus")
 

@@ -9,9 +9,9 @@ import sys
 import uvicorn
 
 from bus.curve import InsecureEndpoint, check_endpoints
+from core import logs, settings
 from gateway.security import bind_problem, describe
 from gateway.wsprotocol import WS_PROTOCOL
-from metastream import logs, settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         # Clients have nothing big to send; a larger frame closes the socket with 1009.
         ws_max_size=cfg.ws_max_message_bytes,
         log_level="info",
-        # uvicorn's records go through the root handler of metastream.logs: one format for
+        # uvicorn's records go through the root handler of core.logs: one format for
         # every process, and tickets in logged URLs are redacted.
         log_config=None,
     )

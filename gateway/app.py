@@ -20,6 +20,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bus.client import Publisher
 from bus.messages import Ping
+from core import settings as settings_mod
+from core.metrics import Registry
+from core.settings import Settings
 from gateway import api, files, readiness, ws
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.hub import Hub
@@ -29,9 +32,6 @@ from gateway.logreader import LogReader
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics, GatewayState
 from gateway.models import COMMON_RESPONSES
 from gateway.security import AuthMiddleware, Guard
-from metastream import settings as settings_mod
-from metastream.metrics import Registry
-from metastream.settings import Settings
 from store import Store
 
 STATIC_DIR = Path(__file__).parent / "static"

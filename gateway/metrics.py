@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from bus.messages import STATUSES
-from metastream.metrics import Registry
+from core.metrics import Registry
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # WebSocket close codes -> the bounded ``reason`` label of metastream_ws_closed_total.

@@ -13,8 +13,8 @@ from bus.client import AsyncSubscriber, DecodeFailure, Publisher, decode_frames
 from bus.curve import check_endpoints
 from bus.messages import LEASE_TOPIC, Heartbeat, Lease, topic
 from bus.ratelog import RateLimitedLog
-from metastream import logs, settings
-from metastream.metrics import Registry, Server
+from core import logs, settings
+from core.metrics import Registry, Server
 from runner.control import ControlServer
 from runner.supervisor import Supervisor
 from store import Store

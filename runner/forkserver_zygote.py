@@ -258,7 +258,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from metastream import logs
+    from core import logs
 
     logs.setup("zygote")
     sys.exit(main(sys.argv[1:]))

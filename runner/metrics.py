@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from bus.messages import BATCH_SIZE_BOUNDS, WRITE_SECONDS_BOUNDS, Heartbeat, WriteStats
-from metastream.metrics import Registry
+from core.metrics import Registry
 
 # create/run request -> first event: a warm synthetic task takes ~50 ms, a cold MetaGPT one ~8 s.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)

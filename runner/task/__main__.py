@@ -15,7 +15,8 @@ from typing import Any
 import msgspec
 
 from bus.client import Publisher
-from metastream import logs, settings
+from bus.messages import state_of
+from core import logs, settings
 from runner.task.outbox import Outbox
 from runner.task.workload import Cancelled
 from store import Store
@@ -42,7 +43,7 @@ def main(argv: list[str]) -> int:
         publisher,
         task_id,
         first_event_id=max(row.last_event_id, store.last_event_id(task_id)) + 1,
-        state=msgspec.structs.replace(row.state(), status="RUNNING"),
+        state=msgspec.structs.replace(state_of(row), status="RUNNING"),
         heartbeat_interval=cfg.heartbeat_interval,
     )
 

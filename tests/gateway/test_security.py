@@ -17,9 +17,9 @@ import pytest
 import websockets
 from starlette.datastructures import Headers
 
+from core import settings
 from gateway.limits import TokenBuckets, json_depth_exceeds
 from gateway.security import Guard
-from metastream import settings
 from metastream.stack import Stack, free_port
 from tests.helpers import Received, create_task
 

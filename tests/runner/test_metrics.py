@@ -6,7 +6,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bus.messages import BATCH_SIZE_BOUNDS, WRITE_SECONDS_BOUNDS, Heartbeat, WriteStats
-from metastream.metrics import Registry
+from core.metrics import Registry
 from runner.metrics import SupervisorMetrics
 
 T1 = "11111111-1111-4111-8111-111111111111"

@@ -19,8 +19,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from bus.messages import TASK_ID_LENGTH, is_task_id
-from metastream.settings import LOG_FORMATS
+from core.ids import TASK_ID_LENGTH, is_task_id
+from core.settings import LOG_FORMATS
 
 PLAIN_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 # Secrets that may show up in a logged URL or message whatever their value.

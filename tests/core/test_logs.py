@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from metastream import logs
+from core import logs
 
 TID = "0b0f4c1e-5f0e-4a8e-9d51-3c2b1a0f9e77"
 ENV = {
