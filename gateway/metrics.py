@@ -30,6 +30,19 @@ CLOSE_REASONS = {
 }
 
 
+# Kinds of rejection the gateway counts (gateway.limits, gateway.security, gateway.ws): shown
+# at 0 from the start, so that alerts on them have a series; kinds added later show once seen.
+REJECTION_KINDS = (
+    "body_too_large",
+    "create_rate_limited",
+    "http_unauthorized",
+    "json_too_deep",
+    "ws_origin_rejected",
+    "ws_per_client_rejected",
+    "ws_unauthorized",
+)
+
+
 class GatewayMetrics:
     """What one gateway counts."""
 
@@ -87,13 +100,13 @@ class GatewayState(Collector):
         connections: Callable[[], int],
         watched_tasks: Callable[[], int],
         rejections: Counter[str],
-        ready: Callable[[], bool],
+        bus_connected: Callable[[], bool],
     ) -> None:
         self._status_counts = status_counts
         self._connections = connections
         self._watched = watched_tasks
         self._rejections = rejections
-        self._ready = ready
+        self._bus_connected = bus_connected
 
     def collect(self) -> Iterator[Any]:
         tasks = GaugeMetricFamily(
@@ -119,9 +132,13 @@ class GatewayState(Collector):
             "Requests and connections refused by the gateway's limits and auth, by kind",
             labels=["kind"],
         )
-        for kind, n in sorted(self._rejections.items()):
+        counts = dict.fromkeys(REJECTION_KINDS, 0) | dict(self._rejections)
+        for kind, n in sorted(counts.items()):
             rejected.add_metric([kind], n)
         yield rejected
-        ready = GaugeMetricFamily("metastream_gateway_ready", "1 while /readyz answers ready")
-        ready.add_metric([], float(self._ready()))
-        yield ready
+        bus = GaugeMetricFamily(
+            "metastream_gateway_bus_connected",
+            "1 while this gateway hears its own beacon through the bus (the /readyz bus check)",
+        )
+        bus.add_metric([], float(self._bus_connected()))
+        yield bus

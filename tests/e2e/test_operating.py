@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,7 @@ def test_gateway_counts_connections_messages_catchups_and_tasks(run: Run) -> Non
     assert total(after, "metastream_ws_connections") == 0
     for status, n in (("COMPLETED", 2), ("FAILED", 3), ("CANCELLED", 1), ("RUNNING", 0)):
         assert total(after, "metastream_tasks", status=status, node="node-ops") == n, status
-    assert total(after, "metastream_gateway_ready") == 1
+    assert total(after, "metastream_gateway_bus_connected") == 1
     assert total(run.bus, "metastream_bus_connections", side="subscribers") >= 2
 
 
@@ -219,3 +220,15 @@ def test_every_process_logs_json_with_the_task_id_on_task_lines(run: Run) -> Non
     failed = [r for r in boom if r["level"] == "ERROR"]
     assert failed and "synthetic failure" in failed[0]["message"]
     assert "RuntimeError" in failed[0]["exc"]  # the traceback rides in the record
+
+
+def test_the_dashboard_uses_only_metrics_that_exist(run: Run) -> None:
+    dashboard = json.loads(
+        (Path(__file__).parents[2] / "docs" / "grafana-dashboard.json").read_text()
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs.append(dashboard["templating"]["list"][1]["query"]["query"])
+    used = {m for e in exprs for m in re.findall(r"metastream_[a-z_]+", e)}
+    assert len(used) >= 20
+    exported = {name for samples in (*run.gateway, *run.supervisor, run.bus) for name, _ in samples}
+    assert used - exported == set()

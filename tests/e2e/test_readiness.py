@@ -32,7 +32,7 @@ def test_not_ready_while_the_bus_proxy_is_down_and_ready_again_after(stack: Stac
     # Liveness is not readiness: the process is up, a restart would not help.
     assert httpx.get(f"{stack.url}/healthz", timeout=10).status_code == 200
     metrics = httpx.get(f"{stack.url}/metrics", timeout=10).text
-    assert "metastream_gateway_ready 0.0" in metrics
+    assert "metastream_gateway_bus_connected 0.0" in metrics
 
     stack.start_component("bus")
     poll_for(lambda: _readyz(stack).status_code == 200, 20, what="ready again")
