@@ -132,6 +132,21 @@ class Store:
             total = c.execute(select(func.count()).select_from(tasks)).scalar_one()
         return found, total
 
+    def ping(self) -> None:
+        """Raise unless the database answers (readiness checks)."""
+        with self._read.connect() as c:
+            c.execute(select(1)).scalar_one()
+
+    def status_counts(self) -> list[tuple[str, str | None, int]]:
+        """How many tasks are in each (status, node) (metrics)."""
+        with self._read.connect() as c:
+            rows = c.execute(
+                select(tasks.c.status, tasks.c.node, func.count()).group_by(
+                    tasks.c.status, tasks.c.node
+                )
+            )
+            return [(status, node, int(n)) for status, node, n in rows]
+
     def tasks_with_status(self, statuses: Iterable[str], node: str | None = None) -> list[TaskRow]:
         """Tasks in the given statuses, oldest first (queue order)."""
         q = select(tasks).where(tasks.c.status.in_(list(statuses)))
