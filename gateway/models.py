@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from store import TaskRow
+from store.runs import RunRow
 
 # The configured maximum (METASTREAM_MAX_REQUIREMENT) is checked by the route, not here:
 # field constraints are fixed when the class is built, the limit is per gateway.
@@ -65,6 +66,46 @@ class TaskCreate(BaseModel):
     )
 
 
+class MessageIn(BaseModel):
+    """``POST /api/tasks/{id}/messages``: the next requirement of the conversation."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    requirement: str = Field(
+        min_length=1,
+        pattern=r"\S",  # not only whitespace
+        description="at most METASTREAM_MAX_REQUIREMENT characters (default 20,000)",
+    )
+
+
+class RunOut(BaseModel):
+    """One run of a task: the first, a follow-up, a resume (``GET /api/tasks/{id}``)."""
+
+    run: int
+    kind: Literal["start", "retry", "follow_up", "resume"]
+    requirement: str
+    status: str
+    first_event_id: int | None
+    last_event_id: int | None
+    created_at: str
+    started_at: str | None
+    ended_at: str | None
+
+    @classmethod
+    def of(cls, r: RunRow) -> RunOut:
+        return cls(
+            run=r.run_no,
+            kind=r.kind,  # type: ignore[arg-type]
+            requirement=r.requirement,
+            status=r.status,
+            first_event_id=r.first_event_id,
+            last_event_id=r.last_event_id,
+            created_at=r.created_at,
+            started_at=r.started_at,
+            ended_at=r.ended_at,
+        )
+
+
 class TaskOut(BaseModel):
     """A task and its current state."""
 
@@ -82,9 +123,11 @@ class TaskOut(BaseModel):
     last_event_id: int
     exit_code: int | None = None
     options: dict[str, Any] = {}
+    # The conversation's runs, oldest first; only on single-task answers (None in lists).
+    runs: list[RunOut] | None = None
 
     @classmethod
-    def of(cls, row: TaskRow) -> TaskOut:
+    def of(cls, row: TaskRow, runs: list[RunRow] | None = None) -> TaskOut:
         return cls(
             id=row.id,
             task_id=row.id,
@@ -100,6 +143,7 @@ class TaskOut(BaseModel):
             last_event_id=row.last_event_id,
             exit_code=row.exit_code,
             options=row.options,
+            runs=None if runs is None else [RunOut.of(r) for r in runs],
         )
 
 

@@ -10,7 +10,7 @@ its address. Frames from clients are capped by uvicorn (``ws_max_size``, close c
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, WebSocket
 
@@ -37,6 +37,10 @@ async def task_stream(
     last_event_id: Annotated[int, Query(ge=0)] = 0,
     ticket: Annotated[str | None, Query(max_length=200)] = None,
     start: Annotated[bool, Query(description="auto-start a PENDING/FAILED task")] = True,
+    follow: Annotated[
+        Literal["task", "conversation"],
+        Query(description="conversation: stay connected after a final state for the next run"),
+    ] = "task",
 ) -> None:
     state = websocket.app.state
     guard: Guard = state.guard
@@ -66,6 +70,7 @@ async def task_stream(
             cfg=state.settings,
             autostart=start,
             metrics=state.metrics,
+            conversation=follow == "conversation",
         )
         await stream.run()
     finally:

@@ -22,6 +22,7 @@ from core.status import INITIAL, TaskStatus, TransitionError, check, sources
 from core.task import TaskRow
 from store.eventlog import TaskLogs
 from store.rowwriter import RowWriter
+from store.runs import Runs
 from store.schema import events, metadata, tasks
 
 BUSY_TIMEOUT_MS = 30_000
@@ -75,6 +76,7 @@ class Store:
         self._rows = (
             RowWriter(database, BUSY_TIMEOUT_MS) if database not in (None, "", ":memory:") else None
         )
+        self.runs = Runs(self._write, self._read)  # a task's runs (follow-ups, resumes)
 
     def create_schema(self) -> None:
         metadata.create_all(self._write)

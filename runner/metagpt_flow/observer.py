@@ -65,6 +65,18 @@ class FlowObserver:
         self._log_events = 0
         self.round = 0
 
+    def recall(self) -> None:
+        """A resumed run: take the task list and code already written from the project."""
+        project = self.workspace / self.src_dirname
+        for doc in sorted((project / "docs" / "task").glob("*.json")):
+            with contextlib.suppress(json.JSONDecodeError, OSError):
+                found = json.loads(doc.read_text())
+                self.task_list = [
+                    str(x) for x in found.get("Refined Task list") or found.get("Task list", [])
+                ]
+        src = project / self.src_dirname
+        self.code_files = {name for name in self.task_list if (src / name).is_file()}
+
     # -- plumbing ---------------------------------------------------------------------------
     def emit(self, role: str, event_type: str, payload: dict[str, Any]) -> int:
         self.counts[event_type] = self.counts.get(event_type, 0) + 1
@@ -127,8 +139,10 @@ class FlowObserver:
         self.emit(role, ERROR, {"action": action, "file": filename, "error": error})
 
     def on_node_filled(self, role: str, key: str, content: dict[str, Any]) -> None:
-        if isinstance(content.get("Task list"), list):
-            self.task_list = [str(x) for x in content["Task list"]]
+        # Incremental mode (a follow-up) answers "Refined Task list" instead.
+        for key in ("Task list", "Refined Task list"):
+            if isinstance(content.get(key), list):
+                self.task_list = [str(x) for x in content[key]]
         text, meta = truncate(json.dumps(content, ensure_ascii=False, default=str))
         self.emit(role, NODE_FILLED, {"node": key, "content": text, **meta})
 
@@ -152,7 +166,9 @@ class FlowObserver:
         )
         if kind == "task_list" and not self.task_list:
             with contextlib.suppress(json.JSONDecodeError, AttributeError):
-                self.task_list = [str(x) for x in json.loads(content).get("Task list", [])]
+                doc = json.loads(content)
+                found = doc.get("Refined Task list") or doc.get("Task list", [])
+                self.task_list = [str(x) for x in found]
         if kind == "code":
             self._on_code_file(role, rel)
 

@@ -86,9 +86,17 @@ def retarget(root: Path, obs: Any) -> int:
 
 
 def build_context(
-    spec: Any, workspace: Path, project: str, llm: dict[str, Any], fast_fail: bool
+    spec: Any,
+    workspace: Path,
+    project: str,
+    llm: dict[str, Any],
+    fast_fail: bool,
+    hire: bool = True,
 ) -> tuple[Any, Any]:
-    """Config, Context, roles and Environment for one run (nothing read from files)."""
+    """Config, Context, roles and Environment for one run (nothing read from files).
+
+    ``hire=False``: no roles and no requirement (a resume brings its own serialized team).
+    """
     from metagpt.actions import UserRequirement
     from metagpt.config2 import Config
     from metagpt.configs.llm_config import LLMConfig
@@ -103,24 +111,27 @@ def build_context(
     from runner.metagpt_flow.hooks import ObservedCostManager
 
     llm_config = LLMConfig(**llm, timeout=60 if fast_fail else 600)
+    incremental = bool(getattr(spec, "incremental", False))
     config = Config(
         llm=llm_config,
         workspace=WorkspaceConfig(path=workspace),
         project_name=project,
-        project_path="",  # a path would switch MetaGPT to incremental mode
-        inc=False,
+        # A path switches MetaGPT to incremental mode: the project is kept and refined, not
+        # deleted and rewritten (what `generate_repo(inc=True, project_path=...)` does).
+        project_path=str(workspace / project) if incremental else "",
+        inc=incremental,
         mermaid=MermaidConfig(engine="none"),
     )
     cost_manager = ObservedCostManager(max_budget=spec.investment)
     ctx = Context(config=config, cost_manager=cost_manager)
     env = Environment(context=ctx)
+    if not hire:
+        return ctx, env
     roles = [ProductManager, Architect, ProjectManager]
-    hired = [cls(context=ctx, llm=_new_llm(ctx, fast_fail)) for cls in roles]
-    hired.append(
-        Engineer(context=ctx, llm=_new_llm(ctx, fast_fail), n_borg=5, use_code_review=True)
-    )
+    hired = [cls(context=ctx, llm=new_llm(ctx, fast_fail)) for cls in roles]
+    hired.append(Engineer(context=ctx, llm=new_llm(ctx, fast_fail), n_borg=5, use_code_review=True))
     if spec.use_qa:
-        hired.append(QaEngineer(context=ctx, llm=_new_llm(ctx, fast_fail)))
+        hired.append(QaEngineer(context=ctx, llm=new_llm(ctx, fast_fail)))
     env.add_roles(hired)
     env.publish_message(
         Message(
@@ -134,7 +145,7 @@ def build_context(
     return ctx, env
 
 
-def _new_llm(ctx: Any, fast_fail: bool) -> Any:
+def new_llm(ctx: Any, fast_fail: bool) -> Any:
     """A fresh LLM per role (the system prompt is per role) sharing the run's cost manager."""
     llm = ctx.llm_with_cost_manager_from_llm_config(ctx.config.llm)
     llm.cost_manager = ctx.cost_manager

@@ -19,7 +19,7 @@ from bus.messages import state_of
 from core import logs, settings
 from runner.task.outbox import Outbox
 from runner.task.workload import Cancelled
-from store import Store
+from store import Store, TaskRow
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
 log = logging.getLogger("metastream.task")
@@ -56,8 +56,18 @@ def main(argv: list[str]) -> int:
     log.info("task %s started (pid %d)", task_id, os.getpid())
     outbox.start()
     code = EXIT_OK
+    # The supervisor wrote this run's row before starting us: what to run (first run, follow-up,
+    # resume). A task stored before runs existed has none: its first run.
+    run = store.runs.latest(task_id)
+    kind, requirement = (run.kind, run.requirement) if run else ("start", row.requirement)
     try:
-        _run_workload(row.options, row.requirement, row.test_mode, cfg.task_dir(task_id), outbox)
+        if row.options.get("synthetic") is None:
+            outbox.emit(
+                "System",
+                "run_started",
+                {"run": run.run_no if run else 1, "kind": kind, "requirement": requirement},
+            )
+        _run_workload(row, kind, requirement, cfg.task_dir(task_id), outbox)
         outbox.set_state(progress=1.0, last_message="Completed")
         outbox.record(exit_code=EXIT_OK)
     except Cancelled:
@@ -76,17 +86,15 @@ def main(argv: list[str]) -> int:
     return code
 
 
-def _run_workload(
-    options: dict[str, Any], requirement: str, test_mode: bool, workspace: Path, out: Outbox
-) -> None:
-    if options.get("synthetic") is not None:
+def _run_workload(row: TaskRow, kind: str, requirement: str, workspace: Path, out: Outbox) -> None:
+    if row.options.get("synthetic") is not None:
         from runner.task import synthetic
 
-        synthetic.run(msgspec.convert(options["synthetic"], synthetic.SyntheticSpec), out)
+        synthetic.run(msgspec.convert(row.options["synthetic"], synthetic.SyntheticSpec), out)
         return
     from runner.task import metagpt_task
 
-    metagpt_task.run(requirement, test_mode, options, workspace, out)
+    metagpt_task.run(row, kind, requirement, workspace, out)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ from typing import Any
 
 from core import settings
 from runner.metagpt_flow import FlowCancelled, FlowSpec, run_metagpt
+from runner.metagpt_flow.flow import project_name_for
 from runner.task.workload import Cancelled, Emitter
+from store import TaskRow
 
 log = logging.getLogger("metastream.task")
 
@@ -34,10 +36,13 @@ def flow_spec(requirement: str, test_mode: bool, options: dict[str, Any]) -> Flo
     return spec
 
 
-def run(
-    requirement: str, test_mode: bool, options: dict[str, Any], workspace: Path, out: Emitter
-) -> None:
-    spec = flow_spec(requirement, test_mode, options)
+def run(row: TaskRow, kind: str, requirement: str, workspace: Path, out: Emitter) -> None:
+    """Run the flow for this run of the task (``kind``: start, retry, follow_up, resume)."""
+    spec = flow_spec(requirement, row.test_mode, row.options)
+    # Every run of a conversation works on the project the first requirement named.
+    spec.project_name = project_name_for(row.requirement)
+    spec.incremental = kind == "follow_up"
+    spec.resume = kind == "resume"
     try:
         run_metagpt(spec, workspace, out)
     except FlowCancelled as exc:

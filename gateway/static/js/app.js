@@ -2,6 +2,7 @@
 
 import { api, getToken, onAuthError, setToken } from "./api.js";
 import { $, fmtCost, fmtDuration, fmtInt, TERMINAL, toast } from "./dom.js";
+import { Conversation } from "./conversation.js";
 import { FilesView } from "./files.js";
 import { TaskStream } from "./stream.js";
 import { setupCreateForm, TaskList } from "./tasks.js";
@@ -37,6 +38,7 @@ const ui = {
   cancel: $("#cancel-btn"),
 };
 
+const conversation = new Conversation();
 const timeline = new Timeline($("#timeline"), $("#agent-strip"), { openFile: (p) => showFile(p) });
 const files = new FilesView({
   tree: $("#file-tree"),
@@ -64,13 +66,18 @@ function openTask(id) {
   ui.lastMessage.textContent = "";
   applyState({ status: "PENDING", progress: 0, current_agent: null });
   timeline.reset();
+  conversation.open(id);
   files.reset(id);
   tasks.select(id);
   selectTab("timeline");
   const mine = current;
   api
     .getTask(id)
-    .then((t) => mine === current && applyTask(t))
+    .then((t) => {
+      if (mine !== current) return;
+      applyTask(t);
+      conversation.show(t);
+    })
     .catch((err) => {
       if (mine !== current) return;
       ui.requirement.textContent = err.status === 404 ? "Task not found" : `Could not load the task: ${err.message}`;
@@ -81,6 +88,7 @@ function openTask(id) {
     onState: (s) => {
       if (mine !== current) return;
       applyState(s);
+      conversation.setStatus(s.status);
       tasks.update(s);
       // Only the stream's final state comes after the last event; the REST copy may not.
       if (TERMINAL.has(s.status)) timeline.finish();
