@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> None:
         # Clients have nothing big to send; a larger frame closes the socket with 1009.
         ws_max_size=cfg.ws_max_message_bytes,
         log_level="info",
+        # X-Forwarded-For is believed only from configured proxies (none by default): from
+        # anyone else it would let one client pose as many and dodge per-address limits.
+        proxy_headers=bool(cfg.trusted_proxies),
+        forwarded_allow_ips=list(cfg.trusted_proxies) or None,
     )
 
 

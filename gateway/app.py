@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bus.client import Publisher
 from bus.messages import Ping
 from gateway import api, files, ws
+from gateway.browser import BrowserGuardMiddleware
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.hub import Hub
 from gateway.leases import LeaseKeeper
@@ -75,8 +76,8 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     app.state.guard = guard
     app.state.counters = counters
     app.state.ws_clients = ConnectionCounter(cfg.ws_max_per_client)
-    # The last added runs first: CORS answers preflights, then auth, then the input limits (so
-    # that unauthenticated requests never spend a client's task-creation budget).
+    # The last added runs first: Host/Origin checks, CORS answers preflights, then auth, then
+    # the input limits (so unauthenticated requests never spend a client's creation budget).
     app.add_middleware(LimitsMiddleware, cfg=cfg, counters=counters)
     app.add_middleware(AuthMiddleware, guard=guard)
     if cfg.allowed_origins:
@@ -87,6 +88,8 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
+    # Outermost: a rebinding page or a cross-site form gets nothing, not even a preflight.
+    app.add_middleware(BrowserGuardMiddleware, cfg=cfg, guard=guard, counters=counters)
     app.include_router(api.router, responses=COMMON_RESPONSES)
     app.include_router(files.router, responses=COMMON_RESPONSES)
     app.include_router(ws.router)

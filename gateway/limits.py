@@ -5,8 +5,9 @@ full (they are small: ``METASTREAM_MAX_BODY_BYTES``) so that the size and the JS
 are checked before anything parses them: ``json.loads`` on a deeply nested body raises
 RecursionError, which would otherwise be a 500.
 
-Rates and connection counts are per gateway process and per client address (as uvicorn reports
-it, i.e. after its proxy-headers handling): several gateways each apply their own limit.
+Rates and connection counts are per gateway process and per client address (the peer address;
+``X-Forwarded-For`` only from ``METASTREAM_TRUSTED_PROXIES``): several gateways each apply
+their own limit.
 """
 
 from __future__ import annotations
@@ -94,8 +95,9 @@ class ConnectionCounter:
         self.limit = limit
         self._open: Counter[str] = Counter()
 
-    def acquire(self, client: str) -> bool:
-        if self.limit > 0 and self._open[client] >= self.limit:
+    def acquire(self, client: str, limited: bool = True) -> bool:
+        """Count one more connection of ``client``; False (not counted) if over the limit."""
+        if limited and self.limit > 0 and self._open[client] >= self.limit:
             return False
         self._open[client] += 1
         return True

@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, WebSocket
 
 from gateway.limits import client_address
-from gateway.security import Guard
+from gateway.security import Guard, is_loopback
 from gateway.stream import CLOSE_TOO_MANY, TaskStream
 
 router = APIRouter()
@@ -44,7 +44,10 @@ async def task_stream(
         await _reject(websocket, code, message)
         return
     address = client_address(websocket.scope)
-    if not state.ws_clients.acquire(address):
+    # Without a token every loopback client is the one local user: a per-address count would
+    # only let one of the user's programs lock the others out (the per-task limit still holds).
+    limited = guard.enabled or not is_loopback(address)
+    if not state.ws_clients.acquire(address, limited):
         state.counters["ws_per_client_rejected"] += 1
         limit = state.ws_clients.limit
         await _reject(

@@ -122,6 +122,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     create_burst: int = 100
     curve_dir: str = ""
     warm: bool = True  # fork task processes from a pre-imported zygote (runner.forkserver)
+    # Hostile input (docs/security.md).
+    allowed_hosts: tuple[str, ...] = ()  # Host headers served besides loopback names
+    trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For is believed (none)
 
     @property
     def data_dir(self) -> Path:
@@ -217,6 +220,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         create_burst=env.integer("METASTREAM_CREATE_BURST", 100),
         curve_dir=env.text("METASTREAM_CURVE_DIR", ""),
         warm=env.text("METASTREAM_WARM", "1").strip().lower() not in ("0", "false", "no", "off"),
+        allowed_hosts=env.items("METASTREAM_ALLOWED_HOSTS"),
+        trusted_proxies=env.items("METASTREAM_TRUSTED_PROXIES"),
     )
 
 
