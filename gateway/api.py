@@ -25,6 +25,7 @@ from store import Store, TaskRow
 
 router = APIRouter(prefix="/api")
 MAX_PAGE = 10_000
+MAX_EVENT_ID = 2**63 - 1  # SQLite's INTEGER: beyond it the driver raises (was a 500)
 
 
 def store_of(request: Request) -> Store:
@@ -120,7 +121,7 @@ async def cancel_task(
 async def task_events(
     task_id: str,
     store: StoreDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
 ) -> Response:
     await _task_or_404(store, task_id)

@@ -11,7 +11,9 @@ from pathlib import Path
 import anyio
 import zmq.asyncio
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -134,6 +136,17 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             if methods:
                 exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        """FastAPI's 422, but one whose echoed input cannot be written (NaN, a lone
+        surrogate) is dropped instead of turning the answer into a 500."""
+        errors = jsonable_encoder(exc.errors())
+        try:
+            return JSONResponse({"detail": errors}, status_code=422)
+        except (ValueError, UnicodeEncodeError):
+            safe = [{k: v for k, v in e.items() if k not in ("input", "ctx")} for e in errors]
+            return JSONResponse({"detail": safe}, status_code=422)
 
     if STATIC_DIR.is_dir():
         # The live web view: static files, no build step (mounted last: API routes win).
