@@ -10,6 +10,7 @@ import uvicorn
 
 from bus.curve import InsecureEndpoint, check_endpoints
 from gateway.security import bind_problem, describe
+from gateway.slowloris import http_protocol
 from gateway.wsprotocol import WS_PROTOCOL
 from metastream import settings
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         host=cfg.host,
         port=settings.gateway_port(cfg),
         ws=WS_PROTOCOL,
+        http=http_protocol(cfg.head_timeout),
         ws_ping_interval=cfg.ws_ping_interval,
         ws_ping_timeout=cfg.ws_ping_timeout,
         # Clients have nothing big to send; a larger frame closes the socket with 1009.

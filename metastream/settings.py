@@ -125,6 +125,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Hostile input (docs/security.md).
     allowed_hosts: tuple[str, ...] = ()  # Host headers served besides loopback names
     trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For is believed (none)
+    head_timeout: float = 5.0  # a request head must be complete within this (slowloris)
 
     @property
     def data_dir(self) -> Path:
@@ -222,6 +223,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         warm=env.text("METASTREAM_WARM", "1").strip().lower() not in ("0", "false", "no", "off"),
         allowed_hosts=env.items("METASTREAM_ALLOWED_HOSTS"),
         trusted_proxies=env.items("METASTREAM_TRUSTED_PROXIES"),
+        head_timeout=env.number("METASTREAM_HEAD_TIMEOUT", 5.0),
     )
 
 
