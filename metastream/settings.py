@@ -122,6 +122,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     create_burst: int = 100
     curve_dir: str = ""
     warm: bool = True  # fork task processes from a pre-imported zygote (runner.forkserver)
+    # A real OpenAI-compatible LLM (the key stays in the environment: it is a secret).
+    llm_base_url: str = ""
+    llm_model: str = ""
 
     @property
     def data_dir(self) -> Path:
@@ -216,6 +219,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         create_rate=env.number("METASTREAM_CREATE_RATE", 10.0),
         create_burst=env.integer("METASTREAM_CREATE_BURST", 100),
         curve_dir=env.text("METASTREAM_CURVE_DIR", ""),
+        llm_base_url=env.text("METASTREAM_LLM_BASE_URL", ""),
+        llm_model=env.text("METASTREAM_LLM_MODEL", ""),
         warm=env.text("METASTREAM_WARM", "1").strip().lower() not in ("0", "false", "no", "off"),
     )
 

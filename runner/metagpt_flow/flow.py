@@ -54,6 +54,7 @@ class FlowSpec:
     scripted_fault: str | None = None  # None, "http500", "garbage", "slow"
     fast_fail: bool = False
     project_name: str | None = None  # directory under the workspace; derived if None
+    pace: str | None = None  # the scripted LLM's streaming speed: None/"fast" or "demo"
 
     @property
     def scripted(self) -> bool:
@@ -97,7 +98,7 @@ def _llm_endpoint(spec: FlowSpec) -> Iterator[dict[str, Any]]:
         return
     from runner.scripted_llm import ScriptedLLM
 
-    with ScriptedLLM(fault=spec.scripted_fault) as llm:
+    with ScriptedLLM(fault=spec.scripted_fault, pace=spec.pace) as llm:
         yield {
             "api_type": "openai",
             "base_url": llm.base_url,
@@ -162,6 +163,7 @@ async def _run(
             "llm": "scripted" if spec.scripted else "configured",
             "note": "Using the offline scripted LLM" if spec.scripted else None,
             "scripted_fault": spec.scripted_fault,
+            "pace": spec.pace if spec.scripted else None,
             "model": llm["model"],
             "base_url": llm["base_url"],
             "workspace": str(workspace),

@@ -216,3 +216,28 @@ def test_standalone_server_prints_url_and_serves():
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+def test_demo_pace_streams_slowly_in_small_pieces():
+    from runner.scripted_llm.server import PACES
+
+    size, pause, thinking = PACES["demo"]
+    messages = [{"role": "user", "content": "hello"}]
+    expected = answer(messages)
+    with ScriptedLLM(pace="demo") as server:
+        started = time.monotonic()
+        chunks = list(
+            _client(server).chat.completions.create(model="m", messages=messages, stream=True)
+        )
+        took = time.monotonic() - started
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected
+    pieces = -(-len(expected) // size)
+    assert len(chunks) == pieces + 1  # and the final chunk with usage
+    assert took >= thinking + (pieces - 1) * pause
+    assert len(expected) / took < 150, "readable: well under 150 characters a second"
+
+
+def test_unknown_pace_is_rejected():
+    with pytest.raises(ValueError, match="unknown pace"):
+        ScriptedLLM(pace="ludicrous")
