@@ -104,7 +104,6 @@ def serve(frontend: str, backend: str) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     proxy = Proxy(frontend, backend, keys)
     proxy.start()
-    log.info("bus proxy up: publishers -> %s, subscribers -> %s", frontend, backend)
     print(f"bus: publishers connect to {frontend}; subscribers connect to {backend}", flush=True)
     received = signal.sigwait(stop_signals)
     log.info("bus proxy stopping on %s", signal.Signals(received).name)

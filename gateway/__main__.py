@@ -9,6 +9,7 @@ import sys
 import uvicorn
 
 from bus.curve import InsecureEndpoint, check_endpoints
+from gateway.banner import banner
 from gateway.security import bind_problem, describe
 from gateway.wsprotocol import WS_PROTOCOL
 from metastream import settings
@@ -37,17 +38,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"gateway: {problem}", file=sys.stderr, flush=True)
         raise SystemExit(2)
     print(f"gateway: {describe(cfg, cfg.host)}", file=sys.stderr, flush=True)
+    port = settings.gateway_port(cfg)
+    print(banner(cfg, port), file=sys.stderr, flush=True)
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,
         host=cfg.host,
-        port=settings.gateway_port(cfg),
+        port=port,
         ws=WS_PROTOCOL,
         ws_ping_interval=cfg.ws_ping_interval,
         ws_ping_timeout=cfg.ws_ping_timeout,
         # Clients have nothing big to send; a larger frame closes the socket with 1009.
         ws_max_size=cfg.ws_max_message_bytes,
         log_level="info",
+        # One line per request drowns the banner and the task lines; METASTREAM_ACCESS_LOG=1.
+        access_log=cfg.access_log,
     )
 
 

@@ -125,6 +125,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # A real OpenAI-compatible LLM (the key stays in the environment: it is a secret).
     llm_base_url: str = ""
     llm_model: str = ""
+    access_log: bool = False  # uvicorn's line per request
 
     @property
     def data_dir(self) -> Path:
@@ -221,6 +222,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         curve_dir=env.text("METASTREAM_CURVE_DIR", ""),
         llm_base_url=env.text("METASTREAM_LLM_BASE_URL", ""),
         llm_model=env.text("METASTREAM_LLM_MODEL", ""),
+        access_log=env.flag("METASTREAM_ACCESS_LOG"),
         warm=env.text("METASTREAM_WARM", "1").strip().lower() not in ("0", "false", "no", "off"),
     )
 

@@ -116,6 +116,12 @@ def run_metagpt(spec: FlowSpec, workspace: Path, emitter: Emitter) -> None:
         raise ValueError(f"scripted_fault must be one of {FAULTS}, not {spec.scripted_fault!r}")
     workspace = Path(workspace).resolve()
     workspace.mkdir(parents=True, exist_ok=True)
+    if not spec.scripted and spec.llm_base_url:
+        # Before MetaGPT's import (seconds, when cold): a wrong host fails the task at once.
+        from runner.metagpt_flow.llm_check import check_llm, host_of
+
+        emitter.set_state(last_message=f"Checking the LLM at {host_of(spec.llm_base_url)}")
+        check_llm(spec.llm_base_url, spec.llm_api_key, spec.llm_model)
     mg_root = workspace / ".metagpt"
     (mg_root / "config").mkdir(parents=True, exist_ok=True)
     (mg_root / "config" / "config2.yaml").write_text(MINIMAL_CONFIG)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import websockets
 
-from metastream.stack import Stack
+from metastream.stack import Stack, free_port
 from tests.helpers import create_task, wait_status
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
@@ -78,3 +78,44 @@ def test_untagged_task_runs_on_the_scripted_llm_at_demo_pace(stack: Stack, api: 
     assert 30 < rate < 200, rate
     final = wait_status(api, task["id"], TERMINAL)
     assert final["status"] == "CANCELLED"
+
+
+def test_an_unreachable_llm_fails_the_task_fast_naming_the_host(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    s = stack_factory(env={"METASTREAM_LLM_BASE_URL": f"http://127.0.0.1:{port}/v1"})
+    with httpx.Client(base_url=s.url, timeout=30) as api:
+        task = create_task(api, requirement="a snake game")
+        assert task["llm"] == "configured"
+        started = time.monotonic()
+        api.post(f"/api/tasks/{task['id']}/run")
+        final = wait_status(api, task["id"], TERMINAL, timeout=30)
+        took = time.monotonic() - started
+    assert final["status"] == "FAILED", final
+    assert f"cannot reach the LLM at http://127.0.0.1:{port}" in final["last_message"], final
+    assert took < 10, took  # before MetaGPT loads, let alone retries
+    assert "Web UI" in s.log("gateway") and f"LLM: http://127.0.0.1:{port}" in s.log("gateway")
+
+
+@pytest.mark.metagpt
+@pytest.mark.timeout(150)
+def test_a_configured_llm_is_used(stack_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The scripted LLM served on its own port stands in for a real OpenAI-compatible one."""
+    from runner.scripted_llm import ScriptedLLM
+
+    with ScriptedLLM() as llm:
+        s = stack_factory(
+            env={
+                "METASTREAM_LLM_BASE_URL": llm.base_url,
+                "METASTREAM_LLM_MODEL": "scripted-metagpt",
+            }
+        )
+        with httpx.Client(base_url=s.url, timeout=30) as api:
+            task = create_task(api, requirement="a todo list")
+            assert task["llm"] == "configured"
+            api.post(f"/api/tasks/{task['id']}/run")
+            final = wait_status(api, task["id"], TERMINAL, timeout=120)
+            assert final["status"] == "COMPLETED", final
+            events = api.get(f"/api/tasks/{task['id']}/events", params={"limit": 5}).json()
+        assert llm.requests > 5, "the task's calls went to the configured LLM"
+    start = next(e for e in events["events"] if e["event_type"] == "FLOW_START")["payload"]
+    assert start["llm"] == "configured" and start["model"] == "scripted-metagpt"
