@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from metastream.settings import Settings
+from core.settings import Settings
 
 # A task that starts before the zygote has imported MetaGPT starts a fresh interpreter and
 # imports it itself: ~8 s on a 2-core machine (README, Supervision: Warm start).

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from core import settings
 from runner.metagpt_flow import FlowCancelled, FlowSpec, run_metagpt
 from runner.task.workload import Cancelled, Emitter
 
@@ -24,7 +24,8 @@ def flow_spec(requirement: str, test_mode: bool, options: dict[str, Any]) -> Flo
     every client); the task keeps to it, so a task tagged "scripted" never quietly reaches a
     real LLM and one created for a real LLM never quietly runs on the scripted one.
     """
-    base_url = os.environ.get("METASTREAM_LLM_BASE_URL") or None
+    cfg = settings.load()
+    base_url = cfg.llm_base_url or None
     recorded = options.get("llm")
     if recorded == "configured" and not test_mode and base_url is None:
         raise NoLLMConfigured(
@@ -37,9 +38,9 @@ def flow_spec(requirement: str, test_mode: bool, options: dict[str, Any]) -> Flo
         use_qa=bool(options.get("use_qa", False)),
         n_round=int(options.get("n_round", 10)),
         investment=float(options.get("investment", 3.0)),
-        llm_base_url=base_url,
-        llm_api_key=os.environ.get("METASTREAM_LLM_API_KEY") or None,
-        llm_model=os.environ.get("METASTREAM_LLM_MODEL") or None,
+        llm_base_url=cfg.llm_base_url or None,
+        llm_api_key=cfg.llm_api_key or None,
+        llm_model=cfg.llm_model or None,
         scripted_fault=options.get("scripted_fault"),
         fast_fail=bool(options.get("fast_fail", options.get("scripted_fault") is not None)),
         pace=options.get("pace"),
