@@ -323,7 +323,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         str,
         env(
             "METASTREAM_LLM_BASE_URL",
-            "a real OpenAI-compatible LLM (Ollama works too, e.g. `http://127.0.0.1:11434/v1`); "
+            "a real OpenAI-compatible LLM, see [Use a real LLM](#use-a-real-llm); "
             "unset = the built-in offline scripted LLM",
         ),
     ] = ""
@@ -352,6 +352,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     bus_metrics_port: Annotated[
         int, env("METASTREAM_BUS_METRICS_PORT", "bus proxy's metrics port (`0` = off)", ge=0)
     ] = 0
+    access_log: Annotated[
+        bool, env("METASTREAM_ACCESS_LOG", "`1`: the gateway logs one line per HTTP request")
+    ] = False
     log_format: Annotated[
         LogFormat, env("METASTREAM_LOG_FORMAT", "`plain` or `json` (one object per line)")
     ] = "plain"

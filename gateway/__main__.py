@@ -10,6 +10,7 @@ import uvicorn
 
 from bus.curve import InsecureEndpoint, check_endpoints
 from core import logs, settings
+from gateway.banner import banner
 from gateway.security import bind_problem, describe
 from gateway.wsprotocol import WS_PROTOCOL
 
@@ -38,11 +39,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"gateway: {problem}", file=sys.stderr, flush=True)
         raise SystemExit(2)
     logs.announce(f"gateway: {describe(cfg, cfg.host)}", stream=sys.stderr)
+    port = settings.gateway_port(cfg)
+    for line in banner(cfg, port).splitlines():
+        logs.announce(line, stream=sys.stderr)
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,
         host=cfg.host,
-        port=settings.gateway_port(cfg),
+        port=port,
         ws=WS_PROTOCOL,
         ws_ping_interval=cfg.ws_ping_interval,
         ws_ping_timeout=cfg.ws_ping_timeout,
@@ -52,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         # uvicorn's records go through the root handler of core.logs: one format for
         # every process, and tickets in logged URLs are redacted.
         log_config=None,
+        # One line per request drowns the banner and the task lines; METASTREAM_ACCESS_LOG=1.
+        access_log=cfg.access_log,
     )
 
 
