@@ -60,15 +60,10 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             asyncio.create_task(leases.run()),
             asyncio.create_task(probe.run()),
         ]
-        unregister = metrics.collect_from(
-            GatewayState(
-                store.status_counts,
-                app.state.ws_clients.total,
-                lambda: len(hub.watched()),
-                counters,
-                probe.ok,
-            )
+        app.state.metrics_state = GatewayState(
+            app.state.ws_clients.total, lambda: len(hub.watched()), counters, probe.ok
         )
+        unregister = metrics.collect_from(app.state.metrics_state)
         app.state.bus_probe = probe
         app.state.settings = cfg
         app.state.store = store
@@ -144,13 +139,13 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics_endpoint() -> Response:
+    async def metrics_endpoint(request: Request) -> Response:
         """Prometheus metrics (behind the API token when one is set)."""
         if not metrics.registry.enabled:
             return JSONResponse({"detail": "Metrics are off (METASTREAM_METRICS=0)"}, 404)
-        # Collectors read the store: off the event loop.
-        body = await anyio.to_thread.run_sync(metrics.exposition)
-        return Response(body, media_type=CONTENT_TYPE)
+        state: GatewayState = request.app.state.metrics_state
+        state.status_counts = await anyio.to_thread.run_sync(request.app.state.store.status_counts)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     # (path pattern, methods) of the REST routes, for honest 405 answers.
     method_table = [
