@@ -9,10 +9,11 @@ import sys
 import uvicorn
 
 from bus.curve import InsecureEndpoint, check_endpoints
+from core import logs, settings
+from gateway.banner import banner
 from gateway.security import bind_problem, describe
 from gateway.slowloris import http_protocol
 from gateway.wsprotocol import WS_PROTOCOL
-from metastream import settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
         help="listen on a non-loopback address without an API token (METASTREAM_INSECURE=1)",
     )
     args = parser.parse_args(argv)
+    logs.setup("gateway")
     if args.insecure:
         # Through the environment, so the app factory (which loads settings itself) sees it.
         os.environ["METASTREAM_INSECURE"] = "1"
@@ -37,12 +39,15 @@ def main(argv: list[str] | None = None) -> None:
     if problem:
         print(f"gateway: {problem}", file=sys.stderr, flush=True)
         raise SystemExit(2)
-    print(f"gateway: {describe(cfg, cfg.host)}", file=sys.stderr, flush=True)
+    logs.announce(f"gateway: {describe(cfg, cfg.host)}", stream=sys.stderr)
+    port = settings.gateway_port(cfg)
+    for line in banner(cfg, port).splitlines():
+        logs.announce(line, stream=sys.stderr)
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,
         host=cfg.host,
-        port=settings.gateway_port(cfg),
+        port=port,
         ws=WS_PROTOCOL,
         http=http_protocol(cfg.head_timeout),
         ws_ping_interval=cfg.ws_ping_interval,
@@ -54,6 +59,11 @@ def main(argv: list[str] | None = None) -> None:
         # anyone else it would let one client pose as many and dodge per-address limits.
         proxy_headers=bool(cfg.trusted_proxies),
         forwarded_allow_ips=list(cfg.trusted_proxies) or None,
+        # uvicorn's records go through the root handler of core.logs: one format for
+        # every process, and tickets in logged URLs are redacted.
+        log_config=None,
+        # One line per request drowns the banner and the task lines; METASTREAM_ACCESS_LOG=1.
+        access_log=cfg.access_log,
     )
 
 

@@ -24,8 +24,8 @@ from collections import Counter
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
+from core.settings import Settings
 from gateway.security import ASGIApp, Guard, Receive, Scope, Send
-from metastream.settings import Settings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _WILDCARD_BINDS = {"", "0.0.0.0", "::", "[::]", "*"}

@@ -27,6 +27,7 @@ _BOOLS |= {"false": False, "0": False, "no": False, "off": False}
 
 
 async def _reject(websocket: WebSocket, code: int, message: str) -> None:
+    websocket.app.state.metrics.closed(code)
     await websocket.accept()
     # The client may already be gone; there is nothing more to tell it then.
     with contextlib.suppress(RuntimeError, OSError):
@@ -102,6 +103,7 @@ async def task_stream(
             control=state.control,
             cfg=state.settings,
             autostart=autostart,
+            metrics=state.metrics,
         )
         await stream.run()
     finally:

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import websockets
 
+from core import settings
 from gateway.browser import HostPolicy, host_name
-from metastream import settings
 from metastream.stack import Stack
 from tests.helpers import create_task
 
