@@ -12,6 +12,7 @@ from bus.curve import InsecureEndpoint, check_endpoints
 from gateway.security import bind_problem, describe
 from gateway.wsprotocol import WS_PROTOCOL
 from metastream import settings
+from store import Store, StoreError, migrate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,6 +37,22 @@ def main(argv: list[str] | None = None) -> None:
     if problem:
         print(f"gateway: {problem}", file=sys.stderr, flush=True)
         raise SystemExit(2)
+    cfg.ensure_dirs()
+    try:
+        # Checked (and migrated) before uvicorn starts: a bad database is one line, not a
+        # lifespan traceback.
+        store = Store(cfg.db_url, cfg.events_dir, migrate=cfg.db_migrate)
+        try:
+            migrated = store.create_schema()
+        finally:
+            store.close()
+    except StoreError as exc:
+        print(f"gateway: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    if migrated:
+        print(
+            f"gateway: migrated the database schema from {migrated} to {migrate.head()}", flush=True
+        )
     print(f"gateway: {describe(cfg, cfg.host)}", file=sys.stderr, flush=True)
     uvicorn.run(
         "gateway.app:create_app",

@@ -84,6 +84,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8000
     db_url: str = ""
+    db_migrate: bool = True  # migrate the schema at start-up (store.migrate)
     bus_pub: str = ""  # publishers connect here (the proxy's XSUB side)
     bus_sub: str = ""  # subscribers connect here (the proxy's XPUB side)
     control: str = ""  # the supervisor's request channel
@@ -182,6 +183,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         host=env.text("HOST", "127.0.0.1"),
         port=env.integer("PORT", 8000),
         db_url=env.text("METASTREAM_DB_URL", f"sqlite:///{home / 'data' / 'metastream.db'}"),
+        db_migrate=env.text("METASTREAM_DB_MIGRATE", "1").strip().lower()
+        not in ("0", "false", "no", "off"),
         bus_pub=env.text("METASTREAM_BUS_PUB", f"ipc://{run / 'bus-in.sock'}"),
         bus_sub=env.text("METASTREAM_BUS_SUB", f"ipc://{run / 'bus-out.sock'}"),
         control=env.text("METASTREAM_CONTROL", f"ipc://{run / 'control.sock'}"),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from sqlalchemy.exc import DBAPIError
 
 from bus.client import Publisher
 from metastream import settings
@@ -30,8 +31,13 @@ def main(argv: list[str]) -> int:
         return 2
     task_id = argv[0]
     cfg = settings.load()
-    store = Store(cfg.db_url, cfg.events_dir)
-    row = store.get_task(task_id)
+    # Two connections at most: the event writer and the task-row writer (README: sizing).
+    store = Store(cfg.db_url, cfg.events_dir, pool_size=2, max_overflow=0)
+    try:
+        row = store.get_task(task_id)
+    except DBAPIError as exc:
+        print(f"task {task_id}: {store.unavailable(exc)}", file=sys.stderr)
+        return 2
     if row is None:
         print(f"task {task_id} not found", file=sys.stderr)
         return 2
