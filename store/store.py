@@ -137,6 +137,11 @@ class Store:
             self._write = self._read = pg.make_engine(url, pool_size, max_overflow)
             self._table = pg.EventTable(self._write, url)
 
+    @property
+    def local_commits(self) -> bool:
+        """Whether a commit is local and cheap (embedded SQLite), not a server round trip."""
+        return self._sqlite
+
     def create_schema(self) -> str | None:
         """Check the database at start-up and bring its schema up to date (store.migrate).
 

@@ -55,10 +55,23 @@ def pg_server() -> Iterator[PgServer]:
     server.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# Tests that take a backend run once per store; the PostgreSQL runs carry the `postgres` mark.
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh empty database on each backend: a SQLite file, or a new PostgreSQL database."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/db.sqlite"
     server: PgServer = request.getfixturevalue("pg_server")
     return server.create_database()
+
+
+@pytest.fixture(params=BACKENDS)
+def stack_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """A stack's environment for each backend (SQLite in its home, or a new PostgreSQL database)."""
+    if request.param == "sqlite":
+        return {}
+    server: PgServer = request.getfixturevalue("pg_server")
+    return {"METASTREAM_DB_URL": server.create_database()}

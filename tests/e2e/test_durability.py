@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
 
 from metastream.stack import Stack
 from tests.helpers import collect, create_task, follow, log_events, poll_for, wait_status
+
+
+@pytest.fixture
+def stack(stack_factory: Callable[..., Stack], stack_env: dict[str, str]) -> Stack:
+    """A stack on each store backend (tests/conftest.py: stack_env)."""
+    return stack_factory(stack_env)
 
 
 def assert_exactly(ids: list[int], n: int) -> None:
