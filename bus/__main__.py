@@ -3,7 +3,7 @@
 import logging
 
 from bus.proxy import serve
-from metastream import settings
+from core import settings
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -9,9 +9,9 @@ import sys
 import uvicorn
 
 from bus.curve import InsecureEndpoint, check_endpoints
+from core import settings
 from gateway.security import bind_problem, describe
 from gateway.wsprotocol import WS_PROTOCOL
-from metastream import settings
 from store import Store, StoreError, migrate
 
 

@@ -1,36 +1,19 @@
-"""``metastream db upgrade|current``: the store's schema, straight on the database (no gateway)."""
+"""``metastream db upgrade|current``: the store's schema, straight on the database (no gateway).
+
+The work is ``python -m store`` (the CLI sits beside the store in the layers, not above it),
+run with this interpreter and environment.
+"""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
-
-from metastream import settings
-from store import Store, StoreError, migrate
-
-EXIT_OK, EXIT_DB = 0, 6
 
 
 def cmd_db(args: argparse.Namespace) -> int:
     """Migrate (``upgrade``) or show (``current``) the schema of ``METASTREAM_DB_URL``."""
-    cfg = settings.load()
-    if cfg.db_url.startswith("sqlite"):
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        store = Store(cfg.db_url, cfg.events_dir)
-        try:
-            if args.db_command == "upgrade":
-                was = store.upgrade_schema()
-                state = f"migrated from {was}" if was else "already current"
-                print(f"database schema is at {migrate.head()} ({state})")
-            else:
-                print(store.schema_version() or "nothing (empty database)")
-        finally:
-            store.close()
-    except StoreError as exc:
-        print(f"metastream: error: {exc}", file=sys.stderr)
-        return EXIT_DB
-    return EXIT_OK
+    return subprocess.call([sys.executable, "-m", "store", args.db_command])
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

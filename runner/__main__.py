@@ -14,7 +14,7 @@ from bus.client import AsyncSubscriber, DecodeFailure, Publisher, decode_frames
 from bus.curve import check_endpoints
 from bus.messages import LEASE_TOPIC, Heartbeat, Lease, topic
 from bus.ratelog import RateLimitedLog
-from metastream import settings
+from core import settings
 from runner.control import ControlServer
 from runner.supervisor import Supervisor
 from store import Store, StoreError, migrate

@@ -19,7 +19,9 @@ from sqlalchemy import Connection, create_engine, event, func, insert, select, u
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 
-from bus.messages import State
+from core.options import TaskOptions
+from core.status import INITIAL, TaskStatus, TransitionError, check, sources
+from core.task import TaskRow
 from store import migrate, pg
 from store.dburl import StoreError, is_sqlite, redact, scrub
 from store.eventlog import TaskLogs
@@ -31,45 +33,6 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 30_000
 
 
-class TaskRow(msgspec.Struct, kw_only=True):
-    """A task as stored."""
-
-    id: str
-    requirement: str
-    test_mode: bool
-    options: dict[str, Any]
-    status: str
-    progress: float
-    current_agent: str | None
-    last_message: str | None
-    created_at: str
-    created_ns: int
-    queued_at: str | None
-    started_at: str | None
-    completed_at: str | None
-    last_event_id: int
-    state_version: int
-    run_count: int
-    node: str | None
-    pid: int | None
-    pid_create_time: float | None
-    exit_code: int | None
-    error: str | None
-
-    def state(self) -> State:
-        return State(
-            task_id=self.id,
-            status=self.status,
-            progress=self.progress,
-            current_agent=self.current_agent,
-            last_message=self.last_message,
-            started_at=self.started_at,
-            completed_at=self.completed_at,
-            last_event_id=self.last_event_id,
-            version=self.state_version,
-        )
-
-
 _options_decoder = msgspec.json.Decoder(dict[str, Any])
 _json = msgspec.json.Encoder()
 
@@ -77,6 +40,7 @@ _json = msgspec.json.Encoder()
 def _row(r: Any) -> TaskRow:
     values = dict(r)
     values["options"] = _options_decoder.decode(values["options"] or "{}")
+    values["status"] = TaskStatus(values["status"])
     return TaskRow(**values)
 
 
@@ -214,12 +178,13 @@ class Store:
     def create_task(
         self, task_id: str, requirement: str, test_mode: bool, options: dict[str, Any], now: str
     ) -> TaskRow:
+        TaskOptions.of(options)  # unknown or mistyped options are refused, naming the key
         values = {
             "id": task_id,
             "requirement": requirement,
             "test_mode": test_mode,
             "options": _json.encode(options).decode(),
-            "status": "PENDING",
+            "status": INITIAL.value,
             "progress": 0.0,
             "created_at": now,
             "created_ns": time.time_ns(),
@@ -256,22 +221,35 @@ class Store:
         q = q.order_by(tasks.c.queued_at, tasks.c.created_ns)
         return self._reading(lambda c: [_row(r) for r in c.execute(q).mappings()])
 
-    def transition(self, task_id: str, expected: Iterable[str], **values: Any) -> TaskRow | None:
-        """Update the task only if its status is one of ``expected``; the new row or None."""
-        allowed = list(expected)
+    def transition(
+        self, task_id: str, to: str, expected: Iterable[str] | None = None, **values: Any
+    ) -> TaskRow:
+        """Move the task to status ``to`` if it is now one of ``expected``; the new row.
 
-        def change(c: Connection) -> Any:
+        ``expected`` defaults to every status the table (core.status) lets reach ``to``; a
+        move the table forbids raises before anything is written, and a row whose status is
+        not one of ``expected`` (another writer got there first) raises
+        :class:`TransitionError` "expected X, got Y" and is left as it is.
+        """
+        target = TaskStatus(to)
+        allowed = check(task_id, expected if expected is not None else sources(target), target)
+
+        def change(c: Connection) -> tuple[int, Any]:
             res = c.execute(
                 update(tasks)
-                .where(tasks.c.id == task_id, tasks.c.status.in_(allowed))
-                .values(state_version=tasks.c.state_version + 1, **values)
+                .where(tasks.c.id == task_id, tasks.c.status.in_([s.value for s in allowed]))
+                .values(status=target.value, state_version=tasks.c.state_version + 1, **values)
             )
-            if res.rowcount == 0:
-                return None
-            return c.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
+            r = c.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
+            return res.rowcount, r
 
-        r = self._in_tx(change)
-        return _row(r) if r else None
+        changed, r = self._in_tx(change)
+        if r is None:
+            raise KeyError(task_id)
+        row = _row(r)
+        if changed == 0:
+            raise TransitionError(task_id, allowed, row.status, target)
+        return row
 
     def set_process(self, task_id: str, pid: int | None, create_time: float | None) -> None:
         """Record the task's process (not a state change: the version stays)."""
@@ -280,15 +258,6 @@ class Store:
                 update(tasks)
                 .where(tasks.c.id == task_id)
                 .values(pid=pid, pid_create_time=create_time)
-            )
-        )
-
-    def update_task(self, task_id: str, **values: Any) -> None:
-        self._in_tx(
-            lambda c: c.execute(
-                update(tasks)
-                .where(tasks.c.id == task_id)
-                .values(state_version=tasks.c.state_version + 1, **values)
             )
         )
 
@@ -324,6 +293,8 @@ class Store:
         The row's ``last_event_id`` advances only here, so it may lag the log between states;
         :meth:`last_event_id` is exact.
         """
+        if "status" in columns:
+            raise ValueError("a status changes only through Store.transition")
         if self._rows is not None:
             self._rows.update(task_id, columns)
             return

@@ -16,7 +16,8 @@ import msgspec
 from sqlalchemy.exc import DBAPIError
 
 from bus.client import Publisher
-from metastream import settings
+from bus.messages import state_of
+from core import settings
 from runner.task.outbox import Outbox
 from runner.task.workload import Cancelled
 from store import Store
@@ -47,7 +48,7 @@ def main(argv: list[str]) -> int:
         publisher,
         task_id,
         first_event_id=max(row.last_event_id, store.last_event_id(task_id)) + 1,
-        state=msgspec.structs.replace(row.state(), status="RUNNING"),
+        state=msgspec.structs.replace(state_of(row), status="RUNNING"),
         heartbeat_interval=cfg.heartbeat_interval,
     )
 
