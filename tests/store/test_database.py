@@ -51,6 +51,7 @@ def _bad_urls(pg: PgServer) -> dict[str, str]:
     }
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize(
     "command",
     [["-m", "runner"], ["-m", "gateway"], ["-m", "metastream.cli", "db", "upgrade"]],
@@ -126,6 +127,7 @@ def test_a_database_newer_than_the_code_is_refused(db_url: str) -> None:
     store.close()
 
 
+@pytest.mark.postgres
 def test_two_supervisors_and_two_gateways_starting_together_migrate_once(
     pg_server: PgServer, tmp_path: Path
 ) -> None:
