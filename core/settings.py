@@ -13,11 +13,13 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, get_args, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 import msgspec
 
 from core.options import DisconnectMode
+
+LogFormat = Literal["plain", "json"]
 
 # Unix socket paths are limited to ~107 bytes; longer homes get their sockets in a private
 # directory under the system temp dir, named after the home so every process agrees on it.
@@ -330,7 +332,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         str,
         env(
             "METASTREAM_LLM_BASE_URL",
-            "a real OpenAI-compatible LLM (Ollama works too, e.g. `http://127.0.0.1:11434/v1`); "
+            "a real OpenAI-compatible LLM, see [Use a real LLM](#use-a-real-llm); "
             "unset = the built-in offline scripted LLM",
         ),
     ] = ""
@@ -343,6 +345,28 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "level of MetaGPT's own (loguru) log in task logs (read by runner/metagpt_flow)",
         ),
     ] = "WARNING"
+    # Operating (README "Operating metastream"): Prometheus metrics and the log format.
+    metrics: Annotated[
+        bool, env("METASTREAM_METRICS", "`0`: no `/metrics`, no metrics servers, nothing counted")
+    ] = True
+    metrics_host: Annotated[
+        str, env("METASTREAM_METRICS_HOST", "where the supervisor's and the bus's metrics listen")
+    ] = "127.0.0.1"
+    # 0 = no server. Off by default: two stacks side by side (and tests) would clash on fixed
+    # ports; an operator picks them (e.g. 9101, 9102).
+    supervisor_metrics_port: Annotated[
+        int,
+        env("METASTREAM_SUPERVISOR_METRICS_PORT", "supervisor's metrics port (`0` = off)", ge=0),
+    ] = 0
+    bus_metrics_port: Annotated[
+        int, env("METASTREAM_BUS_METRICS_PORT", "bus proxy's metrics port (`0` = off)", ge=0)
+    ] = 0
+    access_log: Annotated[
+        bool, env("METASTREAM_ACCESS_LOG", "`1`: the gateway logs one line per HTTP request")
+    ] = False
+    log_format: Annotated[
+        LogFormat, env("METASTREAM_LOG_FORMAT", "`plain` or `json` (one object per line)")
+    ] = "plain"
 
     @property
     def data_dir(self) -> Path:
@@ -377,6 +401,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 DISCONNECT_POLICIES: tuple[str, ...] = get_args(DisconnectMode)
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 
 
 def run_dir_for(home: Path) -> Path:

@@ -9,7 +9,8 @@ import sys
 import uvicorn
 
 from bus.curve import InsecureEndpoint, check_endpoints
-from core import settings
+from core import logs, settings
+from gateway.banner import banner
 from gateway.security import bind_problem, describe
 from gateway.wsprotocol import WS_PROTOCOL
 from store import Store, StoreError, migrate
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
         help="listen on a non-loopback address without an API token (METASTREAM_INSECURE=1)",
     )
     args = parser.parse_args(argv)
+    logs.setup("gateway")
     if args.insecure:
         # Through the environment, so the app factory (which loads settings itself) sees it.
         os.environ["METASTREAM_INSECURE"] = "1"
@@ -50,21 +52,27 @@ def main(argv: list[str] | None = None) -> None:
         print(f"gateway: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     if migrated:
-        print(
-            f"gateway: migrated the database schema from {migrated} to {migrate.head()}", flush=True
-        )
-    print(f"gateway: {describe(cfg, cfg.host)}", file=sys.stderr, flush=True)
+        logs.announce(f"gateway: migrated the database schema from {migrated} to {migrate.head()}")
+    logs.announce(f"gateway: {describe(cfg, cfg.host)}", stream=sys.stderr)
+    port = settings.gateway_port(cfg)
+    for line in banner(cfg, port).splitlines():
+        logs.announce(line, stream=sys.stderr)
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,
         host=cfg.host,
-        port=settings.gateway_port(cfg),
+        port=port,
         ws=WS_PROTOCOL,
         ws_ping_interval=cfg.ws_ping_interval,
         ws_ping_timeout=cfg.ws_ping_timeout,
         # Clients have nothing big to send; a larger frame closes the socket with 1009.
         ws_max_size=cfg.ws_max_message_bytes,
         log_level="info",
+        # uvicorn's records go through the root handler of core.logs: one format for
+        # every process, and tickets in logged URLs are redacted.
+        log_config=None,
+        # One line per request drowns the banner and the task lines; METASTREAM_ACCESS_LOG=1.
+        access_log=cfg.access_log,
     )
 
 

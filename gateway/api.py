@@ -19,6 +19,7 @@ from gateway.models import (
     TaskList,
     TaskOut,
     TicketOut,
+    llm_mode,
 )
 from gateway.security import Guard
 from store import Store, TaskRow
@@ -67,6 +68,7 @@ async def create_task(body: TaskCreate, store: StoreDep, cfg: SettingsDep) -> Ta
             ]
         )
     options = body.model_dump(exclude={"requirement", "test_mode"}, exclude_none=True)
+    options["llm"] = llm_mode(body, cfg.llm_base_url)
     row = await anyio.to_thread.run_sync(
         store.create_task, new_task_id(), body.requirement, body.test_mode, options, utcnow()
     )

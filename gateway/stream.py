@@ -26,10 +26,12 @@ from bus.messages import (
     state_of,
     ws_frame,
 )
+from core.metrics import Registry
 from core.settings import Settings
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.hub import Hub, Item, Listener, LiveBeat, LiveEvent, LiveState
 from gateway.logreader import LogReader
+from gateway.metrics import GatewayMetrics
 from gateway.wsprotocol import SEND_TEXTS
 from store import Store
 
@@ -84,6 +86,7 @@ class TaskStream:
         control: ControlClient,
         cfg: Settings,
         autostart: bool = True,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.ws = ws
         self.task_id = task_id
@@ -94,6 +97,7 @@ class TaskStream:
         self.control = control
         self.cfg = cfg
         self.autostart = autostart
+        self.metrics = metrics or GatewayMetrics(Registry(enabled=False))
         self.phase = Phase.CONNECTING
         self._last_state: dict[str, Any] | None = None
         self._last_state_version = -1
@@ -125,6 +129,7 @@ class TaskStream:
             except OSError as exc:  # uvicorn's ClientDisconnected, as Starlette reports it
                 raise WebSocketDisconnect(code=1006) from exc
         self._last_send = time.monotonic()
+        self.metrics.ws_sent.inc(len(frames))
 
     async def _send_json(self, msg_type: str, data: dict[str, Any]) -> None:
         await self._send(ws_frame(msg_type, json_encoder.encode(data)))
@@ -140,6 +145,7 @@ class TaskStream:
 
     async def _serve(self) -> None:
         await self.ws.accept()
+        self.metrics.ws_opened.inc()
         row = await self._db(self.store.get_task, self.task_id)
         if row is None:
             await self._send_json("error", {"message": "Task not found"})
@@ -189,7 +195,7 @@ class TaskStream:
                 tg.start_soon(self._read_client, tg.cancel_scope)
                 tg.start_soon(self._forward, listener, tg.cancel_scope)
         except* WebSocketDisconnect:
-            pass  # the client left; the task goes on (policy decides otherwise)
+            self.metrics.ws_client_left.inc()  # the task goes on (policy decides otherwise)
         finally:
             self.hub.detach(listener)
 
@@ -199,6 +205,7 @@ class TaskStream:
 
     async def _close(self, code: int) -> None:
         self._move(Phase.CLOSING)
+        self.metrics.closed(code)
         with contextlib.suppress(RuntimeError):  # the client closed first
             await self.ws.close(code)
 
@@ -224,6 +231,7 @@ class TaskStream:
                     # cheaper way to follow a fast task), then take live messages again and
                     # read what was logged before they resumed.
                     self._move(Phase.BEHIND)
+                    self.metrics.ws_log_catchups.inc()
                     while await self._catch_up(None) >= LIVE_AGAIN_BELOW:
                         pass
                     listener.reset()
@@ -258,6 +266,7 @@ class TaskStream:
                 if event_id < self.next_id:
                     return False  # already sent (replayed from the log)
                 if event_id > self.next_id:
+                    self.metrics.ws_gap_refills.inc(event_id - self.next_id)
                     await self._catch_up(event_id - 1)  # a gap: refill from the log
                 if event_id == self.next_id:
                     await self._send(frame)
@@ -317,6 +326,7 @@ class TaskStream:
             await self._send_many([frame for _, frame in rows])
             self.next_id = rows[-1][0] + 1
             sent += len(rows)
+        self.metrics.ws_log_events.inc(sent)
         return sent
 
     async def _offer_state(self, state: State) -> None:

@@ -22,6 +22,7 @@ router = APIRouter()
 
 
 async def _reject(websocket: WebSocket, code: int, message: str) -> None:
+    websocket.app.state.metrics.closed(code)
     await websocket.accept()
     # The client may already be gone; there is nothing more to tell it then.
     with contextlib.suppress(RuntimeError, OSError):
@@ -64,6 +65,7 @@ async def task_stream(
             control=state.control,
             cfg=state.settings,
             autostart=start,
+            metrics=state.metrics,
         )
         await stream.run()
     finally:

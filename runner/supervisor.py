@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
+
 from bus.client import Publisher
 from bus.messages import (
     Heartbeat,
@@ -25,11 +27,13 @@ from bus.messages import (
 )
 from core.clock import utcnow
 from core.ids import SYSTEM_TOPIC_PREFIX
+from core.metrics import Registry
 from core.options import TaskOptions
 from core.settings import SECRET_ENV, Settings
 from core.status import TRANSITIONS, TaskStatus, TransitionError
 from runner import process
 from runner.forkserver import ForkServer, ForkServerError
+from runner.metrics import SupervisorMetrics
 from runner.outcome import outcome
 from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits, StopFrom
 from store import Store, TaskRow
@@ -64,6 +68,7 @@ class Supervisor:
         publisher: Publisher,
         node: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Registry | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -77,10 +82,15 @@ class Supervisor:
         self._locks: dict[str, asyncio.Lock] = {}
         self._pump_lock = asyncio.Lock()
         self._background: set[asyncio.Task[str]] = set()
+        # Set once shutdown begins: slots freed by stopping tasks must not admit queued ones
+        # (they would be started only to be killed, and lost with no record).
+        self.closing = False
         self.forkserver: ForkServer | None = None  # the warm path, once start_forkserver ran
         self._zygote_restarts = 0
         self.on_started: Callable[[str], None] = lambda _tid: None
         self.on_ended: Callable[[str], None] = lambda _tid: None
+        self.metrics = SupervisorMetrics(metrics or Registry(enabled=False), self.node)
+        self.metrics.gauges(self._gauges)
 
     @property
     def beacon_topic(self) -> bytes:
@@ -156,6 +166,7 @@ class Supervisor:
                 pass  # it became RUNNING while we looked
             else:
                 self._publish(ended)
+                self.metrics.ended(task_id, ended.status)
                 return Reply(ok=True, status=ended.status)
         # It became RUNNING while we looked: stop the process.
         run = self.running.get(task_id)
@@ -173,6 +184,7 @@ class Supervisor:
         if run.stop_reason is None:
             run.stop_reason = (status, message)
         if run.stopping is None:
+            self.metrics.killed(_kill_reason(status, message))
             ask_timeout = self.cfg.stop_ask_timeout if how == "ask" else 0.0
             term_timeout = self.cfg.stop_term_timeout if how in ("ask", "term") else 0.0
             run.stopping = asyncio.create_task(self._stop_sequence(run, ask_timeout, term_timeout))
@@ -202,11 +214,15 @@ class Supervisor:
     async def pump(self) -> None:
         """Start queued tasks while slots are free, oldest first."""
         async with self._pump_lock:
+            if self.closing:
+                return
             free = self.admission.free_slots(len(self.running))
             if free == 0:
                 return
             queued = await self._db(self.store.tasks_with_status, (TaskStatus.QUEUED,), self.node)
             for row in queued[:free]:
+                if self.closing:
+                    return
                 await self._launch(row)
 
     async def _launch(self, row: TaskRow) -> None:
@@ -239,6 +255,9 @@ class Supervisor:
             Spawned(task_id=task_id, pid=child.pid, node=self.node, at=utcnow(), warm=warm)
         )
         self._track(task_id, child, TaskOptions.of(row.options))
+        self.metrics.started(
+            task_id, "warm" if warm else "cold", row.queued_at, row.last_event_id + 1
+        )
         self._publish(started)
 
     async def _spawn(self, task_id: str, workspace: Path) -> process.Child:
@@ -339,13 +358,28 @@ class Supervisor:
             log.warning("task %s not ended %s: %s", task_id, status, exc)
             return None
         self._publish(ended)
+        await self._first_event_metric(task_id)
+        self.metrics.ended(task_id, status, fields["last_event_id"])
         log.info("task %s %s: %s", task_id, status, message)
         return ended
+
+    async def _first_event_metric(self, task_id: str) -> None:
+        """A task that ended before a heartbeat told its first event's time: read it."""
+        first = self.metrics.awaiting_first_event(task_id)
+        if first is not None:
+            rows = await self._db(self.store.read_events, task_id, first - 1, 1)
+            if rows:
+                self.metrics.first_event(task_id, msgspec.json.decode(rows[0][1])["timestamp"])
+
+    def _gauges(self) -> dict[str, float]:
+        restarts = self.forkserver.restarts if self.forkserver is not None else 0
+        return {"zygote_restarts": restarts, "running": len(self.running)}
 
     # --- heartbeats ----------------------------------------------------------------------
 
     def heard(self, msg: Heartbeat) -> None:
         self.heartbeats.beat(msg.task_id)
+        self.metrics.heard(msg)
 
     def bus_beacon(self) -> None:
         if self.heartbeats.beacon():
@@ -360,6 +394,7 @@ class Supervisor:
                 self.heartbeats.forget(task_id)
                 continue
             msg = f"Task process unresponsive: no heartbeat for {silent:.1f} s; killed"
+            self.metrics.heartbeat_misses.inc()
             self._stop_soon(run, TaskStatus.FAILED, msg, how="kill")
         if not self.heartbeats.bus_ok():
             return  # leases can't arrive either: judge nobody's absence
@@ -412,6 +447,7 @@ class Supervisor:
                     Readopted(task_id=row.id, pid=child.pid, node=self.node, at=utcnow())
                 )
                 self._track(row.id, child, TaskOptions.of(row.options))
+                self.metrics.started(row.id, "adopted", None)
                 continue
             # Gone while nobody watched: its own record says how it ended, if it got that far.
             status, message = outcome(None, row.exit_code, row.error, adopted=False, lost=True)
@@ -420,6 +456,9 @@ class Supervisor:
 
     async def shutdown(self, reason: str = "Supervisor shut down") -> None:
         """Stop every task (recording why) so nothing outlives the supervisor."""
+        self.closing = True
+        async with self._pump_lock:
+            pass  # a launch under way finishes (and is tracked) before we list what runs
         runs = list(self.running.values())
         await asyncio.gather(
             *(self.stop_task(r, TaskStatus.CANCELLED, reason, how="ask") for r in runs),
@@ -428,3 +467,14 @@ class Supervisor:
         # Queued tasks stay QUEUED: the next supervisor starts them.
         if self.forkserver is not None:
             await self.forkserver.close(self.cfg.stop_ask_timeout, self.cfg.stop_term_timeout)
+
+
+def _kill_reason(status: TaskStatus, message: str) -> str:
+    """A bounded label for why the supervisor stopped a task (see runner.metrics)."""
+    if status == TaskStatus.CANCELLED:
+        if message.startswith("Supervisor shut down"):
+            return "shutdown"
+        return "disconnect" if "(policy " in message else "cancel"
+    if "unresponsive" in message:
+        return "unresponsive"
+    return "memory" if "memory" in message else "timeout"

@@ -213,6 +213,18 @@ class Store:
 
         return self._reading(read)
 
+    def ping(self) -> None:
+        """Raise unless the database answers (readiness checks)."""
+        with self._read.connect() as c:
+            c.execute(select(1)).scalar_one()
+
+    def status_counts(self) -> list[tuple[str, str | None, int]]:
+        """How many tasks are in each (status, node) (metrics)."""
+        q = select(tasks.c.status, tasks.c.node, func.count()).group_by(
+            tasks.c.status, tasks.c.node
+        )
+        return self._reading(lambda c: [(st, node, int(n)) for st, node, n in c.execute(q)])
+
     def tasks_with_status(self, statuses: Iterable[str], node: str | None = None) -> list[TaskRow]:
         """Tasks in the given statuses, oldest first (queue order)."""
         q = select(tasks).where(tasks.c.status.in_(list(statuses)))

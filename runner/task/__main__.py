@@ -6,9 +6,9 @@ Exit codes: 0 completed, 1 failed (reason stored in the task's ``error``), 3 can
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bus.client import Publisher
 from bus.messages import state_of
-from core import settings
+from core import logs, settings
 from runner.task.outbox import Outbox
 from runner.task.workload import Cancelled
 from store import Store
@@ -31,6 +31,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m runner.task TASK_ID", file=sys.stderr)
         return 2
     task_id = argv[0]
+    logs.setup("task", task_id=task_id)  # here, not at import: forks of the zygote come here too
     cfg = settings.load()
     # Two connections at most: the event writer and the task-row writer (README: sizing).
     store = Store(cfg.db_url, cfg.events_dir, pool_size=2, max_overflow=0)
@@ -58,6 +59,7 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGINT, ask_to_stop)
     signal.signal(signal.SIGTERM, ask_to_stop)
+    log.info("task %s started (pid %d)", task_id, os.getpid())
     outbox.start()
     code = EXIT_OK
     try:
@@ -69,14 +71,14 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # any failure of the workload ends the task FAILED, with its reason
         code = EXIT_FAILED
         reason = f"{type(exc).__name__}: {exc}"
-        log.error("task failed: %s", reason)
-        traceback.print_exc()
+        log.error("task failed: %s", reason, exc_info=True)
         outbox.emit("System", "ERROR", {"message": reason, "error_type": type(exc).__name__})
         outbox.record(error=reason[:2000])
     finally:
         outbox.close()
         publisher.close()
         store.close()
+    log.info("task %s ends with exit code %d", task_id, code)
     return code
 
 
@@ -94,5 +96,4 @@ def _run_workload(
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sys.exit(main(sys.argv[1:]))

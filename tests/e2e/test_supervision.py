@@ -228,3 +228,25 @@ def test_clean_shutdown_records_final_states(fast_stack: Stack, fapi: httpx.Clie
     assert row is not None and row.status == "CANCELLED"
     assert "shut down" in (row.last_message or "")
     assert_all_gone(tree)
+
+
+def test_clean_shutdown_starts_no_queued_task(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """Stopping running tasks frees slots; a shutting-down supervisor must not fill them."""
+    s = stack_factory(env={**FAST, "METASTREAM_MAX_RUNNING": "2"})
+    with httpx.Client(base_url=s.url, timeout=30) as api:
+        ids = [create_task(api, synthetic={"events": 100_000, "rate": 50})["id"] for _ in range(4)]
+        for tid in ids:
+            api.post(f"/api/tasks/{tid}/run")
+        for tid in ids[:2]:
+            poll_for(lambda t=tid: api.get(f"/api/tasks/{t}").json()["last_event_id"] > 2, 20)
+        assert [api.get(f"/api/tasks/{t}").json()["status"] for t in ids[2:]] == ["QUEUED"] * 2
+    s.stop()
+    from store import Store
+
+    store = Store(f"sqlite:///{s.home / 'data' / 'metastream.db'}")
+    rows = [store.get_task(t) for t in ids]
+    assert all(r is not None for r in rows)
+    assert [r.status for r in rows if r] == ["CANCELLED", "CANCELLED", "QUEUED", "QUEUED"]
+    for row in rows[2:]:
+        assert row is not None and row.started_at is None and row.pid is None, row
+        assert row.run_count == 0
