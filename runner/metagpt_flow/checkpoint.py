@@ -56,6 +56,15 @@ def save(workspace: Path, env: Any, ctx: Any, run: dict[str, Any]) -> None:
         "idea": run.get("requirement", ""),
         "context": ctx.serialize(),
     }
+    # A role's receive buffer is not part of its serialization (``exclude=True``), yet the
+    # round's messages wait there for the next round's roles: keep them too.
+    pending: dict[str, list[str]] = {}
+    for key, role in env.roles.items():
+        waiting = role.rc.msg_buffer.pop_all()
+        for msg in waiting:
+            role.rc.msg_buffer.push(msg)
+        pending[key] = [msg.dump() for msg in waiting]
+    run = {**run, "pending": pending}
     write_atomically(d / TEAM_JSON, json.dumps(team, default=to_jsonable_python))
     write_atomically(d / RUN_JSON, json.dumps(run))
 
@@ -66,12 +75,16 @@ def restore(workspace: Path, ctx: Any, new_llm: Any) -> Any:
     ``Team.deserialize`` builds the roles before the context is set, so they would talk to the
     LLM of MetaGPT's config file; each gets a fresh LLM (and its system prompt) here.
     """
+    from metagpt.schema import Message
     from metagpt.team import Team
 
     team = Team.deserialize(checkpoint_dir(workspace), context=ctx)
     env = team.env
-    for role in env.roles.values():
+    pending = read_run(workspace).get("pending", {})
+    for key, role in env.roles.items():
         role.context = ctx
         role.llm = new_llm()
         role.set_env(env)  # system prompt, cost manager, actions re-bound to the new LLM
+        for raw in pending.get(key, []):
+            role.rc.msg_buffer.push(Message.load(raw))
     return env

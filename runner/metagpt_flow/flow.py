@@ -209,7 +209,6 @@ async def _run(
     finally:
         ticker.cancel()
         obs.flush_stream()
-    checkpoint.clear(workspace)  # completed: nothing left to resume
     written = sorted(obs.code_files)
     missing = sorted(set(obs.task_list) - obs.code_files)
     if missing or not obs.task_list:
@@ -217,6 +216,7 @@ async def _run(
             f"flow ended after {rounds} rounds without writing "
             + (", ".join(missing) if missing else "a task list")
         )
+    checkpoint.clear(workspace)  # completed: nothing left to resume
     obs.advance(1.0, "System", f"Done: {len(written)} files written in {project}/")
     obs.system(
         FLOW_END,
