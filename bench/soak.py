@@ -38,7 +38,9 @@ async def _one(api: httpx.AsyncClient, ws_url: str, events: int) -> None:
                     last += 1
         except websockets.ConnectionClosed:
             pass
-        assert ws.close_code == 1000 and last == events, (task_id, ws.close_code, last)
+    if ws.close_code != 1000 or last != events:
+        row = (await api.get(f"/api/tasks/{task_id}")).json()
+        raise AssertionError(f"task {task_id}: close {ws.close_code}, {last} of {events}: {row}")
 
 
 async def soak(
@@ -70,7 +72,12 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--every", type=int, default=300)
     args = parser.parse_args()
-    env = {"METASTREAM_CREATE_RATE": "0", "METASTREAM_MAX_RUNNING": str(args.parallel)}
+    env = {
+        "METASTREAM_CREATE_RATE": "0",
+        "METASTREAM_MAX_RUNNING": str(args.parallel),
+        # A loaded machine starts processes slowly; a soak is about memory, not liveness.
+        "METASTREAM_HEARTBEAT_TIMEOUT": "30",
+    }
     with tempfile.TemporaryDirectory() as home, Stack(Path(home), env=env) as stack:
         marks = asyncio.run(soak(stack, args.tasks, args.events, args.parallel, args.every))
     base = next((rss for n, rss in marks if n >= args.every), marks[0][1])
