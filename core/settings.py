@@ -85,10 +85,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         str,
         env(
             "METASTREAM_DB_URL",
-            "the store (SQLAlchemy URL)",
+            "the store: `sqlite:///PATH` or `postgresql://USER:PASSWORD@HOST:PORT/DB` (see "
+            "Running on PostgreSQL)",
             shown="sqlite:///$METASTREAM_HOME/data/metastream.db",
         ),
     ] = ""
+    db_migrate: Annotated[
+        bool,
+        env(
+            "METASTREAM_DB_MIGRATE",
+            "`1`: gateways and supervisors migrate the store's schema at start-up (under a "
+            "lock); `0`: they refuse an unmigrated database, naming `metastream db upgrade`",
+        ),
+    ] = True
     bus_pub: Annotated[
         str,
         env(

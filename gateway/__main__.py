@@ -14,6 +14,7 @@ from gateway.banner import banner
 from gateway.security import bind_problem, describe
 from gateway.slowloris import http_protocol
 from gateway.wsprotocol import WS_PROTOCOL
+from store import Store, StoreError, migrate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,6 +40,20 @@ def main(argv: list[str] | None = None) -> None:
     if problem:
         print(f"gateway: {problem}", file=sys.stderr, flush=True)
         raise SystemExit(2)
+    cfg.ensure_dirs()
+    try:
+        # Checked (and migrated) before uvicorn starts: a bad database is one line, not a
+        # lifespan traceback.
+        store = Store(cfg.db_url, cfg.events_dir, migrate=cfg.db_migrate)
+        try:
+            migrated = store.create_schema()
+        finally:
+            store.close()
+    except StoreError as exc:
+        print(f"gateway: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    if migrated:
+        logs.announce(f"gateway: migrated the database schema from {migrated} to {migrate.head()}")
     logs.announce(f"gateway: {describe(cfg, cfg.host)}", stream=sys.stderr)
     port = settings.gateway_port(cfg)
     for line in banner(cfg, port).splitlines():

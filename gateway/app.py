@@ -47,7 +47,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cfg.ensure_dirs()
-        store = Store(cfg.db_url, cfg.events_dir)
+        store = Store(cfg.db_url, cfg.events_dir, migrate=cfg.db_migrate)
         await anyio.to_thread.run_sync(store.create_schema)
         ctx = zmq.asyncio.Context()
         hub = Hub(cfg.bus_sub, ctx, cfg.ws_queue_size)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from sqlalchemy.exc import DBAPIError
 
 from bus.client import Publisher
 from bus.messages import state_of
@@ -32,8 +33,13 @@ def main(argv: list[str]) -> int:
     task_id = argv[0]
     logs.setup("task", task_id=task_id)  # here, not at import: forks of the zygote come here too
     cfg = settings.load()
-    store = Store(cfg.db_url, cfg.events_dir)
-    row = store.get_task(task_id)
+    # Two connections at most: the event writer and the task-row writer (README: sizing).
+    store = Store(cfg.db_url, cfg.events_dir, pool_size=2, max_overflow=0)
+    try:
+        row = store.get_task(task_id)
+    except DBAPIError as exc:
+        print(f"task {task_id}: {store.unavailable(exc)}", file=sys.stderr)
+        return 2
     if row is None:
         print(f"task {task_id} not found", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""The gateway's shared log reader, over a real per-task SQLite log."""
+"""The gateway's shared log reader, over a real event log: per-task SQLite files and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import ProgrammingError
 
 from bus.messages import ws_frame
 from gateway.logreader import LogReader
@@ -26,8 +28,8 @@ def frame(i: int) -> bytes:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path}/db.sqlite", tmp_path / "events")
+def store(db_url: str, tmp_path: Path) -> Iterator[Store]:
+    s = Store(db_url, tmp_path / "events")
     s.create_schema()
     yield s
     s.close()
@@ -121,15 +123,22 @@ def test_memory_stays_within_budget_and_evicted_blocks_are_read_again(store: Sto
 
 
 def test_an_unreadable_log_raises_to_every_waiting_reader(store: Store, tmp_path: Path) -> None:
-    (tmp_path / "events").mkdir(exist_ok=True)
-    (tmp_path / "events" / f"{TASK}.db").write_bytes(b"not a database" * 100)
+    expected: type[Exception]
+    if store.url.startswith("sqlite"):
+        (tmp_path / "events").mkdir(exist_ok=True)
+        (tmp_path / "events" / f"{TASK}.db").write_bytes(b"not a database" * 100)
+        expected = sqlite3.DatabaseError
+    else:  # the table is gone: an error, never "no events"
+        with store._write.begin() as c:
+            c.execute(text("DROP TABLE events"))
+        expected = ProgrammingError
 
     async def main() -> None:
         reader = LogReader(store, block=10, first_read=10)
         results = await asyncio.gather(
             reader.read(TASK, 0), reader.read(TASK, 3), return_exceptions=True
         )
-        assert all(isinstance(r, sqlite3.DatabaseError) for r in results), results
+        assert all(isinstance(r, expected) for r in results), results
 
     asyncio.run(main())
 
