@@ -100,6 +100,7 @@ class TaskStream:
         self.metrics = metrics or GatewayMetrics(Registry(enabled=False))
         self.phase = Phase.CONNECTING
         self._last_state: dict[str, Any] | None = None
+        self._ended = False  # the final state was sent
         self._last_state_version = -1
         self._last_send = time.monotonic()
         # Many frames per call, framed by the server itself (see gateway.wsprotocol).
@@ -198,6 +199,10 @@ class TaskStream:
             self.metrics.ws_client_left.inc()  # the task goes on (policy decides otherwise)
         finally:
             self.hub.detach(listener)
+            if self._ended and not self.hub.watchers(self.task_id):
+                # The task is over and nobody follows it: its cached log blocks would only
+                # pile up, one ended task after another (a soak grew ~70 KB per task).
+                self.log.forget(self.task_id)
 
     async def _fail_start(self, why: str) -> None:
         await self._send_json("error", {"message": f"Task start failed: {why}"})
@@ -345,4 +350,5 @@ class TaskStream:
             await self._catch_up(final.last_event_id)
         self._last_state_version = -1
         await self._offer_state(final)
+        self._ended = True
         await self._close(CLOSE_NORMAL)
