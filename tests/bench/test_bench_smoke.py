@@ -31,6 +31,8 @@ EXPECTED = [
     ("5", "per-task USS", "cold MetaGPT process RSS"),
     ("5", "total PSS", "x cold MetaGPT RSS"),
     ("4b", "event log on", "event log off"),
+    ("1m", "throughput", "metrics off"),
+    ("1m", "latency p99", "metrics off"),
 ]
 
 
