@@ -119,7 +119,7 @@ def serve(
     registry = Registry(metrics)
     registry.collector(proxy.counters)
     server = Server(registry, metrics_host, metrics_port, "bus")
-    log.info("bus proxy up: publishers -> %s, subscribers -> %s", frontend, backend)
+    # Once: announce() is a plain line, or a log record in JSON format (not both).
     logs.announce(f"bus: publishers connect to {frontend}; subscribers connect to {backend}")
     received = signal.sigwait(stop_signals)
     log.info("bus proxy stopping on %s", signal.Signals(received).name)

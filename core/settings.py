@@ -8,52 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 import msgspec
+
+from core.options import DisconnectMode
+
+LogFormat = Literal["plain", "json"]
 
 # Unix socket paths are limited to ~107 bytes; longer homes get their sockets in a private
 # directory under the system temp dir, named after the home so every process agrees on it.
 _MAX_IPC_PATH = 100
-
-
-class _Env:
-    """Typed reads of one environment mapping; a bad value names its variable."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-
-    def text(self, name: str, default: str) -> str:
-        value = self._environ.get(name)
-        return value if value else default
-
-    def number(self, name: str, default: float) -> float:
-        raw = self._environ.get(name)
-        if not raw:
-            return default
-        try:
-            return float(raw)
-        except ValueError as exc:
-            raise ValueError(f"{name} must be a number, got {raw!r}") from exc
-
-    def integer(self, name: str, default: int) -> int:
-        raw = self._environ.get(name)
-        if not raw:
-            return default
-        try:
-            return int(raw)
-        except ValueError as exc:
-            raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
-
-    def flag(self, name: str) -> bool:
-        return self._environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-    def items(self, name: str) -> tuple[str, ...]:
-        """A comma-separated list, blanks dropped."""
-        return tuple(p.strip() for p in self._environ.get(name, "").split(",") if p.strip())
 
 
 class Secrets:
@@ -77,59 +47,349 @@ class Secrets:
         return f"Secrets(<{len(self.values)} hidden>)"
 
 
-class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    """Resolved configuration of one metastream stack."""
+def env(name: str, doc: str, *, shown: str = "", **constraints: Any) -> msgspec.Meta:
+    """A setting's declaration: its variable, its doc (the README's table) and its bounds.
 
-    home: Path
-    host: str = "127.0.0.1"
-    port: int = 8000
-    db_url: str = ""
-    bus_pub: str = ""  # publishers connect here (the proxy's XSUB side)
-    bus_sub: str = ""  # subscribers connect here (the proxy's XPUB side)
-    control: str = ""  # the supervisor's request channel
-    python: str = ""  # interpreter for task processes
-    max_running: int = 4
-    heartbeat_interval: float = 1.0
-    heartbeat_timeout: float = 5.0
-    stop_ask_timeout: float = 2.0
-    stop_term_timeout: float = 3.0
-    control_timeout: float = 5.0
+    ``shown`` is the default as the README writes it, when the value is derived at load time.
+    """
+    return msgspec.Meta(**constraints, extra={"env": name, "doc": doc, "shown": shown})
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Resolved configuration of one metastream stack: each setting declared once, here.
+
+    The README's configuration table is generated from these declarations
+    (``python -m core.settings_table``) and tests/core/test_settings.py checks that it matches.
+    """
+
+    home: Annotated[
+        Path,
+        env(
+            "METASTREAM_HOME",
+            "all runtime state: `data/` (SQLite), `run/` (ipc sockets, mode 0700), "
+            "`tasks/<id>/` (workspaces), `logs/`",
+            shown="./var",
+        ),
+    ]
+    host: Annotated[str, env("HOST", "where the gateway listens")] = "127.0.0.1"
+    port: Annotated[
+        int,
+        env(
+            "PORT",
+            "the gateway's port, also under `honcho start` (whose own default, 5000, is not taken)",
+            ge=0,
+            le=65535,
+        ),
+    ] = 8000
+    db_url: Annotated[
+        str,
+        env(
+            "METASTREAM_DB_URL",
+            "the store: `sqlite:///PATH` or `postgresql://USER:PASSWORD@HOST:PORT/DB` (see "
+            "Running on PostgreSQL)",
+            shown="sqlite:///$METASTREAM_HOME/data/metastream.db",
+        ),
+    ] = ""
+    db_migrate: Annotated[
+        bool,
+        env(
+            "METASTREAM_DB_MIGRATE",
+            "`1`: gateways and supervisors migrate the store's schema at start-up (under a "
+            "lock); `0`: they refuse an unmigrated database, naming `metastream db upgrade`",
+        ),
+    ] = True
+    bus_pub: Annotated[
+        str,
+        env(
+            "METASTREAM_BUS_PUB",
+            "proxy XSUB endpoint (publishers connect)",
+            shown="ipc://$METASTREAM_HOME/run/bus-in.sock",
+        ),
+    ] = ""
+    bus_sub: Annotated[
+        str,
+        env(
+            "METASTREAM_BUS_SUB",
+            "proxy XPUB endpoint (**subscribers connect here**)",
+            shown="ipc://$METASTREAM_HOME/run/bus-out.sock",
+        ),
+    ] = ""
+    control: Annotated[
+        str,
+        env(
+            "METASTREAM_CONTROL",
+            "supervisor request channel",
+            shown="ipc://$METASTREAM_HOME/run/control.sock",
+        ),
+    ] = ""
+    python: Annotated[
+        str,
+        env(
+            "METASTREAM_TASK_PYTHON",
+            "interpreter of cold-started task processes",
+            shown="the running one",
+        ),
+    ] = ""
+    node: Annotated[
+        str,
+        env(
+            "METASTREAM_NODE",
+            "this supervisor's node name (tasks record which node runs them)",
+            shown="host name",
+        ),
+    ] = ""
+    max_running: Annotated[
+        int, env("METASTREAM_MAX_RUNNING", "tasks running at once; the rest wait as `QUEUED`", ge=1)
+    ] = 4
+    heartbeat_interval: Annotated[
+        float, env("METASTREAM_HEARTBEAT_INTERVAL", "seconds between a task's heartbeats", gt=0)
+    ] = 1.0
+    heartbeat_timeout: Annotated[
+        float,
+        env(
+            "METASTREAM_HEARTBEAT_TIMEOUT",
+            "seconds of silence after which a task is killed and `FAILED`",
+            gt=0,
+        ),
+    ] = 5.0
+    stop_ask_timeout: Annotated[
+        float,
+        env(
+            "METASTREAM_STOP_ASK_TIMEOUT", "stop sequence: seconds between SIGINT and SIGTERM", ge=0
+        ),
+    ] = 2.0
+    stop_term_timeout: Annotated[
+        float,
+        env(
+            "METASTREAM_STOP_TERM_TIMEOUT",
+            "stop sequence: seconds between SIGTERM and SIGKILL",
+            ge=0,
+        ),
+    ] = 3.0
+    control_timeout: Annotated[
+        float,
+        env(
+            "METASTREAM_CONTROL_TIMEOUT",
+            "seconds a gateway waits for the supervisor (then 503)",
+            gt=0,
+        ),
+    ] = 5.0
     # Small on purpose: a connection that is behind is cheaper to serve from the (shared,
     # cached) log than through the bus; see gateway/logreader.py.
-    ws_queue_size: int = 16
-    ws_heartbeat_interval: float = 15.0
-    ws_ping_interval: float = 20.0
-    ws_ping_timeout: float = 20.0
-    replay_page: int = 2000
-    disconnect_policy: str = "continue"
-    disconnect_grace: float = 30.0
-    lease_ttl: float = 3.0
-    task_timeout: float = 0.0
-    task_memory_mb: float = 0.0
-    ws_max_per_task: int = 100
+    ws_queue_size: Annotated[
+        int,
+        env(
+            "METASTREAM_WS_QUEUE",
+            "live messages buffered per connection before it catches up from the log",
+            ge=1,
+        ),
+    ] = 16
+    ws_heartbeat_interval: Annotated[
+        float,
+        env("METASTREAM_WS_HEARTBEAT", "seconds of silence before a `heartbeat` message", gt=0),
+    ] = 15.0
+    ws_ping_interval: Annotated[
+        float,
+        env("METASTREAM_WS_PING_INTERVAL", "seconds between WebSocket pings (dead clients)", gt=0),
+    ] = 20.0
+    ws_ping_timeout: Annotated[
+        float, env("METASTREAM_WS_PING_TIMEOUT", "seconds to wait for a pong", gt=0)
+    ] = 20.0
+    replay_page: Annotated[
+        int, env("METASTREAM_REPLAY_PAGE", "events per page of a log replay", ge=1)
+    ] = 2000
+    disconnect_policy: Annotated[
+        DisconnectMode,
+        env(
+            "METASTREAM_DISCONNECT_POLICY",
+            "server default of the per-task `disconnect_policy` (`continue`, `kill`, `grace`)",
+        ),
+    ] = "continue"
+    disconnect_grace: Annotated[
+        float,
+        env("METASTREAM_DISCONNECT_GRACE", "server default of the per-task `grace_seconds`", ge=0),
+    ] = 30.0
+    lease_ttl: Annotated[
+        float,
+        env(
+            "METASTREAM_LEASE_TTL",
+            "gateways renew a watch lease per task every third of this; an expired lease "
+            "(dead gateway) counts as a disconnect",
+            gt=0,
+        ),
+    ] = 3.0
+    task_timeout: Annotated[
+        float,
+        env(
+            "METASTREAM_TASK_TIMEOUT",
+            "server default wall-clock limit in seconds (0 = none); per task: `timeout_seconds`",
+            ge=0,
+        ),
+    ] = 0.0
+    task_memory_mb: Annotated[
+        float,
+        env(
+            "METASTREAM_TASK_MEMORY_MB",
+            "server default memory limit of a task's whole tree in MB (0 = none); per task: "
+            "`memory_limit_mb`",
+            ge=0,
+        ),
+    ] = 0.0
+    ws_max_per_task: Annotated[
+        int,
+        env(
+            "METASTREAM_WS_MAX_PER_TASK",
+            "WebSocket connections per task (more: `error` + close `4429`)",
+            ge=1,
+        ),
+    ] = 100
     # Security and limits (docs/security.md).
-    api_tokens: Secrets = Secrets()
-    ticket_secret: Secrets = Secrets()
-    ticket_ttl: float = 60.0
-    insecure: bool = False
-    allowed_origins: tuple[str, ...] = ()
-    max_body_bytes: int = 1_048_576
-    max_json_depth: int = 32
-    max_requirement: int = 20_000
-    ws_max_message_bytes: int = 65_536
-    ws_max_per_client: int = 256
-    create_rate: float = 10.0
-    create_burst: int = 100
-    curve_dir: str = ""
-    warm: bool = True  # fork task processes from a pre-imported zygote (runner.forkserver)
+    api_tokens: Annotated[
+        Secrets,
+        env(
+            "METASTREAM_API_TOKEN",
+            "comma-separated API tokens; when set, REST and WebSocket need one (see Security)",
+        ),
+    ] = Secrets()
+    ticket_secret: Annotated[
+        Secrets,
+        env(
+            "METASTREAM_TICKET_SECRET", "key of WebSocket tickets", shown="derived from the tokens"
+        ),
+    ] = Secrets()
+    ticket_ttl: Annotated[
+        float, env("METASTREAM_TICKET_TTL", "lifetime of a WebSocket ticket in seconds", gt=0)
+    ] = 60.0
+    insecure: Annotated[
+        bool,
+        env(
+            "METASTREAM_INSECURE",
+            "`1` (or `python -m gateway --insecure`): listen on a non-loopback address without "
+            "a token",
+        ),
+    ] = False
+    allowed_origins: Annotated[
+        tuple[str, ...],
+        env(
+            "METASTREAM_ALLOWED_ORIGINS",
+            "extra origins (comma-separated) allowed for WebSocket upgrades and CORS (same "
+            "origin always is)",
+        ),
+    ] = ()
+    max_body_bytes: Annotated[
+        int, env("METASTREAM_MAX_BODY_BYTES", "request body limit (413)", ge=1)
+    ] = 1_048_576
+    max_json_depth: Annotated[
+        int, env("METASTREAM_MAX_JSON_DEPTH", "request JSON nesting limit (422)", ge=1)
+    ] = 32
+    max_requirement: Annotated[
+        int, env("METASTREAM_MAX_REQUIREMENT", "characters of a requirement (422)", ge=1)
+    ] = 20_000
+    ws_max_message_bytes: Annotated[
+        int,
+        env(
+            "METASTREAM_WS_MAX_MESSAGE_BYTES", "a client's WebSocket frame limit (close 1009)", ge=1
+        ),
+    ] = 65_536
+    ws_max_per_client: Annotated[
+        int,
+        env(
+            "METASTREAM_WS_MAX_PER_CLIENT", "WebSocket connections per client address (4429)", ge=1
+        ),
+    ] = 256
+    create_rate: Annotated[
+        float,
+        env(
+            "METASTREAM_CREATE_RATE",
+            "task creations per second per client address (429 + `Retry-After`; 0 = off)",
+            ge=0,
+        ),
+    ] = 10.0
+    create_burst: Annotated[
+        int, env("METASTREAM_CREATE_BURST", "burst of task creations per client address", ge=1)
+    ] = 100
+    allowed_hosts: Annotated[
+        tuple[str, ...],
+        env(
+            "METASTREAM_ALLOWED_HOSTS",
+            "`Host` names served besides loopback ones (comma-separated, `*.example.com` for "
+            "subdomains; others get `400`: DNS rebinding protection)",
+        ),
+    ] = ()
+    trusted_proxies: Annotated[
+        tuple[str, ...],
+        env(
+            "METASTREAM_TRUSTED_PROXIES",
+            "proxies whose `X-Forwarded-For` is believed (comma-separated; default none)",
+        ),
+    ] = ()
+    head_timeout: Annotated[
+        float,
+        env(
+            "METASTREAM_HEAD_TIMEOUT",
+            "seconds a request head may take to arrive, else `408` and close (slowloris; 0 = off)",
+            ge=0,
+        ),
+    ] = 5.0
+    curve_dir: Annotated[
+        str,
+        env(
+            "METASTREAM_CURVE_DIR",
+            "CURVE keys (`python -m bus.curve keygen DIR`); required for non-loopback `tcp://` "
+            "bus endpoints",
+        ),
+    ] = ""
+    warm: Annotated[
+        bool,
+        env(
+            "METASTREAM_WARM",
+            "fork task processes from a pre-imported zygote (warm path); `0` = a fresh "
+            "interpreter per task",
+        ),
+    ] = True
+    warm_metagpt: Annotated[
+        bool,
+        env("METASTREAM_WARM_METAGPT", "the zygote pre-imports MetaGPT too (read by the zygote)"),
+    ] = True
+    llm_base_url: Annotated[
+        str,
+        env(
+            "METASTREAM_LLM_BASE_URL",
+            "a real OpenAI-compatible LLM, see [Use a real LLM](#use-a-real-llm); "
+            "unset = the built-in offline scripted LLM",
+        ),
+    ] = ""
+    llm_api_key: Annotated[str, env("METASTREAM_LLM_API_KEY", "that LLM's API key")] = ""
+    llm_model: Annotated[str, env("METASTREAM_LLM_MODEL", "that LLM's model name")] = ""
+    metagpt_log_level: Annotated[
+        str,
+        env(
+            "METASTREAM_METAGPT_LOG_LEVEL",
+            "level of MetaGPT's own (loguru) log in task logs (read by runner/metagpt_flow)",
+        ),
+    ] = "WARNING"
     # Operating (README "Operating metastream"): Prometheus metrics and the log format.
-    metrics: bool = True  # False: no /metrics, no metrics servers, nothing counted
-    metrics_host: str = "127.0.0.1"
+    metrics: Annotated[
+        bool, env("METASTREAM_METRICS", "`0`: no `/metrics`, no metrics servers, nothing counted")
+    ] = True
+    metrics_host: Annotated[
+        str, env("METASTREAM_METRICS_HOST", "where the supervisor's and the bus's metrics listen")
+    ] = "127.0.0.1"
     # 0 = no server. Off by default: two stacks side by side (and tests) would clash on fixed
     # ports; an operator picks them (e.g. 9101, 9102).
-    supervisor_metrics_port: int = 0
-    bus_metrics_port: int = 0
-    log_format: str = "plain"
+    supervisor_metrics_port: Annotated[
+        int,
+        env("METASTREAM_SUPERVISOR_METRICS_PORT", "supervisor's metrics port (`0` = off)", ge=0),
+    ] = 0
+    bus_metrics_port: Annotated[
+        int, env("METASTREAM_BUS_METRICS_PORT", "bus proxy's metrics port (`0` = off)", ge=0)
+    ] = 0
+    access_log: Annotated[
+        bool, env("METASTREAM_ACCESS_LOG", "`1`: the gateway logs one line per HTTP request")
+    ] = False
+    log_format: Annotated[
+        LogFormat, env("METASTREAM_LOG_FORMAT", "`plain` or `json` (one object per line)")
+    ] = "plain"
 
     @property
     def data_dir(self) -> Path:
@@ -163,11 +423,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         os.chmod(self.run_dir, 0o700)
 
 
-DISCONNECT_POLICIES = ("continue", "kill", "grace")
-LOG_FORMATS = ("plain", "json")
-_OFF = ("0", "false", "no", "off")
-# Server secrets: never passed to task processes, never logged.
-SECRET_ENV = ("METASTREAM_API_TOKEN", "METASTREAM_TICKET_SECRET")
+DISCONNECT_POLICIES: tuple[str, ...] = get_args(DisconnectMode)
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 
 
 def run_dir_for(home: Path) -> Path:
@@ -179,82 +436,69 @@ def run_dir_for(home: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"metastream-{os.getuid()}-{digest}"
 
 
-def load(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build settings from the environment (or the given mapping)."""
-    env = _Env(os.environ if environ is None else environ)
-    policy = env.text("METASTREAM_DISCONNECT_POLICY", "continue")
-    if policy not in DISCONNECT_POLICIES:
-        raise ValueError(f"METASTREAM_DISCONNECT_POLICY must be one of {DISCONNECT_POLICIES}")
-    home = Path(env.text("METASTREAM_HOME", "var")).resolve()
-    run = run_dir_for(home)
-    log_format = env.text("METASTREAM_LOG_FORMAT", "plain").strip().lower()
-    if log_format not in LOG_FORMATS:
-        raise ValueError(f"METASTREAM_LOG_FORMAT must be one of {LOG_FORMATS}")
-    return Settings(
-        home=home,
-        host=env.text("HOST", "127.0.0.1"),
-        port=env.integer("PORT", 8000),
-        db_url=env.text("METASTREAM_DB_URL", f"sqlite:///{home / 'data' / 'metastream.db'}"),
-        bus_pub=env.text("METASTREAM_BUS_PUB", f"ipc://{run / 'bus-in.sock'}"),
-        bus_sub=env.text("METASTREAM_BUS_SUB", f"ipc://{run / 'bus-out.sock'}"),
-        control=env.text("METASTREAM_CONTROL", f"ipc://{run / 'control.sock'}"),
-        python=env.text("METASTREAM_TASK_PYTHON", sys.executable),
-        max_running=env.integer("METASTREAM_MAX_RUNNING", 4),
-        heartbeat_interval=env.number("METASTREAM_HEARTBEAT_INTERVAL", 1.0),
-        heartbeat_timeout=env.number("METASTREAM_HEARTBEAT_TIMEOUT", 5.0),
-        stop_ask_timeout=env.number("METASTREAM_STOP_ASK_TIMEOUT", 2.0),
-        stop_term_timeout=env.number("METASTREAM_STOP_TERM_TIMEOUT", 3.0),
-        control_timeout=env.number("METASTREAM_CONTROL_TIMEOUT", 5.0),
-        ws_queue_size=env.integer("METASTREAM_WS_QUEUE", 16),
-        ws_heartbeat_interval=env.number("METASTREAM_WS_HEARTBEAT", 15.0),
-        ws_ping_interval=env.number("METASTREAM_WS_PING_INTERVAL", 20.0),
-        ws_ping_timeout=env.number("METASTREAM_WS_PING_TIMEOUT", 20.0),
-        replay_page=env.integer("METASTREAM_REPLAY_PAGE", 2000),
-        disconnect_policy=policy,
-        disconnect_grace=env.number("METASTREAM_DISCONNECT_GRACE", 30.0),
-        lease_ttl=env.number("METASTREAM_LEASE_TTL", 3.0),
-        task_timeout=env.number("METASTREAM_TASK_TIMEOUT", 0.0),
-        task_memory_mb=env.number("METASTREAM_TASK_MEMORY_MB", 0.0),
-        ws_max_per_task=env.integer("METASTREAM_WS_MAX_PER_TASK", 100),
-        api_tokens=Secrets(env.items("METASTREAM_API_TOKEN")),
-        ticket_secret=Secrets(env.items("METASTREAM_TICKET_SECRET")),
-        ticket_ttl=env.number("METASTREAM_TICKET_TTL", 60.0),
-        insecure=env.flag("METASTREAM_INSECURE"),
-        allowed_origins=env.items("METASTREAM_ALLOWED_ORIGINS"),
-        max_body_bytes=env.integer("METASTREAM_MAX_BODY_BYTES", 1_048_576),
-        max_json_depth=env.integer("METASTREAM_MAX_JSON_DEPTH", 32),
-        max_requirement=env.integer("METASTREAM_MAX_REQUIREMENT", 20_000),
-        ws_max_message_bytes=env.integer("METASTREAM_WS_MAX_MESSAGE_BYTES", 65_536),
-        ws_max_per_client=env.integer("METASTREAM_WS_MAX_PER_CLIENT", 256),
-        create_rate=env.number("METASTREAM_CREATE_RATE", 10.0),
-        create_burst=env.integer("METASTREAM_CREATE_BURST", 100),
-        curve_dir=env.text("METASTREAM_CURVE_DIR", ""),
-        warm=env.text("METASTREAM_WARM", "1").strip().lower() not in _OFF,
-        metrics=env.text("METASTREAM_METRICS", "1").strip().lower() not in _OFF,
-        metrics_host=env.text("METASTREAM_METRICS_HOST", "127.0.0.1"),
-        supervisor_metrics_port=env.integer("METASTREAM_SUPERVISOR_METRICS_PORT", 0),
-        bus_metrics_port=env.integer("METASTREAM_BUS_METRICS_PORT", 0),
-        log_format=log_format,
-    )
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-def gateway_port(cfg: Settings) -> int:
-    """The port the gateway should listen on, seeing through honcho's PORT rewriting.
+def declarations() -> list[tuple[str, Any, dict[str, str], Any]]:
+    """Each setting as ``(field, type, {"env", "doc", "shown"}, default)``, in order."""
+    hints = get_type_hints(Settings, include_extras=True)
+    out = []
+    for f in msgspec.structs.fields(Settings):
+        hint = hints[f.name]
+        meta = next(m for m in get_args(hint)[1:] if isinstance(m, msgspec.Meta))
+        out.append((f.name, hint, dict(meta.extra or {}), f.default))
+    return out
 
-    honcho gives every Procfile process its own PORT (base + 100 per process, base 5000 when
-    the user set none). The user's own PORT, if any, is still in honcho's environment, so when
-    honcho started us we take it from there, defaulting to 8000 as the contract says.
-    """
-    import psutil
 
+def _parse(name: str, hint: Any, raw: str) -> Any:
+    base = get_args(hint)[0]
+    if base is Secrets:
+        return Secrets(_items(raw))
+    if base == tuple[str, ...]:
+        return _items(raw)
+    if base is Path:
+        return Path(raw).resolve()
+    if base is bool:
+        word = raw.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        raise ValueError(f"{name} must be one of {_TRUE + _FALSE}, got {raw!r}")
     try:
-        ancestor = psutil.Process().parent()
-        for _ in range(3):  # honcho -> sh -c -> python
-            if ancestor is None:
-                break
-            if any(part.endswith("honcho") for part in ancestor.cmdline()[:2]):
-                return int(ancestor.environ().get("PORT") or 8000)
-            ancestor = ancestor.parent()
-    except (psutil.Error, ValueError):
-        pass
-    return cfg.port
+        return msgspec.convert(raw, hint, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"{name}: {exc}, got {raw!r}") from None
+
+
+def _items(raw: str) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped."""
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment (or the given mapping); a bad value names its variable."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name, hint, meta, _default in declarations():
+        raw = environ.get(meta["env"], "")
+        if raw.strip():  # unset or empty: the declared default
+            values[name] = _parse(meta["env"], hint, raw)
+    home = values.setdefault("home", Path("var").resolve())
+    run = run_dir_for(home)
+    # Derived defaults: from the home, the interpreter and the machine.
+    values.setdefault("db_url", f"sqlite:///{home / 'data' / 'metastream.db'}")
+    values.setdefault("bus_pub", f"ipc://{run / 'bus-in.sock'}")
+    values.setdefault("bus_sub", f"ipc://{run / 'bus-out.sock'}")
+    values.setdefault("control", f"ipc://{run / 'control.sock'}")
+    values.setdefault("python", sys.executable)
+    values.setdefault("node", socket.gethostname())
+    return Settings(**values)
+
+
+# Server secrets (the settings of type Secrets): never passed to task processes, never logged.
+SECRET_ENV = tuple(
+    meta["env"] for _n, hint, meta, _d in declarations() if get_args(hint)[0] is Secrets
+)
+
+
+# Where honcho runs the gateway (kept importable from here).
+from core.honcho import gateway_port as gateway_port  # noqa: E402

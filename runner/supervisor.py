@@ -73,7 +73,7 @@ class Supervisor:
         self.cfg = cfg
         self.store = store
         self.pub = publisher
-        self.node = node or os.environ.get("METASTREAM_NODE") or socket.gethostname()
+        self.node = node or cfg.node or socket.gethostname()
         self.running: dict[str, Running] = {}
         self.admission = Admission(cfg.max_running)
         self.heartbeats = HeartbeatPolicy(cfg.heartbeat_timeout, STARTUP_GRACE, clock)
@@ -82,6 +82,9 @@ class Supervisor:
         self._locks: dict[str, asyncio.Lock] = {}
         self._pump_lock = asyncio.Lock()
         self._background: set[asyncio.Task[str]] = set()
+        # Set once shutdown begins: slots freed by stopping tasks must not admit queued ones
+        # (they would be started only to be killed, and lost with no record).
+        self.closing = False
         self.forkserver: ForkServer | None = None  # the warm path, once start_forkserver ran
         self._zygote_restarts = 0
         self.on_started: Callable[[str], None] = lambda _tid: None
@@ -211,11 +214,15 @@ class Supervisor:
     async def pump(self) -> None:
         """Start queued tasks while slots are free, oldest first."""
         async with self._pump_lock:
+            if self.closing:
+                return
             free = self.admission.free_slots(len(self.running))
             if free == 0:
                 return
             queued = await self._db(self.store.tasks_with_status, (TaskStatus.QUEUED,), self.node)
             for row in queued[:free]:
+                if self.closing:
+                    return
                 await self._launch(row)
 
     async def _launch(self, row: TaskRow) -> None:
@@ -449,6 +456,9 @@ class Supervisor:
 
     async def shutdown(self, reason: str = "Supervisor shut down") -> None:
         """Stop every task (recording why) so nothing outlives the supervisor."""
+        self.closing = True
+        async with self._pump_lock:
+            pass  # a launch under way finishes (and is tracked) before we list what runs
         runs = list(self.running.values())
         await asyncio.gather(
             *(self.stop_task(r, TaskStatus.CANCELLED, reason, how="ask") for r in runs),
