@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import persistence, postgres, scenarios, startup
+from bench import metrics_ab, persistence, postgres, scenarios, startup
 from bench.common import Ctx
 from bench.table import Row, render, write_json
 
@@ -33,6 +33,7 @@ SCENARIOS: dict[str, Callable[[Ctx, list[Row]], None]] = {
     "persistence": persistence.s_persistence,
     "pg-persistence": postgres.s_pg_persistence,
     "pg-stack": postgres.s_pg_stack,
+    "metrics": metrics_ab.s1_metrics,  # scenario 1, metrics on vs off
 }
 DEFAULT_JSON = Path(__file__).parent / "results" / "latest.json"
 

@@ -130,7 +130,7 @@ class TaskStream:
             except OSError as exc:  # uvicorn's ClientDisconnected, as Starlette reports it
                 raise WebSocketDisconnect(code=1006) from exc
         self._last_send = time.monotonic()
-        self.metrics.ws_sent.inc(len(frames))
+        self.metrics.ws_sent += len(frames)
 
     async def _send_json(self, msg_type: str, data: dict[str, Any]) -> None:
         await self._send(ws_frame(msg_type, json_encoder.encode(data)))
@@ -146,7 +146,7 @@ class TaskStream:
 
     async def _serve(self) -> None:
         await self.ws.accept()
-        self.metrics.ws_opened.inc()
+        self.metrics.ws_opened += 1
         row = await self._db(self.store.get_task, self.task_id)
         if row is None:
             await self._send_json("error", {"message": "Task not found"})
@@ -196,7 +196,7 @@ class TaskStream:
                 tg.start_soon(self._read_client, tg.cancel_scope)
                 tg.start_soon(self._forward, listener, tg.cancel_scope)
         except* WebSocketDisconnect:
-            self.metrics.ws_client_left.inc()  # the task goes on (policy decides otherwise)
+            self.metrics.ws_closed["client_left"] += 1  # the task goes on (policy may not)
         finally:
             self.hub.detach(listener)
             if self._ended and not self.hub.watchers(self.task_id):
@@ -236,7 +236,7 @@ class TaskStream:
                     # cheaper way to follow a fast task), then take live messages again and
                     # read what was logged before they resumed.
                     self._move(Phase.BEHIND)
-                    self.metrics.ws_log_catchups.inc()
+                    self.metrics.ws_log_catchups += 1
                     while await self._catch_up(None) >= LIVE_AGAIN_BELOW:
                         pass
                     listener.reset()
@@ -271,7 +271,7 @@ class TaskStream:
                 if event_id < self.next_id:
                     return False  # already sent (replayed from the log)
                 if event_id > self.next_id:
-                    self.metrics.ws_gap_refills.inc(event_id - self.next_id)
+                    self.metrics.ws_gap_refills += event_id - self.next_id
                     await self._catch_up(event_id - 1)  # a gap: refill from the log
                 if event_id == self.next_id:
                     await self._send(frame)
@@ -331,7 +331,7 @@ class TaskStream:
             await self._send_many([frame for _, frame in rows])
             self.next_id = rows[-1][0] + 1
             sent += len(rows)
-        self.metrics.ws_log_events.inc(sent)
+        self.metrics.ws_log_events += sent
         return sent
 
     async def _offer_state(self, state: State) -> None:
