@@ -19,9 +19,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bus.messages import TERMINAL_STATUSES, StartTask, State, json_encoder, state_data, ws_frame
 from gateway.control import ControlClient, SupervisorUnavailable
+from gateway.frames import Format, FrameWriter
 from gateway.hub import Hub, Item, Listener, LiveBeat, LiveEvent, LiveState
 from gateway.logreader import LogReader
-from gateway.wsprotocol import SEND_TEXTS
 from metastream.settings import Settings
 from store import Store
 
@@ -63,6 +63,8 @@ class TaskStream:
         control: ControlClient,
         cfg: Settings,
         autostart: bool = True,
+        fmt: Format = Format.JSON,
+        subprotocol: str | None = None,
     ) -> None:
         self.ws = ws
         self.task_id = task_id
@@ -77,9 +79,9 @@ class TaskStream:
         self._last_state: dict[str, Any] | None = None
         self._last_state_version = -1
         self._last_send = time.monotonic()
-        # Many frames per call, framed by the server itself (see gateway.wsprotocol).
-        ext = ws.scope.get("extensions") or {}
-        self._send_texts = (ext.get(SEND_TEXTS) or {}).get("send_texts")
+        # Frames in the format the client asked for (gateway.frames; the seed's by default).
+        self.out = FrameWriter(ws, fmt)
+        self._subprotocol = subprotocol
 
     def _move(self, expected: Phase, new: Phase) -> None:
         if self.phase is not expected:
@@ -92,16 +94,9 @@ class TaskStream:
     async def _send(self, frame: bytes) -> None:
         await self._send_many([frame])
 
-    async def _send_many(self, frames: list[bytes]) -> None:
-        """Send WebSocket text messages given as UTF-8."""
-        if self._send_texts is None:  # a server without the extension (a test client)
-            for frame in frames:
-                await self.ws.send_text(frame.decode())
-        else:
-            try:
-                await self._send_texts(frames)
-            except OSError as exc:  # uvicorn's ClientDisconnected, as Starlette reports it
-                raise WebSocketDisconnect(code=1006) from exc
+    async def _send_many(self, frames: list[bytes], bodies: list[bytes] | None = None) -> None:
+        """Send seed messages given as UTF-8 JSON (``bodies``: the same as bus bodies)."""
+        await self.out.send(frames, bodies)
         self._last_send = time.monotonic()
 
     async def _send_json(self, msg_type: str, data: dict[str, Any]) -> None:
@@ -110,7 +105,7 @@ class TaskStream:
     # --- the connection ------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self.ws.accept()
+        await self.ws.accept(subprotocol=self._subprotocol)
         row = await self._db(self.store.get_task, self.task_id)
         if row is None:
             await self._send_json("error", {"message": "Task not found"})
@@ -171,6 +166,7 @@ class TaskStream:
 
     async def _close(self, code: int) -> None:
         self.phase = Phase.CLOSING
+        await self.out.flush()
         with contextlib.suppress(RuntimeError):  # the client closed first
             await self.ws.close(code)
 
@@ -214,23 +210,26 @@ class TaskStream:
                                 return
                         continue
                 next_poll = time.monotonic() + QUIET_POLL
-                # Drain what is queued; stop at an overflow (reset drops the rest).
+                # Drain what is queued; stop at an overflow (reset drops the rest). What it
+                # sends leaves together: in one batch frame, for clients that asked for those.
+                self.out.hold()
                 while items and not listener.overflowed:
                     if await self._handle(items.popleft()):
                         return
+                await self.out.flush()
         finally:
             scope.cancel()
 
     async def _handle(self, item: Item) -> bool:
         """Send one live item; True once the stream has ended."""
         match item:
-            case LiveEvent(event_id=event_id, frame=frame):
+            case LiveEvent(event_id=event_id, frame=frame, body=body):
                 if event_id < self.next_id:
                     return False  # already sent (replayed from the log)
                 if event_id > self.next_id:
                     await self._catch_up(event_id - 1)  # a gap: refill from the log
                 if event_id == self.next_id:
-                    await self._send(frame)
+                    await self._send_many([frame], [body] if body else None)
                     self.next_id += 1
             case LiveState(state=state):
                 if state.status in TERMINAL_STATUSES:

@@ -4,7 +4,8 @@ Every check happens before the task is looked up, so a client that fails one lea
 about the task (not even whether it exists). A rejected client is accepted, told why in one
 ``error`` message, and closed with a code (browsers cannot see an HTTP status on a failed
 upgrade): 4403 foreign Origin, 4401 no valid token or ticket, 4429 too many connections from
-its address. Frames from clients are capped by uvicorn (``ws_max_size``, close code 1009).
+its address, 4400 an unknown ``?format=``. Frames from clients are capped by uvicorn
+(``ws_max_size``, close code 1009).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, WebSocket
 
+from gateway.frames import CLOSE_BAD_FORMAT, BadFormat, negotiate
 from gateway.limits import client_address
 from gateway.security import Guard
 from gateway.stream import CLOSE_TOO_MANY, TaskStream
@@ -36,12 +38,19 @@ async def task_stream(
     last_event_id: Annotated[int, Query(ge=0)] = 0,
     ticket: Annotated[str | None, Query(max_length=200)] = None,
     start: Annotated[bool, Query(description="auto-start a PENDING/FAILED task")] = True,
+    format_: Annotated[str | None, Query(alias="format", max_length=40)] = None,
 ) -> None:
     state = websocket.app.state
     guard: Guard = state.guard
     code, message = guard.ws_problem(websocket.headers, task_id, ticket)
     if code:
         await _reject(websocket, code, message)
+        return
+    # Opt-in frame formats (gateway.frames); rejections above and here use the default one.
+    try:
+        fmt, subprotocol = negotiate(websocket.scope.get("subprotocols") or [], format_)
+    except BadFormat as exc:
+        await _reject(websocket, CLOSE_BAD_FORMAT, str(exc))
         return
     address = client_address(websocket.scope)
     if not state.ws_clients.acquire(address):
@@ -64,6 +73,8 @@ async def task_stream(
             control=state.control,
             cfg=state.settings,
             autostart=start,
+            fmt=fmt,
+            subprotocol=subprotocol,
         )
         await stream.run()
     finally:

@@ -9,7 +9,15 @@ import httpx
 import pytest
 
 from metastream.stack import Stack
-from tests.helpers import collect, create_task, follow, log_events, poll_for, wait_status
+from tests.helpers import (
+    SUBPROTOCOLS,
+    collect,
+    create_task,
+    follow,
+    log_events,
+    poll_for,
+    wait_status,
+)
 
 
 def assert_exactly(ids: list[int], n: int) -> None:
@@ -85,9 +93,14 @@ def test_resume_from_last_event_id(stack: Stack, api: httpx.Client) -> None:
     assert beyond.event_ids == [] and beyond.close_code == 1000
 
 
-@pytest.mark.parametrize("component", ["gateway", "bus"])
+@pytest.mark.parametrize(
+    "component,fmt",
+    [("gateway", "json"), ("bus", "json"), ("gateway", "batch"), ("gateway", "msgpack-batch")],
+)
 @pytest.mark.timeout(120)
-def test_component_killed_mid_stream(stack: Stack, api: httpx.Client, component: str) -> None:
+def test_component_killed_mid_stream(
+    stack: Stack, api: httpx.Client, component: str, fmt: str
+) -> None:
     n = 6000
     task = create_task(api, synthetic={"events": n, "rate": 1000})
     api.post(f"/api/tasks/{task['id']}/run")
@@ -98,7 +111,7 @@ def test_component_killed_mid_stream(stack: Stack, api: httpx.Client, component:
     )
 
     async def scenario():  # type: ignore[no-untyped-def]
-        watcher = asyncio.create_task(follow(stack.ws_url, task["id"], timeout=90))
+        watcher = asyncio.create_task(follow(stack.ws_url, task["id"], timeout=90, fmt=fmt))
         await asyncio.sleep(0.5)  # let the client get some live events first
         stack.kill(component)
         await asyncio.sleep(1.0)  # events keep being logged while the component is down
@@ -106,6 +119,7 @@ def test_component_killed_mid_stream(stack: Stack, api: httpx.Client, component:
         return await watcher
 
     got = asyncio.run(scenario())
+    assert got.subprotocol == SUBPROTOCOLS[fmt]
     assert_exactly(got.event_ids, n)
     final = wait_status(api, task["id"], {"COMPLETED", "FAILED", "CANCELLED"})
     assert final["status"] == "COMPLETED"
