@@ -23,6 +23,7 @@ gateway's time per event; here an uncompressed server frame (unmasked, RFC 6455 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,14 @@ WS_PROTOCOL = "gateway.wsprotocol:CoalescingWebSocketProtocol"
 FLUSH_BYTES = 64 * 1024  # asyncio's default write-buffer high-water mark
 FRAME_OVERHEAD = 10
 SEND_TEXTS = "metastream.websocket.send_texts"  # the scope extension offering send_texts
+
+
+@functools.cache
+def deflate_min_bytes() -> int:
+    """Messages shorter than this go uncompressed even with permessage-deflate (settings)."""
+    from metastream import settings  # once per process: uvicorn builds a protocol per connection
+
+    return settings.load().ws_deflate_min_bytes
 
 
 class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -95,7 +104,9 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
         await self._send_many(frames, 0x82)
 
     async def _send_many(self, texts: Sequence[bytes], first: int) -> None:
-        deflate = bool(self.conn.extensions)  # negotiated compression: websockets frames
+        # With compression negotiated, websockets compresses what is long enough to gain
+        # from it; shorter messages go as they are (RFC 7692 6.1: RSV1 clear, uncompressed).
+        deflate_from = deflate_min_bytes() if self.conn.extensions else 1 << 62
         send = self.conn.send_text if first == 0x81 else self.conn.send_binary
         for text in texts:
             if self._pending >= FLUSH_BYTES:
@@ -106,7 +117,7 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
                 raise ClientDisconnected()
             data = text
             n = len(data)
-            if deflate:
+            if n >= deflate_from:
                 send(data)
             else:
                 # FIN + opcode (text or binary), then the payload length in 7, 7+16 or 7+64 bits.

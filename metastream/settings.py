@@ -107,6 +107,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     task_timeout: float = 0.0
     task_memory_mb: float = 0.0
     ws_max_per_task: int = 100
+    # With permessage-deflate negotiated, only messages of at least this many bytes are
+    # compressed (0: all); see docs/subscribers.md and bench/README.md for the measurements.
+    ws_deflate_min_bytes: int = 1024
     # Security and limits (docs/security.md).
     api_tokens: Secrets = Secrets()
     ticket_secret: Secrets = Secrets()
@@ -203,6 +206,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         task_timeout=env.number("METASTREAM_TASK_TIMEOUT", 0.0),
         task_memory_mb=env.number("METASTREAM_TASK_MEMORY_MB", 0.0),
         ws_max_per_task=env.integer("METASTREAM_WS_MAX_PER_TASK", 100),
+        ws_deflate_min_bytes=env.integer("METASTREAM_WS_DEFLATE_MIN_BYTES", 1024),
         api_tokens=Secrets(env.items("METASTREAM_API_TOKEN")),
         ticket_secret=Secrets(env.items("METASTREAM_TICKET_SECRET")),
         ticket_ttl=env.number("METASTREAM_TICKET_TTL", 60.0),
