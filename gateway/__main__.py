@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"gateway: {problem}", file=sys.stderr, flush=True)
         raise SystemExit(2)
     print(f"gateway: {describe(cfg, cfg.host)}", file=sys.stderr, flush=True)
+    if cfg.gateway_workers < 1:
+        print("gateway: METASTREAM_GATEWAY_WORKERS must be at least 1", file=sys.stderr)
+        raise SystemExit(2)
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,
@@ -48,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         # Clients have nothing big to send; a larger frame closes the socket with 1009.
         ws_max_size=cfg.ws_max_message_bytes,
         log_level="info",
+        # Several processes on one listening socket, each a whole gateway (its own bus
+        # subscription, leases under its own id, log cache): see README "Gateway workers".
+        workers=cfg.gateway_workers if cfg.gateway_workers > 1 else None,
     )
 
 

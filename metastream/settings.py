@@ -110,6 +110,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # With permessage-deflate negotiated, only messages of at least this many bytes are
     # compressed (0: all); see docs/subscribers.md and bench/README.md for the measurements.
     ws_deflate_min_bytes: int = 1024
+    # Gateway processes serving one port (uvicorn --workers); see README "Gateway workers".
+    gateway_workers: int = 1
     # Security and limits (docs/security.md).
     api_tokens: Secrets = Secrets()
     ticket_secret: Secrets = Secrets()
@@ -207,6 +209,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         task_memory_mb=env.number("METASTREAM_TASK_MEMORY_MB", 0.0),
         ws_max_per_task=env.integer("METASTREAM_WS_MAX_PER_TASK", 100),
         ws_deflate_min_bytes=env.integer("METASTREAM_WS_DEFLATE_MIN_BYTES", 1024),
+        gateway_workers=env.integer("METASTREAM_GATEWAY_WORKERS", 1),
         api_tokens=Secrets(env.items("METASTREAM_API_TOKEN")),
         ticket_secret=Secrets(env.items("METASTREAM_TICKET_SECRET")),
         ticket_ttl=env.number("METASTREAM_TICKET_TTL", 60.0),

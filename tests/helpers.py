@@ -11,9 +11,14 @@ from typing import Any, TypeVar
 
 import httpx
 import msgspec
+import pytest
 import websockets
 
 T = TypeVar("T")
+
+# Runs a test against one gateway process and against two gateway workers on one port (the
+# ``workers`` fixture in conftest.py, which the stack fixtures read).
+WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["1gw", "2workers"], indirect=True)
 
 
 def poll_for(fn: Callable[[], T], timeout: float, interval: float = 0.05, what: str = "") -> T:

@@ -11,6 +11,7 @@ import pytest
 from metastream.stack import Stack
 from tests.helpers import (
     SUBPROTOCOLS,
+    WORKERS,
     collect,
     create_task,
     follow,
@@ -18,6 +19,9 @@ from tests.helpers import (
     poll_for,
     wait_status,
 )
+
+# Several gateway workers on one port must behave as one gateway.
+pytestmark = WORKERS
 
 
 def assert_exactly(ids: list[int], n: int) -> None:
