@@ -18,7 +18,7 @@ metastream.msgpack.batch.v1  ``msgpack-batch``  binary, a MessagePack array of t
 A MessagePack message is the bus's own body schema: a map of ``kind`` (the seed's ``type``)
 and the seed's ``data`` fields. Live events are the bus bodies as they arrived, forwarded
 without re-encoding; everything else (logged events, states, ``connected``...) is converted
-from its seed JSON once per connection.
+from its seed JSON, once per gateway for what many connections send alike (log rows).
 
 Batches form from what is already waiting (the hub's receive batch, a page of the event
 log): no timer holds a message back for one that has not arrived, so at low rates every
@@ -98,6 +98,36 @@ def seed_to_msgpack(frame: bytes) -> bytes:
     return _msgpack_encoder.encode({"kind": msg["type"], **msg["data"]})
 
 
+class MsgpackCache:
+    """Seed JSON frames converted to MessagePack once per gateway, not once per connection.
+
+    Connections catching up read the same log rows (the same ``bytes`` objects, whose hash
+    CPython computes once), so the second reader of a row finds it here. Oldest out first,
+    bounded in bytes.
+    """
+
+    def __init__(self, budget_bytes: int = 32 << 20) -> None:
+        self.budget = budget_bytes
+        self._map: dict[bytes, bytes] = {}
+        self._size = 0
+        self.conversions = 0
+
+    def convert(self, frames: Sequence[bytes]) -> list[bytes]:
+        found = self._map
+        out = []
+        for frame in frames:
+            body = found.get(frame)
+            if body is None:
+                body = found[frame] = seed_to_msgpack(frame)
+                self.conversions += 1
+                self._size += len(frame) + len(body) + 100
+                while self._size > self.budget and found:
+                    old = next(iter(found))
+                    self._size -= len(old) + len(found.pop(old)) + 100
+            out.append(body)
+        return out
+
+
 def msgpack_array_header(n: int) -> bytes:
     if n < 16:
         return bytes((0x90 | n,))
@@ -121,9 +151,10 @@ class FrameWriter:
     frames as they fill); other formats write at once, exactly as without a writer.
     """
 
-    def __init__(self, ws: WebSocket, fmt: Format) -> None:
+    def __init__(self, ws: WebSocket, fmt: Format, cache: MsgpackCache | None = None) -> None:
         self.ws = ws
         self.fmt = fmt
+        self._convert = (cache or MsgpackCache(1 << 20)).convert
         ext = (ws.scope.get("extensions") or {}).get(SEND_TEXTS) or {}
         # Many frames per call, framed by the server itself (see gateway.wsprotocol).
         self._send_texts = ext.get("send_texts")
@@ -139,7 +170,7 @@ class FrameWriter:
             await self._write(list(frames))
             return
         if self.fmt.binary:
-            units = list(bodies) if bodies is not None else [seed_to_msgpack(f) for f in frames]
+            units = list(bodies) if bodies is not None else self._convert(frames)
         else:
             units = list(frames)
         if not self.fmt.batched:

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bus.messages import TERMINAL_STATUSES, StartTask, State, json_encoder, state_data, ws_frame
 from gateway.control import ControlClient, SupervisorUnavailable
-from gateway.frames import Format, FrameWriter
+from gateway.frames import Format, FrameWriter, MsgpackCache
 from gateway.hub import Hub, Item, Listener, LiveBeat, LiveEvent, LiveState
 from gateway.logreader import LogReader
 from metastream.settings import Settings
@@ -65,6 +65,7 @@ class TaskStream:
         autostart: bool = True,
         fmt: Format = Format.JSON,
         subprotocol: str | None = None,
+        frame_cache: MsgpackCache | None = None,
     ) -> None:
         self.ws = ws
         self.task_id = task_id
@@ -80,7 +81,7 @@ class TaskStream:
         self._last_state_version = -1
         self._last_send = time.monotonic()
         # Frames in the format the client asked for (gateway.frames; the seed's by default).
-        self.out = FrameWriter(ws, fmt)
+        self.out = FrameWriter(ws, fmt, frame_cache)
         self._subprotocol = subprotocol
 
     def _move(self, expected: Phase, new: Phase) -> None:

@@ -75,6 +75,7 @@ async def task_stream(
             autostart=start,
             fmt=fmt,
             subprotocol=subprotocol,
+            frame_cache=state.frame_cache,
         )
         await stream.run()
     finally:
