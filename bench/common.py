@@ -50,6 +50,7 @@ class Ctx:
         until_closed: bool = False,
         fmt: str = "json",
         deflate: bool | None = None,
+        ready_timeout: float = 30.0,
     ) -> list[dict[str, Any]]:
         """Connect, wait until all are live, run ``after_ready``, return every result."""
         with ClientGroup(
@@ -61,7 +62,7 @@ class Ctx:
             deflate=self.deflate if deflate is None else deflate,
             fmt=fmt,
         ) as group:
-            group.wait_ready(30)
+            group.wait_ready(ready_timeout)
             if after_ready is not None:
                 after_ready()
             results = group.results()

@@ -105,44 +105,65 @@ def clients_curve(cx: Ctx, counts: list[int], out: list[dict[str, Any]]) -> None
             api.post(f"/api/tasks/{t}/run").raise_for_status()
 
         for n in counts:
-            nproc = 1 if n < 10 else min(4, n // 10 + 1)
             for label, fmt, deflate in FORMATS:
                 point: dict[str, Any] = {"curve": "clients", "n": n, "format": label}
-                # Saturation: as fast as the task emits and the clients read.
-                k = max(cx.size(200, 50), cx.size(200_000, 4_000) // n)
-                tid = create(api, synthetic={"events": k, "rate": 0, "payload_bytes": B})
-                urls = [f"{st.ws_url}/ws/tasks/{tid}?start=false"] * n
-                res = cx.clients(
-                    urls,
-                    k,
-                    procs=nproc,
-                    timeout=120,
-                    fmt=fmt,
-                    deflate=deflate,
-                    after_ready=lambda t=tid: api.post(f"/api/tasks/{t}/run").raise_for_status(),
-                )
-                point["saturation_delivered_per_s"] = round(throughput(res))
-                # Paced: DELIVERIES/s in all.
-                rate = min(MAX_RATE, DELIVERIES / n)
-                k = int(rate * cx.size(4.0, 1.0))
-                tid = create(api, synthetic={"events": k, "rate": rate, "payload_bytes": B})
-                urls = [f"{st.ws_url}/ws/tasks/{tid}?start=false"] * n
-                res = cx.clients(
-                    urls,
-                    k,
-                    latency=True,
-                    procs=nproc,
-                    timeout=120,
-                    fmt=fmt,
-                    deflate=deflate,
-                    after_ready=lambda t=tid: go(t),
-                )
-                cpu = {"gateway": _cpu([gw]) - got["cpu0"]}
-                point |= _paced(res, got["t0"], cpu, sum(r["events"] for r in res))
-                point |= {"rate": round(rate, 1), "rss_mib": round(got["rss_mib"], 1)}
-                point["fds"] = got["fds"]
+                try:
+                    _clients_point(cx, st, api, go, got, point, n, fmt, deflate)
+                except (TimeoutError, RuntimeError, httpx.HTTPError) as exc:
+                    point["error"] = f"{type(exc).__name__}: {exc}"[:200]  # the next still run
                 out.append(point)
                 cx.log(f"  [curves] {point}")
+
+
+def _clients_point(
+    cx: Ctx,
+    st: Any,
+    api: httpx.Client,
+    go: Any,
+    got: dict[str, Any],
+    point: dict[str, Any],
+    n: int,
+    fmt: str,
+    deflate: bool,
+) -> None:
+    """One task, ``n`` clients, one format: a saturation run, then a paced one."""
+    gw = st.procs["gateway"].pid
+    nproc = 1 if n < 10 else min(4, n // 10 + 1)
+    # Saturation: as fast as the task emits and the clients read.
+    k = max(cx.size(200, 50), cx.size(200_000, 4_000) // n)
+    tid = create(api, synthetic={"events": k, "rate": 0, "payload_bytes": B})
+    urls = [f"{st.ws_url}/ws/tasks/{tid}?start=false"] * n
+    res = cx.clients(
+        urls,
+        k,
+        procs=nproc,
+        timeout=120,
+        fmt=fmt,
+        deflate=deflate,
+        ready_timeout=30 + n / 10,
+        after_ready=lambda t=tid: api.post(f"/api/tasks/{t}/run").raise_for_status(),
+    )
+    point["saturation_delivered_per_s"] = round(throughput(res))
+    # Paced: DELIVERIES/s in all.
+    rate = min(MAX_RATE, DELIVERIES / n)
+    k = int(rate * cx.size(4.0, 1.0))
+    tid = create(api, synthetic={"events": k, "rate": rate, "payload_bytes": B})
+    urls = [f"{st.ws_url}/ws/tasks/{tid}?start=false"] * n
+    res = cx.clients(
+        urls,
+        k,
+        latency=True,
+        procs=nproc,
+        timeout=120,
+        fmt=fmt,
+        deflate=deflate,
+        ready_timeout=30 + n / 10,
+        after_ready=lambda t=tid: go(t),
+    )
+    cpu = {"gateway": _cpu([gw]) - got["cpu0"]}
+    point |= _paced(res, got["t0"], cpu, sum(r["events"] for r in res))
+    point |= {"rate": round(rate, 1), "rss_mib": round(got["rss_mib"], 1)}
+    point["fds"] = got["fds"]
 
 
 def tasks_curve(cx: Ctx, counts: list[int], total_rate: float, out: list[dict[str, Any]]) -> None:
@@ -196,16 +217,22 @@ def _tasks_point(cx: Ctx, t: int, total_rate: float, out: list[dict[str, Any]]) 
                 got["cpu0"] = (_cpu([gw]), _cpu([bus]), _cpu(tree))
                 got["t0"] = time.time()
 
-            res = cx.clients(
-                urls,
-                k,
-                latency=True,
-                procs=min(4, t),
-                timeout=120,
-                fmt=fmt,
-                deflate=deflate,
-                after_ready=go,
-            )
+            try:
+                res = cx.clients(
+                    urls,
+                    k,
+                    latency=True,
+                    procs=min(4, t),
+                    timeout=120,
+                    fmt=fmt,
+                    deflate=deflate,
+                    ready_timeout=30 + t / 10,
+                    after_ready=go,
+                )
+            except (TimeoutError, RuntimeError) as exc:
+                point["error"] = f"{type(exc).__name__}: {exc}"[:200]
+                out.append(point)
+                continue
             g0, b0, k0 = got["cpu0"]
             cpu = {
                 "gateway": _cpu([gw]) - g0,
@@ -218,6 +245,53 @@ def _tasks_point(cx: Ctx, t: int, total_rate: float, out: list[dict[str, Any]]) 
             point["tasks_uss_mib"] = round(tasks_rss, 1)
             out.append(point)
             cx.log(f"  [curves] {point}")
+
+
+def deflate_ab(cx: Ctx, n: int, out: list[dict[str, Any]]) -> None:
+    """Clients offering permessage-deflate: compress every message, or only long ones.
+
+    Saturation fan-out of one task to ``n`` clients, per server threshold
+    (``METASTREAM_WS_DEFLATE_MIN_BYTES``), with the seed format's ~450-byte event messages
+    and with batches (tens of KiB, which compress well).
+    """
+    for threshold in (0, 1024):
+        env = {
+            "METASTREAM_WS_DEFLATE_MIN_BYTES": str(threshold),
+            "METASTREAM_WS_MAX_PER_TASK": str(n + 10),
+            "METASTREAM_WS_MAX_PER_CLIENT": str(n + 10),
+            "METASTREAM_WARM_METAGPT": "0",
+        }
+        with (
+            procs.stack(cx.home("cd"), env=env) as st,
+            httpx.Client(base_url=st.url, timeout=30) as api,
+        ):
+            gw = st.procs["gateway"].pid
+            cases = [("seed JSON", "json", True), ("batched JSON", "batch", True)]
+            if threshold:
+                cases.append(("seed JSON", "json", False))
+            for label, fmt, deflate in cases:
+                name = f"{label} {'+ deflate >= ' + str(threshold) + ' B' if deflate else ''}"
+                point: dict[str, Any] = {"curve": "deflate", "n": n, "format": name.strip()}
+                k = max(200, cx.size(100_000, 4_000) // n)
+                tid = create(api, synthetic={"events": k, "rate": 0, "payload_bytes": B})
+                cpu0 = _cpu([gw])
+                try:
+                    res = cx.clients(
+                        [f"{st.ws_url}/ws/tasks/{tid}?start=false"] * n,
+                        k,
+                        procs=min(4, n),
+                        timeout=120,
+                        fmt=fmt,
+                        deflate=deflate,
+                        after_ready=lambda t=tid: api.post(f"/api/tasks/{t}/run"),
+                    )
+                    delivered = sum(r["events"] for r in res)
+                    point["saturation_delivered_per_s"] = round(throughput(res))
+                    point["cpu_us_gateway"] = round((_cpu([gw]) - cpu0) / delivered * 1e6, 1)
+                except (TimeoutError, RuntimeError) as exc:
+                    point["error"] = f"{type(exc).__name__}: {exc}"[:200]
+                out.append(point)
+                cx.log(f"  [curves] {point}")
 
 
 def table(points: list[dict[str, Any]]) -> str:
@@ -236,6 +310,7 @@ def table(points: list[dict[str, Any]]) -> str:
         ("rss_mib", "gateway RSS MiB"),
         ("fds", "gateway fds"),
         ("lost_connections", "lost conns"),
+        ("error", "not measured"),
     ]
     lines = [
         "| " + " | ".join(h for _, h in cols) + " |",
@@ -265,6 +340,7 @@ def plot(points: list[dict[str, Any]], into: Path) -> list[Path]:
 
     written = []
     for curve, xlabel in (("clients", "clients of one task"), ("tasks", "concurrent tasks")):
+        # (the deflate A/B is one point per case: the table shows it)
         pts = [p for p in points if p["curve"] == curve]
         if not pts:
             continue
@@ -275,7 +351,8 @@ def plot(points: list[dict[str, Any]], into: Path) -> list[Path]:
             ("rss_mib", "gateway RSS, MiB"),
         ]
         metrics = [m for m in metrics if any(p.get(m[0]) is not None for p in pts)]
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6))
+        fig, grid = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+        axes = list(grid[0])
         for ax, (key, title) in zip(axes, metrics, strict=True):
             for label, _, _ in FORMATS:
                 xs = [p["n"] for p in pts if p["format"] == label and p.get(key) is not None]
@@ -297,13 +374,22 @@ def plot(points: list[dict[str, Any]], into: Path) -> list[Path]:
     return written
 
 
-def run(cx: Ctx, clients: list[int], tasks: list[int], total_rate: float, into: Path) -> Path:
+def run(
+    cx: Ctx,
+    clients: list[int],
+    tasks: list[int],
+    total_rate: float,
+    into: Path,
+    deflate_clients: int = 0,
+) -> Path:
     points: list[dict[str, Any]] = []
     try:
         if clients:
             clients_curve(cx, clients, points)
         if tasks:
             tasks_curve(cx, tasks, total_rate, points)
+        if deflate_clients:
+            deflate_ab(cx, deflate_clients, points)
     finally:  # what was measured is kept, even if a later point failed
         into.mkdir(parents=True, exist_ok=True)
         meta = {"quick": cx.quick, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -319,7 +405,7 @@ def s_curves(cx: Ctx, rows: list[Row]) -> None:
     clients = cx.size([1, 10, 100, 1000], [1, 10])
     tasks = cx.size([1, 10, 50, 200], [2])
     into = cx.work / "curves" if cx.quick else RESULTS
-    path = run(cx, clients, tasks, cx.size(1000.0, 100.0), into)
+    path = run(cx, clients, tasks, cx.size(1000.0, 100.0), into, cx.size(100, 0))
     cx.log(f"  cost curves written to {path.parent}")
 
 
@@ -328,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m bench.curves", description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", choices=["clients", "tasks"])
+    parser.add_argument("--only", choices=["clients", "tasks", "deflate"])
+    parser.add_argument("--deflate-clients", type=int, help="clients in the deflate A/B (100)")
     parser.add_argument("--clients", type=int, nargs="+")
     parser.add_argument("--tasks", type=int, nargs="+")
     parser.add_argument("--total-rate", type=float)
@@ -339,12 +426,14 @@ def main(argv: list[str] | None = None) -> int:
         clients = args.clients or cx.size([1, 10, 100, 1000], [1, 10])
         tasks = args.tasks or cx.size([1, 10, 50, 200], [2])
         rate = args.total_rate or cx.size(1000.0, 100.0)
+        only = args.only
         path = run(
             cx,
-            [] if args.only == "tasks" else clients,
-            [] if args.only == "clients" else tasks,
+            clients if only in (None, "clients") else [],
+            tasks if only in (None, "tasks") else [],
             rate,
             args.out,
+            (args.deflate_clients or cx.size(100, 0)) if only in (None, "deflate") else 0,
         )
     print(path.read_text())
     return 0
