@@ -294,6 +294,48 @@ def deflate_ab(cx: Ctx, n: int, out: list[dict[str, Any]]) -> None:
                 cx.log(f"  [curves] {point}")
 
 
+def workers_ab(cx: Ctx, n: int, out: list[dict[str, Any]]) -> None:
+    """One gateway process against two workers on one port: saturation fan-out to ``n``."""
+    for workers in (1, 2):
+        env = {
+            "METASTREAM_GATEWAY_WORKERS": str(workers),
+            "METASTREAM_WS_MAX_PER_TASK": str(n + 10),
+            "METASTREAM_WS_MAX_PER_CLIENT": str(n + 10),
+            "METASTREAM_WARM_METAGPT": "0",
+        }
+        with (
+            procs.stack(cx.home("cw"), env=env) as st,
+            httpx.Client(base_url=st.url, timeout=30) as api,
+        ):
+            for label, fmt in (("seed JSON", "json"), ("batched JSON", "batch")):
+                point: dict[str, Any] = {
+                    "curve": "workers",
+                    "n": n,
+                    "format": f"{label}, {workers} gateway process(es)",
+                }
+                k = max(200, cx.size(100_000, 4_000) // n)
+                tid = create(api, synthetic={"events": k, "rate": 0, "payload_bytes": B})
+                tree = [p.pid for p in procs.tree(st.procs["gateway"].pid)]
+                cpu0 = _cpu(tree)
+                try:
+                    res = cx.clients(
+                        [f"{st.ws_url}/ws/tasks/{tid}?start=false"] * n,
+                        k,
+                        procs=min(4, n),
+                        timeout=120,
+                        fmt=fmt,
+                        after_ready=lambda t=tid: api.post(f"/api/tasks/{t}/run"),
+                    )
+                    delivered = sum(r["events"] for r in res)
+                    point["saturation_delivered_per_s"] = round(throughput(res))
+                    point["cpu_us_gateway"] = round((_cpu(tree) - cpu0) / delivered * 1e6, 1)
+                    point["rss_mib"] = round(sum(_mem(p)[0] for p in tree), 1)
+                except (TimeoutError, RuntimeError) as exc:
+                    point["error"] = f"{type(exc).__name__}: {exc}"[:200]
+                out.append(point)
+                cx.log(f"  [curves] {point}")
+
+
 def table(points: list[dict[str, Any]]) -> str:
     cols = [
         ("curve", "curve"),
@@ -381,6 +423,7 @@ def run(
     total_rate: float,
     into: Path,
     deflate_clients: int = 0,
+    workers_clients: int = 0,
 ) -> Path:
     points: list[dict[str, Any]] = []
     try:
@@ -390,6 +433,8 @@ def run(
             tasks_curve(cx, tasks, total_rate, points)
         if deflate_clients:
             deflate_ab(cx, deflate_clients, points)
+        if workers_clients:
+            workers_ab(cx, workers_clients, points)
     finally:  # what was measured is kept, even if a later point failed
         into.mkdir(parents=True, exist_ok=True)
         meta = {"quick": cx.quick, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -405,7 +450,8 @@ def s_curves(cx: Ctx, rows: list[Row]) -> None:
     clients = cx.size([1, 10, 100, 1000], [1, 10])
     tasks = cx.size([1, 10, 50, 200], [2])
     into = cx.work / "curves" if cx.quick else RESULTS
-    path = run(cx, clients, tasks, cx.size(1000.0, 100.0), into, cx.size(100, 0))
+    ab = cx.size(100, 0)  # clients in the deflate and workers A/Bs (not in --quick)
+    path = run(cx, clients, tasks, cx.size(1000.0, 100.0), into, ab, ab)
     cx.log(f"  cost curves written to {path.parent}")
 
 
@@ -414,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m bench.curves", description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", choices=["clients", "tasks", "deflate"])
+    parser.add_argument("--only", choices=["clients", "tasks", "deflate", "workers"])
     parser.add_argument("--deflate-clients", type=int, help="clients in the deflate A/B (100)")
     parser.add_argument("--clients", type=int, nargs="+")
     parser.add_argument("--tasks", type=int, nargs="+")
@@ -434,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
             rate,
             args.out,
             (args.deflate_clients or cx.size(100, 0)) if only in (None, "deflate") else 0,
+            (args.deflate_clients or cx.size(100, 0)) if only in (None, "workers") else 0,
         )
     print(path.read_text())
     return 0
