@@ -1,12 +1,10 @@
 """``python -m bus``: run the stack's XSUB/XPUB proxy."""
 
-import logging
-
 from bus.proxy import serve
-from metastream import settings
+from core import logs, settings
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup("bus")
     cfg = settings.load()
     cfg.ensure_dirs()
-    serve(cfg.bus_pub, cfg.bus_sub)
+    serve(cfg.bus_pub, cfg.bus_sub, cfg.metrics, cfg.metrics_host, cfg.bus_metrics_port)

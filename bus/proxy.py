@@ -11,6 +11,9 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from bus import curve
+from bus.metrics import BusCounters, watch_sockets
+from core import logs
+from core.metrics import Registry, Server
 
 log = logging.getLogger("metastream.bus")
 
@@ -35,6 +38,8 @@ class Proxy:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        # Bumped by the forwarding loop and the socket monitors, exported by bus.metrics.
+        self.counters = BusCounters()
 
     def start(self, timeout: float = 5.0) -> None:
         """Bind both sides and forward in a thread; raises if binding fails."""
@@ -65,6 +70,7 @@ class Proxy:
             for sock in (xsub, xpub):
                 sock.close(linger=0)
             return
+        watch_sockets(self._ctx, {"publishers": xsub, "subscribers": xpub}, self.counters)
         self._ready.set()
         try:
             zmq.proxy(xsub, xpub)
@@ -90,8 +96,14 @@ def _prepare_ipc(endpoint: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
-def serve(frontend: str, backend: str) -> None:
-    """Run the proxy until SIGINT or SIGTERM."""
+def serve(
+    frontend: str,
+    backend: str,
+    metrics: bool = False,
+    metrics_host: str = "",
+    metrics_port: int = 0,
+) -> None:
+    """Run the proxy until SIGINT or SIGTERM (and its metrics server on ``metrics_port``)."""
     # Block the stop signals before the proxy thread starts so that only this thread receives
     # them, then wait for one: the handler's only job is to wake us.
     keys = curve.curve_dir()
@@ -104,8 +116,12 @@ def serve(frontend: str, backend: str) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     proxy = Proxy(frontend, backend, keys)
     proxy.start()
-    log.info("bus proxy up: publishers -> %s, subscribers -> %s", frontend, backend)
-    print(f"bus: publishers connect to {frontend}; subscribers connect to {backend}", flush=True)
+    registry = Registry(metrics)
+    registry.collector(proxy.counters)
+    server = Server(registry, metrics_host, metrics_port, "bus")
+    # Once: announce() is a plain line, or a log record in JSON format (not both).
+    logs.announce(f"bus: publishers connect to {frontend}; subscribers connect to {backend}")
     received = signal.sigwait(stop_signals)
     log.info("bus proxy stopping on %s", signal.Signals(received).name)
+    server.close()
     proxy.stop()

@@ -9,9 +9,10 @@ import sys
 import uvicorn
 
 from bus.curve import InsecureEndpoint, check_endpoints
+from core import logs, settings
+from gateway.banner import banner
 from gateway.security import bind_problem, describe
 from gateway.wsprotocol import WS_PROTOCOL
-from metastream import settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
         help="listen on a non-loopback address without an API token (METASTREAM_INSECURE=1)",
     )
     args = parser.parse_args(argv)
+    logs.setup("gateway")
     if args.insecure:
         # Through the environment, so the app factory (which loads settings itself) sees it.
         os.environ["METASTREAM_INSECURE"] = "1"
@@ -36,15 +38,15 @@ def main(argv: list[str] | None = None) -> None:
     if problem:
         print(f"gateway: {problem}", file=sys.stderr, flush=True)
         raise SystemExit(2)
-    print(f"gateway: {describe(cfg, cfg.host)}", file=sys.stderr, flush=True)
-    if cfg.gateway_workers < 1:
-        print("gateway: METASTREAM_GATEWAY_WORKERS must be at least 1", file=sys.stderr)
-        raise SystemExit(2)
+    logs.announce(f"gateway: {describe(cfg, cfg.host)}", stream=sys.stderr)
+    port = settings.gateway_port(cfg)
+    for line in banner(cfg, port).splitlines():
+        logs.announce(line, stream=sys.stderr)
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,
         host=cfg.host,
-        port=settings.gateway_port(cfg),
+        port=port,
         ws=WS_PROTOCOL,
         ws_ping_interval=cfg.ws_ping_interval,
         ws_ping_timeout=cfg.ws_ping_timeout,
@@ -54,6 +56,11 @@ def main(argv: list[str] | None = None) -> None:
         # Several processes on one listening socket, each a whole gateway (its own bus
         # subscription, leases under its own id, log cache): see README "Gateway workers".
         workers=cfg.gateway_workers if cfg.gateway_workers > 1 else None,
+        # uvicorn's records go through the root handler of core.logs: one format for
+        # every process, and tickets in logged URLs are redacted.
+        log_config=None,
+        # One line per request drowns the banner and the task lines; METASTREAM_ACCESS_LOG=1.
+        access_log=cfg.access_log,
     )
 
 

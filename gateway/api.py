@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from bus.messages import CancelTask, StartTask, new_task_id, utcnow
+from core.settings import Settings
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.models import (
     COMMAND_RESPONSES,
@@ -18,9 +19,9 @@ from gateway.models import (
     TaskList,
     TaskOut,
     TicketOut,
+    llm_mode,
 )
 from gateway.security import Guard
-from metastream.settings import Settings
 from store import Store, TaskRow
 
 router = APIRouter(prefix="/api")
@@ -67,6 +68,7 @@ async def create_task(body: TaskCreate, store: StoreDep, cfg: SettingsDep) -> Ta
             ]
         )
     options = body.model_dump(exclude={"requirement", "test_mode"}, exclude_none=True)
+    options["llm"] = llm_mode(body, cfg.llm_base_url)
     row = await anyio.to_thread.run_sync(
         store.create_task, new_task_id(), body.requirement, body.test_mode, options, utcnow()
     )

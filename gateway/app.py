@@ -20,17 +20,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bus.client import Publisher
 from bus.messages import Ping
-from gateway import api, files, ws
+from core import settings as settings_mod
+from core.metrics import Registry
+from core.settings import Settings
+from gateway import api, files, readiness, ws
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.frames import MsgpackCache
 from gateway.hub import Hub
 from gateway.leases import LeaseKeeper
 from gateway.limits import ConnectionCounter, LimitsMiddleware
 from gateway.logreader import LogReader
+from gateway.metrics import CONTENT_TYPE, GatewayMetrics, GatewayState
 from gateway.models import COMMON_RESPONSES
 from gateway.security import AuthMiddleware, Guard
-from metastream import settings as settings_mod
-from metastream.settings import Settings
 from store import Store
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -51,7 +53,19 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         control.start()
         publisher = Publisher(cfg.bus_pub, linger_ms=0)
         leases = LeaseKeeper(publisher, hub, cfg.lease_ttl)
-        background = [asyncio.create_task(hub.run()), asyncio.create_task(leases.run())]
+        probe = readiness.BusProbe(publisher)
+        hub.on_system(probe.topic, probe.heard)
+        hub.on_bad_frame = metrics.bus_bad_frames.inc
+        background = [
+            asyncio.create_task(hub.run()),
+            asyncio.create_task(leases.run()),
+            asyncio.create_task(probe.run()),
+        ]
+        app.state.metrics_state = GatewayState(
+            app.state.ws_clients.total, lambda: len(hub.watched()), counters, probe.ok
+        )
+        unregister = metrics.collect_from(app.state.metrics_state)
+        app.state.bus_probe = probe
         app.state.settings = cfg
         app.state.store = store
         app.state.log_reader = LogReader(store, cfg.replay_page)
@@ -61,6 +75,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            unregister()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -77,6 +92,8 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     app.state.guard = guard
     app.state.counters = counters
     app.state.ws_clients = ConnectionCounter(cfg.ws_max_per_client)
+    metrics = GatewayMetrics(Registry(cfg.metrics))
+    app.state.metrics = metrics
     # The last added runs first: CORS answers preflights, then auth, then the input limits (so
     # that unauthenticated requests never spend a client's task-creation budget).
     app.add_middleware(LimitsMiddleware, cfg=cfg, counters=counters)
@@ -115,6 +132,22 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         if not guard.enabled:
             body["watchers"] = watched  # task ids: only when anyone may list tasks anyway
         return JSONResponse(body)
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        """Whether this gateway can serve (for a load balancer): 200, or 503 with the reasons."""
+        state = request.app.state
+        body = await readiness.check(state.store, state.control, state.bus_probe)
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint(request: Request) -> Response:
+        """Prometheus metrics (behind the API token when one is set)."""
+        if not metrics.registry.enabled:
+            return JSONResponse({"detail": "Metrics are off (METASTREAM_METRICS=0)"}, 404)
+        state: GatewayState = request.app.state.metrics_state
+        state.status_counts = await anyio.to_thread.run_sync(request.app.state.store.status_counts)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     # (path pattern, methods) of the REST routes, for honest 405 answers.
     method_table = [

@@ -40,8 +40,10 @@ class SyntheticIn(BaseModel):
 class TaskCreate(BaseModel):
     """``POST /api/tasks``."""
 
-    # Strict: a body the schema rejects (``"grace_seconds": false``) is not quietly coerced.
-    model_config = ConfigDict(strict=True)
+    # Strict: a body the schema rejects (``"grace_seconds": false``) is not quietly coerced,
+    # and an unknown field (``"on_disconnect"`` for ``disconnect_policy``) is refused by name
+    # rather than ignored: the task would silently run without the option its creator meant.
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     requirement: str = Field(
         min_length=1,
@@ -61,6 +63,21 @@ class TaskCreate(BaseModel):
     scripted_fault: Literal["http500", "garbage", "slow"] | None = Field(
         None, description="make the offline scripted LLM fail (fault drills)"
     )
+    pace: Literal["fast", "demo"] | None = Field(
+        None,
+        description="how fast the offline scripted LLM streams: demo reads at a human pace",
+    )
+
+
+# Which LLM a task runs on, decided when it is created (``TaskOut.llm``).
+LLM_MODES = ("scripted", "configured", "synthetic")
+
+
+def llm_mode(body: TaskCreate, llm_base_url: str) -> str:
+    """ "synthetic" (no LLM), "scripted" (test mode, or no real LLM set up) or "configured"."""
+    if body.synthetic is not None:
+        return "synthetic"
+    return "scripted" if body.test_mode or not llm_base_url else "configured"
 
 
 class TaskOut(BaseModel):
@@ -80,6 +97,11 @@ class TaskOut(BaseModel):
     last_event_id: int
     exit_code: int | None = None
     options: dict[str, Any] = {}
+    llm: str | None = Field(
+        None,
+        description='"scripted" (the offline scripted LLM: test mode, or no real LLM '
+        'configured), "configured" (METASTREAM_LLM_BASE_URL) or "synthetic" (no LLM)',
+    )
 
     @classmethod
     def of(cls, row: TaskRow) -> TaskOut:
@@ -98,7 +120,18 @@ class TaskOut(BaseModel):
             last_event_id=row.last_event_id,
             exit_code=row.exit_code,
             options=row.options,
+            llm=_llm_of(row),
         )
+
+
+def _llm_of(row: TaskRow) -> str | None:
+    recorded = row.options.get("llm")
+    if recorded in LLM_MODES:
+        return str(recorded)
+    # Tasks created before the gateway recorded it.
+    if row.options.get("synthetic") is not None:
+        return "synthetic"
+    return "scripted" if row.test_mode else None
 
 
 class TicketOut(BaseModel):

@@ -17,12 +17,22 @@ from typing import Any, TypeVar
 import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from bus.messages import TERMINAL_STATUSES, StartTask, State, json_encoder, state_data, ws_frame
+from bus.messages import (
+    TERMINAL_STATUSES,
+    StartTask,
+    State,
+    json_encoder,
+    state_data,
+    state_of,
+    ws_frame,
+)
+from core.metrics import Registry
+from core.settings import Settings
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.frames import Format, FrameWriter, MsgpackCache
 from gateway.hub import Hub, Item, Listener, LiveBeat, LiveEvent, LiveState
 from gateway.logreader import LogReader
-from metastream.settings import Settings
+from gateway.metrics import GatewayMetrics
 from store import Store
 
 log = logging.getLogger("metastream.stream")
@@ -37,15 +47,28 @@ QUIET_POLL = 1.0  # with no bus traffic for this long, look at the log (a lost f
 
 
 class Phase(enum.Enum):
-    CONNECTING = "connecting"
-    REPLAYING = "replaying"
-    LIVE = "live"
-    CLOSING = "closing"
-    CLOSED = "closed"
+    """Where one connection is; :data:`MOVES` says what may follow what."""
+
+    CONNECTING = "connecting"  # accepted; finding the task, starting it if asked
+    REPLAYING = "replaying"  # ``connected`` sent; sending the log from the client's position
+    LIVE = "live"  # forwarding the hub's live messages, refilling gaps from the log
+    BEHIND = "behind"  # its live queue overflowed: served from the log until it catches up
+    CLOSING = "closing"  # a close frame is being sent (after the final state or an error)
+    CLOSED = "closed"  # the connection is over (closed by us, or the client left)
+
+
+MOVES: dict[Phase, frozenset[Phase]] = {
+    Phase.CONNECTING: frozenset({Phase.REPLAYING, Phase.CLOSING, Phase.CLOSED}),
+    Phase.REPLAYING: frozenset({Phase.LIVE, Phase.CLOSING, Phase.CLOSED}),
+    Phase.LIVE: frozenset({Phase.BEHIND, Phase.CLOSING, Phase.CLOSED}),
+    Phase.BEHIND: frozenset({Phase.LIVE, Phase.CLOSING, Phase.CLOSED}),
+    Phase.CLOSING: frozenset({Phase.CLOSED}),
+    Phase.CLOSED: frozenset(),
+}
 
 
 class InvalidTransition(RuntimeError):
-    pass
+    """A move :data:`MOVES` does not allow: a bug in the bridge, never the client's doing."""
 
 
 class TaskStream:
@@ -63,6 +86,7 @@ class TaskStream:
         control: ControlClient,
         cfg: Settings,
         autostart: bool = True,
+        metrics: GatewayMetrics | None = None,
         fmt: Format = Format.JSON,
         subprotocol: str | None = None,
         frame_cache: MsgpackCache | None = None,
@@ -76,6 +100,7 @@ class TaskStream:
         self.control = control
         self.cfg = cfg
         self.autostart = autostart
+        self.metrics = metrics or GatewayMetrics(Registry(enabled=False))
         self.phase = Phase.CONNECTING
         self._last_state: dict[str, Any] | None = None
         self._last_state_version = -1
@@ -84,9 +109,10 @@ class TaskStream:
         self.out = FrameWriter(ws, fmt, frame_cache)
         self._subprotocol = subprotocol
 
-    def _move(self, expected: Phase, new: Phase) -> None:
-        if self.phase is not expected:
-            raise InvalidTransition(f"expected {expected.value}, got {self.phase.value}")
+    def _move(self, new: Phase) -> None:
+        if new not in MOVES[self.phase]:
+            expected = " or ".join(p.value for p in Phase if new in MOVES[p])
+            raise InvalidTransition(f"to {new.value}: expected {expected}, got {self.phase.value}")
         self.phase = new
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -99,6 +125,7 @@ class TaskStream:
         """Send seed messages given as UTF-8 JSON (``bodies``: the same as bus bodies)."""
         await self.out.send(frames, bodies)
         self._last_send = time.monotonic()
+        self.metrics.ws_sent.inc(len(frames))
 
     async def _send_json(self, msg_type: str, data: dict[str, Any]) -> None:
         await self._send(ws_frame(msg_type, json_encoder.encode(data)))
@@ -106,7 +133,15 @@ class TaskStream:
     # --- the connection ------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Serve the connection to its end; the phase is CLOSED after, however it ended."""
+        try:
+            await self._serve()
+        finally:
+            self._move(Phase.CLOSED)
+
+    async def _serve(self) -> None:
         await self.ws.accept(subprotocol=self._subprotocol)
+        self.metrics.ws_opened.inc()
         row = await self._db(self.store.get_task, self.task_id)
         if row is None:
             await self._send_json("error", {"message": "Task not found"})
@@ -140,34 +175,34 @@ class TaskStream:
                 else "Connected to event stream"
             )
             await self._send_json("connected", {"task_id": self.task_id, "message": message})
-            self._move(Phase.CONNECTING, Phase.REPLAYING)
+            self._move(Phase.REPLAYING)
             row = await self._db(self.store.get_task, self.task_id)
             assert row is not None
             if row.status not in TERMINAL_STATUSES:
                 # A final state is only ever the last message: clients stop reading at it
                 # (an ended task's replay is events first, then its final state).
-                await self._offer_state(row.state())
+                await self._offer_state(state_of(row))
             await self._catch_up(None)
             if row.status in TERMINAL_STATUSES and self.next_id > row.last_event_id:
-                await self._finish(row.state())
+                await self._finish(state_of(row))
                 return
-            self._move(Phase.REPLAYING, Phase.LIVE)
+            self._move(Phase.LIVE)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_client, tg.cancel_scope)
                 tg.start_soon(self._forward, listener, tg.cancel_scope)
         except* WebSocketDisconnect:
-            pass  # the client left; the task goes on (policy decides otherwise)
+            self.metrics.ws_client_left.inc()  # the task goes on (policy decides otherwise)
         finally:
             self.hub.detach(listener)
-            self.phase = Phase.CLOSED
 
     async def _fail_start(self, why: str) -> None:
         await self._send_json("error", {"message": f"Task start failed: {why}"})
         await self._close(CLOSE_START_FAILED)
 
     async def _close(self, code: int) -> None:
-        self.phase = Phase.CLOSING
-        await self.out.flush()
+        self._move(Phase.CLOSING)
+        self.metrics.closed(code)
+        await self.out.flush()  # what a batched format still holds goes before the close
         with contextlib.suppress(RuntimeError):  # the client closed first
             await self.ws.close(code)
 
@@ -192,9 +227,12 @@ class TaskStream:
                     # long as each pass still finds many new events (reading the log is the
                     # cheaper way to follow a fast task), then take live messages again and
                     # read what was logged before they resumed.
+                    self._move(Phase.BEHIND)
+                    self.metrics.ws_log_catchups.inc()
                     while await self._catch_up(None) >= LIVE_AGAIN_BELOW:
                         pass
                     listener.reset()
+                    self._move(Phase.LIVE)
                     await self._catch_up(None)
                     if await self._on_quiet():
                         return
@@ -228,6 +266,7 @@ class TaskStream:
                 if event_id < self.next_id:
                     return False  # already sent (replayed from the log)
                 if event_id > self.next_id:
+                    self.metrics.ws_gap_refills.inc(event_id - self.next_id)
                     await self._catch_up(event_id - 1)  # a gap: refill from the log
                 if event_id == self.next_id:
                     await self._send_many([frame], [body] if body else None)
@@ -240,7 +279,7 @@ class TaskStream:
                     if row is None or row.status not in TERMINAL_STATUSES:
                         return False
                     await self._catch_up(None)
-                    await self._finish(row.state())
+                    await self._finish(state_of(row))
                     return True
                 await self._offer_state(state)
             case LiveBeat(last_event_id=last):
@@ -268,9 +307,9 @@ class TaskStream:
             await self._catch_up(row.last_event_id)
         if row.status in TERMINAL_STATUSES:
             await self._catch_up(None)
-            await self._finish(row.state())
+            await self._finish(state_of(row))
             return True
-        await self._offer_state(row.state())
+        await self._offer_state(state_of(row))
         return False
 
     async def _catch_up(self, upto: int | None) -> int:
@@ -287,6 +326,7 @@ class TaskStream:
             await self._send_many([frame for _, frame in rows])
             self.next_id = rows[-1][0] + 1
             sent += len(rows)
+        self.metrics.ws_log_events.inc(sent)
         return sent
 
     async def _offer_state(self, state: State) -> None:

@@ -24,6 +24,7 @@ router = APIRouter()
 
 
 async def _reject(websocket: WebSocket, code: int, message: str) -> None:
+    websocket.app.state.metrics.closed(code)
     await websocket.accept()
     # The client may already be gone; there is nothing more to tell it then.
     with contextlib.suppress(RuntimeError, OSError):
@@ -73,6 +74,7 @@ async def task_stream(
             control=state.control,
             cfg=state.settings,
             autostart=start,
+            metrics=state.metrics,
             fmt=fmt,
             subprotocol=subprotocol,
             frame_cache=state.frame_cache,

@@ -13,7 +13,8 @@ from bus.client import AsyncSubscriber, DecodeFailure, Publisher, decode_frames
 from bus.curve import check_endpoints
 from bus.messages import LEASE_TOPIC, Heartbeat, Lease, topic
 from bus.ratelog import RateLimitedLog
-from metastream import settings
+from core import logs, settings
+from core.metrics import Registry, Server
 from runner.control import ControlServer
 from runner.supervisor import Supervisor
 from store import Store
@@ -34,7 +35,10 @@ async def main() -> None:
     store.create_schema()
     ctx = zmq.asyncio.Context()
     publisher = Publisher(cfg.bus_pub, ctx=zmq.Context.instance())
-    sup = Supervisor(cfg, store, publisher)
+    registry = Registry(cfg.metrics)
+    sup = Supervisor(cfg, store, publisher, metrics=registry)
+    sup.metrics.bus_up.set_function(lambda: float(sup.heartbeats.bus_ok()))
+    metrics_server = Server(registry, cfg.metrics_host, cfg.supervisor_metrics_port, "supervisor")
     sub = AsyncSubscriber(cfg.bus_sub, ctx=ctx)
     sub.subscribe([sup.beacon_topic, LEASE_TOPIC])
     sup.on_started = lambda tid: sub.subscribe([topic(tid, "heartbeat")])
@@ -49,7 +53,7 @@ async def main() -> None:
     if cfg.warm:
         sup.start_forkserver()  # imports for seconds in the background: readiness does not wait
     await sup.recover()
-    print(f"supervisor: node {sup.node}, control at {cfg.control}", flush=True)
+    logs.announce(f"supervisor: node {sup.node}, control at {cfg.control}")
     async with asyncio.TaskGroup() as tg:
         tasks = [
             tg.create_task(control.serve()),
@@ -62,6 +66,7 @@ async def main() -> None:
         for t in tasks:
             t.cancel()
     control.close()
+    metrics_server.close()
     sub.close()
     publisher.close(linger_ms=500)
     store.close()
@@ -82,6 +87,7 @@ async def _listen(sub: AsyncSubscriber, sup: Supervisor) -> None:
             case Lease(task_id=task_id, gateway_id=gw, watchers=n, ttl=ttl):
                 sup.disconnects.lease(task_id, gw, n, ttl)
             case DecodeFailure(error=error):
+                sup.metrics.bad_frames.inc()
                 bad_frames.warning("dropped a bad bus frame: %s", error)
 
 
@@ -94,5 +100,5 @@ async def _tick(sup: Supervisor, pub: Publisher, interval: float) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup("supervisor")
     asyncio.run(main())

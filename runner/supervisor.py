@@ -11,18 +11,31 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
+
 from bus.client import Publisher
 from bus.messages import (
-    SYSTEM_TOPIC_PREFIX,
-    TERMINAL_STATUSES,
     Heartbeat,
+    ProcessLifecycle,
+    Readopted,
     Reply,
-    utcnow,
+    Spawned,
+    Stopped,
+    ZygoteRestarted,
+    process_topic,
+    state_of,
 )
-from metastream.settings import Settings
+from core.clock import utcnow
+from core.ids import SYSTEM_TOPIC_PREFIX
+from core.metrics import Registry
+from core.options import TaskOptions
+from core.settings import SECRET_ENV, Settings
+from core.status import TRANSITIONS, TaskStatus, TransitionError
 from runner import process
 from runner.forkserver import ForkServer, ForkServerError
-from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits
+from runner.metrics import SupervisorMetrics
+from runner.outcome import outcome
+from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits, StopFrom
 from store import Store, TaskRow
 
 log = logging.getLogger("metastream.supervisor")
@@ -34,12 +47,13 @@ STARTUP_GRACE = 5.0  # to start the interpreter and send a first beat
 class Running:
     """What the supervisor knows of one live task process."""
 
-    def __init__(self, task_id: str, child: process.Child, options: dict[str, Any]) -> None:
+    def __init__(self, task_id: str, child: process.Child, options: TaskOptions) -> None:
         self.task_id = task_id
         self.child = child
         self.options = options
         self.started = time.monotonic()
-        self.stop_reason: tuple[str, str] | None = None  # (final status, message) if we stop it
+        # (final status, message) once we decided to stop it: the outcome, whatever the exit.
+        self.stop_reason: tuple[TaskStatus, str] | None = None
         self.stopping: asyncio.Task[str] | None = None
         self.watcher: asyncio.Task[None] | None = None
 
@@ -54,11 +68,12 @@ class Supervisor:
         publisher: Publisher,
         node: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Registry | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
         self.pub = publisher
-        self.node = node or os.environ.get("METASTREAM_NODE") or socket.gethostname()
+        self.node = node or cfg.node or socket.gethostname()
         self.running: dict[str, Running] = {}
         self.admission = Admission(cfg.max_running)
         self.heartbeats = HeartbeatPolicy(cfg.heartbeat_timeout, STARTUP_GRACE, clock)
@@ -67,9 +82,15 @@ class Supervisor:
         self._locks: dict[str, asyncio.Lock] = {}
         self._pump_lock = asyncio.Lock()
         self._background: set[asyncio.Task[str]] = set()
+        # Set once shutdown begins: slots freed by stopping tasks must not admit queued ones
+        # (they would be started only to be killed, and lost with no record).
+        self.closing = False
         self.forkserver: ForkServer | None = None  # the warm path, once start_forkserver ran
+        self._zygote_restarts = 0
         self.on_started: Callable[[str], None] = lambda _tid: None
         self.on_ended: Callable[[str], None] = lambda _tid: None
+        self.metrics = SupervisorMetrics(metrics or Registry(enabled=False), self.node)
+        self.metrics.gauges(self._gauges)
 
     @property
     def beacon_topic(self) -> bytes:
@@ -82,7 +103,11 @@ class Supervisor:
         return self._locks.setdefault(task_id, asyncio.Lock())
 
     def _publish(self, row: TaskRow) -> None:
-        self.pub.publish(row.id, row.state())
+        self.pub.publish(row.id, state_of(row))
+
+    def _announce(self, msg: ProcessLifecycle) -> None:
+        """Publish a process lifecycle event on ``_sys/process/<kind>`` (docs/subscribers.md)."""
+        self.pub.publish_system(process_topic(msg), msg)
 
     # --- commands ------------------------------------------------------------------------
 
@@ -91,27 +116,26 @@ class Supervisor:
             row = await self._db(self.store.get_task, task_id)
             if row is None:
                 return Reply(ok=False, error="Task not found")
-            if row.status in ("RUNNING", "QUEUED"):
+            if row.status in (TaskStatus.RUNNING, TaskStatus.QUEUED):
                 return Reply(ok=True, status=row.status)
-            if row.status not in ("PENDING", "FAILED"):
+            if TaskStatus.QUEUED not in TRANSITIONS[row.status]:
                 return Reply(ok=False, status=row.status, error=f"Task already {row.status}")
-            queued = await self._db(
-                self.store.transition,
-                task_id,
-                ("PENDING", "FAILED"),
-                status="QUEUED",
-                queued_at=utcnow(),
-                node=self.node,
-                progress=0.0,
-                current_agent=None,
-                last_message="Waiting for a free slot",
-                completed_at=None,
-                exit_code=None,
-                error=None,
-            )
-            if queued is None:  # someone else moved it meanwhile
-                row = await self._db(self.store.get_task, task_id)
-                return Reply(ok=True, status=row.status if row else None)
+            try:
+                queued = await self._db(
+                    self.store.transition,
+                    task_id,
+                    TaskStatus.QUEUED,
+                    queued_at=utcnow(),
+                    node=self.node,
+                    progress=0.0,
+                    current_agent=None,
+                    last_message="Waiting for a free slot",
+                    completed_at=None,
+                    exit_code=None,
+                    error=None,
+                )
+            except TransitionError as exc:  # someone else moved it meanwhile
+                return Reply(ok=True, status=exc.got)
             self._publish(queued)
         await self.pump()
         row = await self._db(self.store.get_task, task_id)
@@ -120,34 +144,38 @@ class Supervisor:
     async def cancel(self, task_id: str, reason: str) -> Reply:
         run = self.running.get(task_id)
         if run is not None:
-            await self.stop_task(run, "CANCELLED", reason, how="ask")
+            await self.stop_task(run, TaskStatus.CANCELLED, reason, how="ask")
             row = await self._db(self.store.get_task, task_id)
             return Reply(ok=True, status=row.status if row else None)
         async with self._lock(task_id):
             row = await self._db(self.store.get_task, task_id)
             if row is None:
                 return Reply(ok=False, error="Task not found")
-            if row.status in TERMINAL_STATUSES:
+            if row.status.terminal:
                 return Reply(ok=True, status=row.status)
-            ended = await self._db(
-                self.store.transition,
-                task_id,
-                ("PENDING", "QUEUED"),
-                status="CANCELLED",
-                completed_at=utcnow(),
-                last_message=reason,
-            )
-            if ended is not None:
+            try:
+                ended = await self._db(
+                    self.store.transition,
+                    task_id,
+                    TaskStatus.CANCELLED,
+                    (TaskStatus.PENDING, TaskStatus.QUEUED),
+                    completed_at=utcnow(),
+                    last_message=reason,
+                )
+            except TransitionError:
+                pass  # it became RUNNING while we looked
+            else:
                 self._publish(ended)
-                return Reply(ok=True, status="CANCELLED")
+                self.metrics.ended(task_id, ended.status)
+                return Reply(ok=True, status=ended.status)
         # It became RUNNING while we looked: stop the process.
         run = self.running.get(task_id)
         if run is not None:
-            await self.stop_task(run, "CANCELLED", reason, how="ask")
+            await self.stop_task(run, TaskStatus.CANCELLED, reason, how="ask")
         row = await self._db(self.store.get_task, task_id)
         return Reply(ok=True, status=row.status if row else None)
 
-    async def stop_task(self, run: Running, status: str, message: str, how: str) -> str:
+    async def stop_task(self, run: Running, status: TaskStatus, message: str, how: StopFrom) -> str:
         """Stop a running task (once, however many ask) and wait until it is down.
 
         ``how`` is where the stop sequence starts: "ask" (a cancel: let the task flush and
@@ -156,12 +184,29 @@ class Supervisor:
         if run.stop_reason is None:
             run.stop_reason = (status, message)
         if run.stopping is None:
+            self.metrics.killed(_kill_reason(status, message))
             ask_timeout = self.cfg.stop_ask_timeout if how == "ask" else 0.0
             term_timeout = self.cfg.stop_term_timeout if how in ("ask", "term") else 0.0
-            run.stopping = asyncio.create_task(process.stop(run.child, ask_timeout, term_timeout))
-        how = await run.stopping
+            run.stopping = asyncio.create_task(self._stop_sequence(run, ask_timeout, term_timeout))
+        ended = await run.stopping  # asked / terminated / killed / exited
         if run.watcher is not None:
             await run.watcher
+        return ended
+
+    async def _stop_sequence(self, run: Running, ask_timeout: float, term_timeout: float) -> str:
+        how = await process.stop(run.child, ask_timeout, term_timeout)
+        status, reason = run.stop_reason or (TaskStatus.CANCELLED, "")
+        self._announce(
+            Stopped(
+                task_id=run.task_id,
+                pid=run.child.pid,
+                node=self.node,
+                at=utcnow(),
+                how=how,
+                status=status,
+                reason=reason,
+            )
+        )
         return how
 
     # --- admission and process lifecycle -------------------------------------------------
@@ -169,45 +214,50 @@ class Supervisor:
     async def pump(self) -> None:
         """Start queued tasks while slots are free, oldest first."""
         async with self._pump_lock:
+            if self.closing:
+                return
             free = self.admission.free_slots(len(self.running))
             if free == 0:
                 return
-            queued = await self._db(self.store.tasks_with_status, ("QUEUED",), self.node)
+            queued = await self._db(self.store.tasks_with_status, (TaskStatus.QUEUED,), self.node)
             for row in queued[:free]:
+                if self.closing:
+                    return
                 await self._launch(row)
 
     async def _launch(self, row: TaskRow) -> None:
         task_id = row.id
         # RUNNING is recorded before the process exists, so the task never reads an older status.
-        started = await self._db(
-            self.store.transition,
-            task_id,
-            ("QUEUED",),
-            status="RUNNING",
-            started_at=utcnow(),
-            last_message="Task process starting",
-            run_count=row.run_count + 1,
-        )
-        if started is None:
+        try:
+            started = await self._db(
+                self.store.transition,
+                task_id,
+                TaskStatus.RUNNING,
+                started_at=utcnow(),
+                last_message="Task process starting",
+                run_count=row.run_count + 1,
+            )
+        except TransitionError:
             return  # cancelled while queued
         workspace = self.cfg.task_dir(task_id)
         try:
             workspace.mkdir(parents=True, exist_ok=True)
             child = await self._spawn(task_id, workspace)
         except OSError as exc:
-            failed = await self._db(
-                self.store.transition,
-                task_id,
-                ("RUNNING",),
-                status="FAILED",
-                completed_at=utcnow(),
-                last_message=f"Could not start the task process: {exc}",
+            await self._finish(
+                task_id, TaskStatus.FAILED, f"Could not start the task process: {exc}", None
             )
-            if failed:
-                self._publish(failed)
             return
         await self._db(self.store.set_process, task_id, child.pid, child.create_time)
-        self._track(task_id, child, row.options)
+        # A child without a Popen was forked by the zygote (runner.forkserver).
+        warm = child.popen is None
+        self._announce(
+            Spawned(task_id=task_id, pid=child.pid, node=self.node, at=utcnow(), warm=warm)
+        )
+        self._track(task_id, child, TaskOptions.of(row.options))
+        self.metrics.started(
+            task_id, "warm" if warm else "cold", row.queued_at, row.last_event_id + 1
+        )
         self._publish(started)
 
     async def _spawn(self, task_id: str, workspace: Path) -> process.Child:
@@ -233,7 +283,7 @@ class Supervisor:
         self.forkserver.start()
         return self.forkserver
 
-    def _track(self, task_id: str, child: process.Child, options: dict[str, Any]) -> None:
+    def _track(self, task_id: str, child: process.Child, options: TaskOptions) -> None:
         run = Running(task_id, child, options)
         run.started = self._clock()
         self.running[task_id] = run
@@ -246,8 +296,6 @@ class Supervisor:
         # of the gateway (API tokens never reach task processes).
         keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "TMPDIR", "VIRTUAL_ENV")
         env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("METASTREAM_")}
-        from metastream.settings import SECRET_ENV  # the one list, shared with the gateway
-
         for secret in SECRET_ENV:
             env.pop(secret, None)
         env.update(
@@ -270,49 +318,68 @@ class Supervisor:
             await asyncio.to_thread(process.reap_group, run.child)
         self.heartbeats.forget(task_id)
         self.disconnects.forget(task_id)
-        row = await self._db(self.store.get_task, task_id)
-        status, message = self._outcome(run, row)
+        if run.stop_reason is not None:
+            status, message = run.stop_reason
+        else:
+            row = await self._db(self.store.get_task, task_id)
+            status, message = outcome(
+                run.child.returncode,
+                row.exit_code if row else None,
+                row.error if row else None,
+                adopted=run.child.adopted,
+                lost=False,
+            )
+        await self._finish(task_id, status, message, run.child.returncode)
+        # Only now is its slot free: the store no longer shows it RUNNING.
+        self.running.pop(task_id, None)
+        self.on_ended(task_id)
+        await self.pump()
+
+    async def _finish(
+        self, task_id: str, status: TaskStatus, message: str, exit_code: int | None
+    ) -> TaskRow | None:
+        """The one way a RUNNING task ends: its final row written, then published."""
         fields: dict[str, Any] = dict(
-            status=status,
             completed_at=utcnow(),
             last_message=message,
-            exit_code=run.child.returncode,
             pid=None,
             # Exact, from the log: the final state tells clients which events precede it.
             last_event_id=await self._db(self.store.last_event_id, task_id),
         )
-        if status == "COMPLETED":
+        if exit_code is not None:  # unknown (adopted, lost): keep what the task recorded
+            fields["exit_code"] = exit_code
+        if status == TaskStatus.COMPLETED:
             fields["progress"] = 1.0
-        ended = await self._db(self.store.transition, task_id, ("RUNNING",), **fields)
-        # Only now is its slot free: the store no longer shows it RUNNING.
-        self.running.pop(task_id, None)
-        if ended is not None:
-            self._publish(ended)
-            log.info("task %s %s: %s", task_id, status, message)
-        self.on_ended(task_id)
-        await self.pump()
+        try:
+            ended = await self._db(
+                self.store.transition, task_id, status, (TaskStatus.RUNNING,), **fields
+            )
+        except TransitionError as exc:
+            log.warning("task %s not ended %s: %s", task_id, status, exc)
+            return None
+        self._publish(ended)
+        await self._first_event_metric(task_id)
+        self.metrics.ended(task_id, status, fields["last_event_id"])
+        log.info("task %s %s: %s", task_id, status, message)
+        return ended
 
-    def _outcome(self, run: Running, row: TaskRow | None) -> tuple[str, str]:
-        rc = run.child.returncode
-        if run.stop_reason is not None:
-            return run.stop_reason
-        if rc is None and row is not None and row.exit_code is not None:
-            rc = row.exit_code  # adopted process: it recorded its own outcome
-        if rc == 0:
-            return "COMPLETED", "Completed"
-        # A cancel is known from our own stop request (stop_reason), never from an exit code:
-        # a task may exit with any code by itself.
-        detail = process.describe_exit(rc)
-        reason = row.error if row is not None and row.error else None
-        text = f"Task process failed ({detail})"
-        if run.child.adopted and rc is None:
-            text = "Task process ended while the supervisor was restarting (exit status unknown)"
-        return "FAILED", f"{text}: {reason}" if reason else text
+    async def _first_event_metric(self, task_id: str) -> None:
+        """A task that ended before a heartbeat told its first event's time: read it."""
+        first = self.metrics.awaiting_first_event(task_id)
+        if first is not None:
+            rows = await self._db(self.store.read_events, task_id, first - 1, 1)
+            if rows:
+                self.metrics.first_event(task_id, msgspec.json.decode(rows[0][1])["timestamp"])
+
+    def _gauges(self) -> dict[str, float]:
+        restarts = self.forkserver.restarts if self.forkserver is not None else 0
+        return {"zygote_restarts": restarts, "running": len(self.running)}
 
     # --- heartbeats ----------------------------------------------------------------------
 
     def heard(self, msg: Heartbeat) -> None:
         self.heartbeats.beat(msg.task_id)
+        self.metrics.heard(msg)
 
     def bus_beacon(self) -> None:
         if self.heartbeats.beacon():
@@ -320,35 +387,46 @@ class Supervisor:
 
     async def check(self) -> None:
         """Apply the heartbeat, disconnect and limit policies to every running task."""
+        self._watch_zygote()
         for task_id, silent in self.heartbeats.overdue():
             run = self.running.get(task_id)
             if run is None or run.stop_reason is not None:
                 self.heartbeats.forget(task_id)
                 continue
             msg = f"Task process unresponsive: no heartbeat for {silent:.1f} s; killed"
-            self._stop_soon(run, "FAILED", msg, how="kill")
+            self.metrics.heartbeat_misses.inc()
+            self._stop_soon(run, TaskStatus.FAILED, msg, how="kill")
         if not self.heartbeats.bus_ok():
             return  # leases can't arrive either: judge nobody's absence
         for run in list(self.running.values()):
             if run.stop_reason is not None:
                 continue
-            mode = run.options.get("disconnect_policy") or self.cfg.disconnect_policy
-            grace = float(run.options.get("grace_seconds") or self.cfg.disconnect_grace)
+            opts = run.options
+            mode = opts.disconnect_policy or self.cfg.disconnect_policy
+            grace = opts.grace_seconds if opts.grace_seconds else self.cfg.disconnect_grace
             if self.disconnects.should_stop(run.task_id, mode, grace):
                 why = "last client left" if mode == "kill" else f"no client for {grace:g} s"
-                self._stop_soon(run, "CANCELLED", f"Cancelled: {why} (policy {mode})", how="ask")
+                message = f"Cancelled: {why} (policy {mode})"
+                self._stop_soon(run, TaskStatus.CANCELLED, message, how="ask")
                 continue
             limits = Limits(
-                float(run.options.get("timeout_seconds") or self.cfg.task_timeout),
-                float(run.options.get("memory_limit_mb") or self.cfg.task_memory_mb),
+                opts.timeout_seconds or self.cfg.task_timeout,
+                opts.memory_limit_mb or self.cfg.task_memory_mb,
             )
             rss = process.tree_rss_mb(run.child, limits.memory_mb) if limits.memory_mb else 0.0
             breach = limits.breach(self._clock() - run.started, rss)
             if breach is not None:
-                # Out of memory: kill at once, the memory is the problem; out of time: SIGTERM.
-                self._stop_soon(run, "FAILED", breach, how="kill" if "memory" in breach else "term")
+                self._stop_soon(run, TaskStatus.FAILED, breach.message, how=breach.stop_from)
 
-    def _stop_soon(self, run: Running, status: str, message: str, how: str) -> None:
+    def _watch_zygote(self) -> None:
+        # The fork server counts its restarts; each new one is announced once (polled on the
+        # supervisor's tick, so the fork server needs no callback into the supervisor).
+        fs = self.forkserver
+        if fs is not None and fs.restarts > self._zygote_restarts:
+            self._zygote_restarts = fs.restarts
+            self._announce(ZygoteRestarted(node=self.node, at=utcnow(), restarts=fs.restarts))
+
+    def _stop_soon(self, run: Running, status: TaskStatus, message: str, how: StopFrom) -> None:
         log.warning("task %s: %s", run.task_id, message)
         task = asyncio.create_task(self.stop_task(run, status, message, how=how))
         self._background.add(task)
@@ -358,45 +436,45 @@ class Supervisor:
 
     async def recover(self) -> None:
         """Re-adopt task processes a previous supervisor left running; fail the dead ones."""
-        rows = await self._db(self.store.tasks_with_status, ("RUNNING",), self.node)
+        rows = await self._db(self.store.tasks_with_status, (TaskStatus.RUNNING,), self.node)
         for row in rows:
             child = None
             if row.pid is not None and row.pid_create_time is not None:
                 child = process.adopt(row.pid, row.pid_create_time)
             if child is not None:
                 log.info("re-adopted task %s (pid %s)", row.id, row.pid)
-                self._track(row.id, child, row.options)
+                self._announce(
+                    Readopted(task_id=row.id, pid=child.pid, node=self.node, at=utcnow())
+                )
+                self._track(row.id, child, TaskOptions.of(row.options))
+                self.metrics.started(row.id, "adopted", None)
                 continue
             # Gone while nobody watched: its own record says how it ended, if it got that far.
-            if row.exit_code == 0:
-                status, message = "COMPLETED", "Completed (while the supervisor was down)"
-            else:
-                status = "FAILED"
-                message = "Task process was lost while the supervisor was down"
-                if row.error:
-                    message = f"{message}: {row.error}"
-            ended = await self._db(
-                self.store.transition,
-                row.id,
-                ("RUNNING",),
-                status=status,
-                completed_at=utcnow(),
-                pid=None,
-                last_message=message,
-                last_event_id=await self._db(self.store.last_event_id, row.id),
-                **({"progress": 1.0} if status == "COMPLETED" else {}),
-            )
-            if ended:
-                self._publish(ended)
+            status, message = outcome(None, row.exit_code, row.error, adopted=False, lost=True)
+            await self._finish(row.id, status, message, None)
         await self.pump()
 
     async def shutdown(self, reason: str = "Supervisor shut down") -> None:
         """Stop every task (recording why) so nothing outlives the supervisor."""
+        self.closing = True
+        async with self._pump_lock:
+            pass  # a launch under way finishes (and is tracked) before we list what runs
         runs = list(self.running.values())
         await asyncio.gather(
-            *(self.stop_task(r, "CANCELLED", reason, how="ask") for r in runs),
+            *(self.stop_task(r, TaskStatus.CANCELLED, reason, how="ask") for r in runs),
             return_exceptions=True,
         )
         # Queued tasks stay QUEUED: the next supervisor starts them.
         if self.forkserver is not None:
             await self.forkserver.close(self.cfg.stop_ask_timeout, self.cfg.stop_term_timeout)
+
+
+def _kill_reason(status: TaskStatus, message: str) -> str:
+    """A bounded label for why the supervisor stopped a task (see runner.metrics)."""
+    if status == TaskStatus.CANCELLED:
+        if message.startswith("Supervisor shut down"):
+            return "shutdown"
+        return "disconnect" if "(policy " in message else "cancel"
+    if "unresponsive" in message:
+        return "unresponsive"
+    return "memory" if "memory" in message else "timeout"

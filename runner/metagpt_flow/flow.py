@@ -54,6 +54,7 @@ class FlowSpec:
     scripted_fault: str | None = None  # None, "http500", "garbage", "slow"
     fast_fail: bool = False
     project_name: str | None = None  # directory under the workspace; derived if None
+    pace: str | None = None  # the scripted LLM's streaming speed: None/"fast" or "demo"
 
     @property
     def scripted(self) -> bool:
@@ -97,7 +98,7 @@ def _llm_endpoint(spec: FlowSpec) -> Iterator[dict[str, Any]]:
         return
     from runner.scripted_llm import ScriptedLLM
 
-    with ScriptedLLM(fault=spec.scripted_fault) as llm:
+    with ScriptedLLM(fault=spec.scripted_fault, pace=spec.pace) as llm:
         yield {
             "api_type": "openai",
             "base_url": llm.base_url,
@@ -115,6 +116,12 @@ def run_metagpt(spec: FlowSpec, workspace: Path, emitter: Emitter) -> None:
         raise ValueError(f"scripted_fault must be one of {FAULTS}, not {spec.scripted_fault!r}")
     workspace = Path(workspace).resolve()
     workspace.mkdir(parents=True, exist_ok=True)
+    if not spec.scripted and spec.llm_base_url:
+        # Before MetaGPT's import (seconds, when cold): a wrong host fails the task at once.
+        from runner.metagpt_flow.llm_check import check_llm, host_of
+
+        emitter.set_state(last_message=f"Checking the LLM at {host_of(spec.llm_base_url)}")
+        check_llm(spec.llm_base_url, spec.llm_api_key, spec.llm_model)
     mg_root = workspace / ".metagpt"
     (mg_root / "config").mkdir(parents=True, exist_ok=True)
     (mg_root / "config" / "config2.yaml").write_text(MINIMAL_CONFIG)
@@ -162,6 +169,7 @@ async def _run(
             "llm": "scripted" if spec.scripted else "configured",
             "note": "Using the offline scripted LLM" if spec.scripted else None,
             "scripted_fault": spec.scripted_fault,
+            "pace": spec.pace if spec.scripted else None,
             "model": llm["model"],
             "base_url": llm["base_url"],
             "workspace": str(workspace),

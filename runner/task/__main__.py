@@ -6,16 +6,17 @@ Exit codes: 0 completed, 1 failed (reason stored in the task's ``error``), 3 can
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from bus.client import Publisher
-from metastream import settings
+from bus.messages import state_of
+from core import logs, settings
 from runner.task.outbox import Outbox
 from runner.task.workload import Cancelled
 from store import Store
@@ -29,6 +30,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m runner.task TASK_ID", file=sys.stderr)
         return 2
     task_id = argv[0]
+    logs.setup("task", task_id=task_id)  # here, not at import: forks of the zygote come here too
     cfg = settings.load()
     store = Store(cfg.db_url, cfg.events_dir)
     row = store.get_task(task_id)
@@ -41,7 +43,7 @@ def main(argv: list[str]) -> int:
         publisher,
         task_id,
         first_event_id=max(row.last_event_id, store.last_event_id(task_id)) + 1,
-        state=msgspec.structs.replace(row.state(), status="RUNNING"),
+        state=msgspec.structs.replace(state_of(row), status="RUNNING"),
         heartbeat_interval=cfg.heartbeat_interval,
     )
 
@@ -51,6 +53,7 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGINT, ask_to_stop)
     signal.signal(signal.SIGTERM, ask_to_stop)
+    log.info("task %s started (pid %d)", task_id, os.getpid())
     outbox.start()
     code = EXIT_OK
     try:
@@ -62,14 +65,14 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # any failure of the workload ends the task FAILED, with its reason
         code = EXIT_FAILED
         reason = f"{type(exc).__name__}: {exc}"
-        log.error("task failed: %s", reason)
-        traceback.print_exc()
+        log.error("task failed: %s", reason, exc_info=True)
         outbox.emit("System", "ERROR", {"message": reason, "error_type": type(exc).__name__})
         outbox.record(error=reason[:2000])
     finally:
         outbox.close()
         publisher.close()
         store.close()
+    log.info("task %s ends with exit code %d", task_id, code)
     return code
 
 
@@ -87,5 +90,4 @@ def _run_workload(
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sys.exit(main(sys.argv[1:]))

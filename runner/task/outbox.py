@@ -15,6 +15,7 @@ took 90 ms, 5-9 us per event instead of about 1.5.
 
 from __future__ import annotations
 
+import bisect
 import os
 import threading
 import time
@@ -23,7 +24,16 @@ from typing import Any, NamedTuple
 import msgspec
 
 from bus.client import Publisher
-from bus.messages import Event, Heartbeat, State, event_data_json, utcnow
+from bus.messages import (
+    BATCH_SIZE_BOUNDS,
+    WRITE_SECONDS_BOUNDS,
+    Event,
+    Heartbeat,
+    State,
+    WriteStats,
+    event_data_json,
+    utcnow,
+)
 from store import Store
 
 MAX_PENDING = 20_000  # emitters wait beyond this: memory stays bounded if the log is slow
@@ -104,6 +114,12 @@ class Outbox:
         self._row_written = state.version
         self._row_urgent = False
         self._row_thread = threading.Thread(target=self._write_rows, name="task-row", daemon=True)
+        # What the supervisor exports for this process (it runs no metrics server of its own):
+        # updated by whoever holds ``_busy``, sent with every heartbeat.
+        self.stats = WriteStats(
+            write_buckets=[0] * (len(WRITE_SECONDS_BOUNDS) + 1),
+            batch_buckets=[0] * (len(BATCH_SIZE_BOUNDS) + 1),
+        )
 
     def start(self) -> None:
         # Creating the log file takes milliseconds: before the first event, not in its commit.
@@ -216,9 +232,25 @@ class Outbox:
                 self._work.notify_all()
                 self._progress.notify_all()
             self._thread.join(timeout)
+            self._final_beat()
             with self._lock:
                 self._rows.notify_all()  # the row writer may now finish
             self._row_thread.join(timeout)
+
+    def _final_beat(self) -> None:
+        """A last heartbeat, so the supervisor's metrics get this process's final counts."""
+        if self._thread.is_alive() or not self._beating or self._error is not None:
+            return  # the PUB socket is only ours once the writer thread is gone
+        self._pub.publish(self.task_id, self._heartbeat())
+
+    def _heartbeat(self) -> Heartbeat:
+        return Heartbeat(
+            task_id=self.task_id,
+            last_event_id=self._written_id,
+            pid=os.getpid(),
+            sent_at=time.time(),
+            stats=self.stats,
+        )
 
     @property
     def last_event_id(self) -> int:
@@ -260,15 +292,7 @@ class Outbox:
         try:
             self._commit(claim)
             if beat:
-                self._pub.publish(
-                    self.task_id,
-                    Heartbeat(
-                        task_id=self.task_id,
-                        last_event_id=self._written_id,
-                        pid=os.getpid(),
-                        sent_at=time.time(),
-                    ),
-                )
+                self._pub.publish(self.task_id, self._heartbeat())
         except Exception as exc:  # the log is unusable: fail the task loudly, not silently
             with self._lock:
                 self._error = exc
@@ -319,8 +343,10 @@ class Outbox:
         # Events first: durable, then on the bus. The state write (shared task row) comes
         # after, so it never holds back the events of the batch it rides with.
         if batch:
+            began = time.perf_counter()
             self._store.append_events(self.task_id, rows)
-            self._pub.publish_events(self.task_id, batch)
+            self._count(len(batch), time.perf_counter() - began)
+            self.stats.published += self._pub.publish_events(self.task_id, batch)
             with self._lock:
                 self._written_id = batch[-1].event_id
                 self._progress.notify_all()
@@ -343,6 +369,16 @@ class Outbox:
             self._row_urgent = self._row_urgent or urgent
             self._rows.notify()
         self._pub.publish(self.task_id, state)
+
+    def _count(self, events: int, seconds: float) -> None:
+        stats = self.stats
+        if not stats.batches:
+            stats.first_event_at = time.time()
+        stats.batches += 1
+        stats.events += events
+        stats.write_seconds += seconds
+        stats.write_buckets[bisect.bisect_left(WRITE_SECONDS_BOUNDS, seconds)] += 1
+        stats.batch_buckets[bisect.bisect_left(BATCH_SIZE_BOUNDS, events)] += 1
 
     def _write_rows(self) -> None:
         due = 0.0  # when the next row may be written

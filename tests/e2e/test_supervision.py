@@ -65,11 +65,12 @@ def test_each_death_fails_only_that_task(fapi: httpx.Client, crash: str, reason:
     final = wait_status(fapi, victim["id"], {"COMPLETED", "FAILED", "CANCELLED"}, timeout=30)
     assert final["status"] == "FAILED", final
     assert reason in final["last_message"], final["last_message"]
-    # Detected within about two heartbeat intervals of the last event (the OOM one is
-    # detected by the memory check, which runs on the same tick).
+    # Seen by its own path (the reason says which: pidfd, or the memory check), not by a
+    # missed heartbeat or a test timeout. The bound is generous for a loaded CI machine: on
+    # an idle one it is ~0.1 s (pidfd), ~1 s (memory); the tight figures belong to bench/.
     detection = _ts(final["completed_at"]) - _event_time(fapi, victim["id"], 5)
     print(f"{crash}: detected {detection:.2f} s after the last event")
-    assert detection < 2.5, detection
+    assert detection < 10, detection
     done = wait_status(fapi, neighbour["id"], {"COMPLETED", "FAILED", "CANCELLED"}, timeout=30)
     assert done["status"] == "COMPLETED" and done["last_event_id"] == 300
 
@@ -81,8 +82,9 @@ def test_hung_task_is_detected_and_killed(fast_stack: Stack, fapi: httpx.Client)
     assert final["status"] == "FAILED" and "unresponsive" in final["last_message"]
     assert got.event_ids == list(range(1, 16)) and got.close_code == 1000
     silent_for = _ts(final["completed_at"]) - _event_time(fapi, task["id"], 15)
-    # The last beat precedes the last event by up to one interval (0.5 s); timeout is 2 s.
-    assert 1.4 <= silent_for < 4.0, silent_for
+    # The last beat precedes the last event by up to one interval (0.5 s); timeout is 2 s:
+    # never judged before that (the correctness bound), and surely within 15 s.
+    assert 1.4 <= silent_for < 15, silent_for
 
 
 def test_cancel_kills_the_whole_tree(fast_stack: Stack, fapi: httpx.Client) -> None:
@@ -125,7 +127,7 @@ def test_disconnect_policies(fast_stack: Stack, fapi: httpx.Client) -> None:
     left = time.time()
     final = wait_status(fapi, killed["id"], {"CANCELLED", "COMPLETED", "FAILED"}, timeout=10)
     assert final["status"] == "CANCELLED" and "policy kill" in final["last_message"]
-    assert _ts(final["completed_at"]) - left < 1.5
+    assert _ts(final["completed_at"]) - left < 10  # long before its 100 s of events end
 
     graced = create_task(
         fapi, synthetic={"events": 10_000, "rate": 100}, disconnect_policy="grace", grace_seconds=2
@@ -137,7 +139,7 @@ def test_disconnect_policies(fast_stack: Stack, fapi: httpx.Client) -> None:
     left = time.time()
     final = wait_status(fapi, graced["id"], {"CANCELLED", "COMPLETED", "FAILED"}, timeout=10)
     assert final["status"] == "CANCELLED" and "policy grace" in final["last_message"]
-    assert 1.5 < _ts(final["completed_at"]) - left < 4
+    assert 1.5 < _ts(final["completed_at"]) - left < 15  # not before the 2 s grace period
 
     kept = create_task(fapi, synthetic={"events": 200, "rate": 200})  # default: continue
     watch_briefly(kept["id"], 5)
@@ -229,3 +231,25 @@ def test_clean_shutdown_records_final_states(fast_stack: Stack, fapi: httpx.Clie
     assert row is not None and row.status == "CANCELLED"
     assert "shut down" in (row.last_message or "")
     assert_all_gone(tree)
+
+
+def test_clean_shutdown_starts_no_queued_task(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """Stopping running tasks frees slots; a shutting-down supervisor must not fill them."""
+    s = stack_factory(env={**FAST, "METASTREAM_MAX_RUNNING": "2"})
+    with httpx.Client(base_url=s.url, timeout=30) as api:
+        ids = [create_task(api, synthetic={"events": 100_000, "rate": 50})["id"] for _ in range(4)]
+        for tid in ids:
+            api.post(f"/api/tasks/{tid}/run")
+        for tid in ids[:2]:
+            poll_for(lambda t=tid: api.get(f"/api/tasks/{t}").json()["last_event_id"] > 2, 20)
+        assert [api.get(f"/api/tasks/{t}").json()["status"] for t in ids[2:]] == ["QUEUED"] * 2
+    s.stop()
+    from store import Store
+
+    store = Store(f"sqlite:///{s.home / 'data' / 'metastream.db'}")
+    rows = [store.get_task(t) for t in ids]
+    assert all(r is not None for r in rows)
+    assert [r.status for r in rows if r] == ["CANCELLED", "CANCELLED", "QUEUED", "QUEUED"]
+    for row in rows[2:]:
+        assert row is not None and row.started_at is None and row.pid is None, row
+        assert row.run_count == 0
