@@ -233,13 +233,16 @@ def _tasks_point(cx: Ctx, t: int, total_rate: float, out: list[dict[str, Any]]) 
                 point["error"] = f"{type(exc).__name__}: {exc}"[:200]
                 out.append(point)
                 continue
-            g0, b0, k0 = got["cpu0"]
-            cpu = {
-                "gateway": _cpu([gw]) - g0,
-                "proxy": _cpu([bus]) - b0,
-                "tasks": _cpu(got["pids"]) - k0,
-            }
-            point |= _paced(res, got["t0"], cpu, sum(r["events"] for r in res))
+            try:
+                g0, b0, k0 = got["cpu0"]
+                cpu = {
+                    "gateway": _cpu([gw]) - g0,
+                    "proxy": _cpu([bus]) - b0,
+                    "tasks": _cpu(got["pids"]) - k0,
+                }
+                point |= _paced(res, got["t0"], cpu, sum(r["events"] for r in res))
+            except RuntimeError as exc:  # no samples (every client still catching up)
+                point["error"] = f"{type(exc).__name__}: {exc}"[:200]
             point |= {"rate": total_rate, "rss_mib": round(got["rss_mib"], 1)}
             point |= {"fds": got["fds"], "rss_idle_mib": round(rss_idle, 1)}
             point["tasks_uss_mib"] = round(tasks_rss, 1)
