@@ -297,6 +297,32 @@ def deflate_ab(cx: Ctx, n: int, out: list[dict[str, Any]]) -> None:
                 cx.log(f"  [curves] {point}")
 
 
+def replay(cx: Ctx, events: int, out: list[dict[str, Any]]) -> None:
+    """A finished task's whole log to one client, per format: delivered events/s."""
+    env = {"METASTREAM_WARM_METAGPT": "0"}
+    with (
+        procs.stack(cx.home("cr"), env=env) as st,
+        httpx.Client(base_url=st.url, timeout=30) as api,
+    ):
+        tid = create(api, synthetic={"events": events, "rate": 0, "payload_bytes": B})
+        api.post(f"/api/tasks/{tid}/run").raise_for_status()
+        wait_for(lambda: task(api, tid)["status"] == "COMPLETED", 300, "the task to end", 0.5)
+        gw = st.procs["gateway"].pid
+        for label, fmt, deflate in [*FORMATS, ("MessagePack", "msgpack", False)]:
+            point: dict[str, Any] = {"curve": "replay", "n": events, "format": label}
+            cpu0 = _cpu([gw])
+            try:
+                res = cx.clients(
+                    [f"{st.ws_url}/ws/tasks/{tid}"], events, timeout=120, fmt=fmt, deflate=deflate
+                )
+                point["saturation_delivered_per_s"] = round(throughput(res))
+                point["cpu_us_gateway"] = round((_cpu([gw]) - cpu0) / events * 1e6, 2)
+            except (TimeoutError, RuntimeError) as exc:
+                point["error"] = f"{type(exc).__name__}: {exc}"[:200]
+            out.append(point)
+            cx.log(f"  [curves] {point}")
+
+
 def workers_ab(cx: Ctx, n: int, out: list[dict[str, Any]]) -> None:
     """One gateway process against two workers on one port: saturation fan-out to ``n``."""
     for workers in (1, 2):
@@ -427,6 +453,7 @@ def run(
     into: Path,
     deflate_clients: int = 0,
     workers_clients: int = 0,
+    replay_events: int = 0,
 ) -> Path:
     points: list[dict[str, Any]] = []
     try:
@@ -438,6 +465,8 @@ def run(
             deflate_ab(cx, deflate_clients, points)
         if workers_clients:
             workers_ab(cx, workers_clients, points)
+        if replay_events:
+            replay(cx, replay_events, points)
     finally:  # what was measured is kept, even if a later point failed
         into.mkdir(parents=True, exist_ok=True)
         meta = {"quick": cx.quick, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -454,7 +483,7 @@ def s_curves(cx: Ctx, rows: list[Row]) -> None:
     tasks = cx.size([1, 10, 50, 200], [2])
     into = cx.work / "curves" if cx.quick else RESULTS
     ab = cx.size(100, 0)  # clients in the deflate and workers A/Bs (not in --quick)
-    path = run(cx, clients, tasks, cx.size(1000.0, 100.0), into, ab, ab)
+    path = run(cx, clients, tasks, cx.size(1000.0, 100.0), into, ab, ab, cx.size(100_000, 0))
     cx.log(f"  cost curves written to {path.parent}")
 
 
@@ -463,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m bench.curves", description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", choices=["clients", "tasks", "deflate", "workers"])
+    parser.add_argument("--only", choices=["clients", "tasks", "deflate", "workers", "replay"])
     parser.add_argument("--deflate-clients", type=int, help="clients in the deflate A/B (100)")
     parser.add_argument("--clients", type=int, nargs="+")
     parser.add_argument("--tasks", type=int, nargs="+")
@@ -484,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             (args.deflate_clients or cx.size(100, 0)) if only in (None, "deflate") else 0,
             (args.deflate_clients or cx.size(100, 0)) if only in (None, "workers") else 0,
+            cx.size(100_000, 5_000) if only in (None, "replay") else 0,
         )
     print(path.read_text())
     return 0
