@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import curves, persistence, scenarios, startup
+from bench import curves, persistence, postgres, scenarios, startup
 from bench.common import Ctx
 from bench.table import Row, render, write_json
 
@@ -32,6 +32,8 @@ SCENARIOS: dict[str, Callable[[Ctx, list[Row]], None]] = {
     "memory": startup.s5_memory,
     "persistence": persistence.s_persistence,
     "curves": curves.s_curves,  # its own table and plots (bench/results/curves.md)
+    "pg-persistence": postgres.s_pg_persistence,
+    "pg-stack": postgres.s_pg_stack,
 }
 # Minutes even at small sizes: --quick leaves them out unless named (python -m bench.curves
 # --quick is their own smoke test).

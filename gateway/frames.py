@@ -37,7 +37,6 @@ from gateway.wsprotocol import SEND_TEXTS
 
 BATCH_BYTES = 64 * 1024  # a batch frame closes before it would pass this (one message: any)
 BATCH_MESSAGES = 1024  # ... or at this many messages
-CLOSE_BAD_FORMAT = 4400
 
 
 class Format(enum.Enum):

@@ -26,6 +26,12 @@ from tests.helpers import (
 pytestmark = WORKERS
 
 
+@pytest.fixture
+def stack(stack_factory: Callable[..., Stack], stack_env: dict[str, str]) -> Stack:
+    """A stack on each store backend (tests/conftest.py: stack_env)."""
+    return stack_factory(stack_env)
+
+
 async def until(fn: Callable[[], object], what: str, timeout: float = 30) -> None:
     """Poll ``fn`` on the loop (the client runs on it) until truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
