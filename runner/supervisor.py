@@ -82,7 +82,7 @@ class Supervisor:
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
         self._pump_lock = asyncio.Lock()
-        self._background: set[asyncio.Task[str]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
         # Set once shutdown begins: slots freed by stopping tasks must not admit queued ones
         # (they would be started only to be killed, and lost with no record).
         self.closing = False
@@ -124,8 +124,7 @@ class Supervisor:
                 return Reply(ok=False, status=row.status, error=f"Task already {row.status}")
             kind = "start" if row.status == TaskStatus.PENDING else "retry"
             reply = await self._queue(row, kind, row.requirement)
-        await self.pump()
-        return await self._status_reply(task_id, reply)
+        return self._queued(reply)
 
     async def follow_up(self, task_id: str, requirement: str) -> Reply:
         """A new run of a COMPLETED task, on its workspace (MetaGPT incremental mode)."""
@@ -142,8 +141,7 @@ class Supervisor:
                     + (", or resume it first)" if row.status.terminal else ")"),
                 )
             reply = await self._queue(row, "follow_up", requirement)
-        await self.pump()
-        return await self._status_reply(task_id, reply)
+        return self._queued(reply)
 
     async def resume(self, task_id: str) -> Reply:
         """Continue a CANCELLED or FAILED task from the team serialized in its workspace."""
@@ -169,8 +167,7 @@ class Supervisor:
             last = await self._db(self.store.runs.latest, task_id)
             requirement = last.requirement if last is not None else row.requirement
             reply = await self._queue(row, "resume", requirement)
-        await self.pump()
-        return await self._status_reply(task_id, reply)
+        return self._queued(reply)
 
     async def _queue(self, row: TaskRow, kind: str, requirement: str) -> Reply | None:
         """Queue the task's next run and add its run row; a Reply if another writer won."""
@@ -195,11 +192,24 @@ class Supervisor:
         self._publish(queued)
         return None
 
-    async def _status_reply(self, task_id: str, early: Reply | None) -> Reply:
+    def _queued(self, early: Reply | None) -> Reply:
+        """Admission is recorded: answer now and start it in the background. Waiting for the
+        pump here made a burst of starts queue behind each other's spawns (cold ones take
+        long while the zygote loads) and clients gave up after the gateway's 5 s."""
         if early is not None:
             return early
-        row = await self._db(self.store.get_task, task_id)
-        return Reply(ok=True, status=row.status if row else None)
+        self._pump_soon()
+        return Reply(ok=True, status=TaskStatus.QUEUED)
+
+    def _pump_soon(self) -> None:
+        task = asyncio.create_task(self.pump())
+        self._background.add(task)
+        task.add_done_callback(self._pumped)
+
+    def _pumped(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("starting queued tasks failed", exc_info=task.exception())
 
     async def cancel(self, task_id: str, reason: str) -> Reply:
         run = self.running.get(task_id)

@@ -84,7 +84,18 @@ def restore(workspace: Path, ctx: Any, new_llm: Any) -> Any:
     for key, role in env.roles.items():
         role.context = ctx
         role.llm = new_llm()
-        role.set_env(env)  # system prompt, cost manager, actions re-bound to the new LLM
+        role.set_env(env)  # system prompt, cost manager
+        # Deserialized actions built their own LLM from MetaGPT's config file; set_env keeps
+        # an action's own LLM, so re-bind every action the role holds to the role's.
+        held = [
+            *role.actions,
+            *getattr(role, "code_todos", []),
+            *getattr(role, "summarize_todos", []),
+        ]
+        for action in [*held, role.rc.todo]:
+            if action is not None:
+                action.context = ctx
+                action.set_llm(role.llm, override=True)
         for raw in pending.get(key, []):
             role.rc.msg_buffer.push(Message.load(raw))
     return env

@@ -32,6 +32,7 @@ from runner.metagpt_flow.events import (
     describe,
     truncate,
 )
+from runner.metagpt_flow.llm_check import host_of
 from runner.metagpt_flow.setup import (
     MINIMAL_CONFIG,
     build_context,
@@ -63,6 +64,9 @@ class FlowSpec:
     fast_fail: bool = False
     project_name: str | None = None  # directory under the workspace; derived if None
     pace: str | None = None  # the scripted LLM's streaming speed: None/"fast" or "demo"
+    llm_timeout: float = 60.0  # read timeout of one call (between streamed chunks)
+    llm_connect_timeout: float = 5.0
+    llm_stall_timeout: float = 180.0  # no LLM progress for this long: FAILED (0 = never)
     # A follow-up: MetaGPT's incremental mode (inc=True, project_path) on the existing project.
     incremental: bool = False
     # Continue from the team serialized in the workspace (runner.metagpt_flow.checkpoint).
@@ -130,7 +134,7 @@ def run_metagpt(spec: FlowSpec, workspace: Path, emitter: Emitter) -> None:
     workspace.mkdir(parents=True, exist_ok=True)
     if not spec.scripted and spec.llm_base_url:
         # Before MetaGPT's import (seconds, when cold): a wrong host fails the task at once.
-        from runner.metagpt_flow.llm_check import check_llm, host_of
+        from runner.metagpt_flow.llm_check import check_llm
 
         emitter.set_state(last_message=f"Checking the LLM at {host_of(spec.llm_base_url)}")
         check_llm(spec.llm_base_url, spec.llm_api_key, spec.llm_model)
@@ -194,11 +198,15 @@ async def _run(
     )
     ctx, env, done = _team(spec, workspace, project, llm, obs)
     drive = asyncio.create_task(_drive(spec, env, ctx, obs, workspace, done))
-    ticker = asyncio.create_task(_ticker(obs, drive))
+    stall = Stall(spec.llm_stall_timeout, host_of(llm["base_url"]))
+    obs.llm_progress()
+    ticker = asyncio.create_task(_ticker(obs, drive, stall))
     rounds = 0
     try:
         rounds = await drive
     except asyncio.CancelledError:
+        if stall.reason:
+            raise LLMStalled(stall.reason) from None
         if not obs.cancelled.is_set():
             raise
         raise FlowCancelled("cancelled by request") from None
@@ -242,12 +250,13 @@ def _team(
     """Context, environment and rounds already done: a new team, or the serialized one."""
     if not spec.resume:
         checkpoint.clear(workspace)  # an older run's team must not be resumed into this one
-        ctx, env = build_context(spec, workspace, project, llm, obs.fast_fail)
+        ctx, env = build_context(spec, workspace, project, llm, obs.fast_fail, _timeouts(spec))
         return ctx, env, 0
     saved = checkpoint.read_run(workspace)
     spec.requirement, spec.incremental = saved["requirement"], saved["incremental"]
-    ctx, _ = build_context(spec, workspace, project, llm, obs.fast_fail, hire=False)
-    env = checkpoint.restore(workspace, ctx, lambda: new_llm(ctx, obs.fast_fail))
+    timeouts = _timeouts(spec)
+    ctx, _ = build_context(spec, workspace, project, llm, obs.fast_fail, timeouts, hire=False)
+    env = checkpoint.restore(workspace, ctx, lambda: new_llm(ctx, obs.fast_fail, timeouts))
     ctx.cost_manager.total_cost = float(saved.get("total_cost", 0.0))
     obs.recall()
     # Which roles have nothing left to do: the resumed run skips them (visible in the events).
@@ -303,7 +312,34 @@ def _explain(exc: BaseException, obs: Any) -> FlowError:
     return FlowError(f"MetaGPT flow failed: {describe(exc)}")
 
 
-async def _ticker(obs: Any, drive: asyncio.Task[int]) -> None:
+def _timeouts(spec: FlowSpec) -> tuple[float, float]:
+    """(read, connect) seconds for one LLM call; fault drills fail faster."""
+    read = min(spec.llm_timeout, 60.0) if spec.fast_fail else spec.llm_timeout
+    return read, spec.llm_connect_timeout
+
+
+class LLMStalled(FlowError):
+    """The LLM made no progress for too long (a server that accepts and never answers)."""
+
+
+@dataclass
+class Stall:
+    """The stall watchdog's verdict: set once the LLM has made no progress for ``limit`` s."""
+
+    limit: float
+    host: str
+    reason: str = ""
+
+    def check(self, idle: float) -> bool:
+        if self.limit > 0 and idle >= self.limit:
+            self.reason = (
+                f"LLM stalled: no response from {self.host} for {self.limit:g} s "
+                "(METASTREAM_LLM_STALL_TIMEOUT)"
+            )
+        return bool(self.reason)
+
+
+async def _ticker(obs: Any, drive: asyncio.Task[int], stall: Stall) -> None:
     """Flush coalesced LLM text older than the flush interval; cancel `drive` on request.
 
     Cancelling the task interrupts an LLM call in flight, so a slow model does not delay a
@@ -312,6 +348,6 @@ async def _ticker(obs: Any, drive: asyncio.Task[int]) -> None:
     while not drive.done():
         await asyncio.sleep(STREAM_TICK_S)
         obs.flush_stream(only_due=True)
-        if obs.cancelled.is_set():
+        if obs.cancelled.is_set() or stall.check(obs.llm_idle()):
             drive.cancel()
             return
