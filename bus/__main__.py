@@ -4,9 +4,11 @@ import logging
 
 from bus.proxy import serve
 from metastream import settings
+from runner.sandbox import harden_trusted
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = settings.load()
+    harden_trusted()
     cfg.ensure_dirs()
     serve(cfg.bus_pub, cfg.bus_sub)

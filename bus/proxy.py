@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -59,6 +60,11 @@ class Proxy:
                 _prepare_ipc(endpoint)
                 curve.serve_securely(sock, endpoint, self._keys)
                 sock.bind(endpoint)
+            if self.frontend_endpoint.startswith("ipc://"):
+                # Task processes with uids of their own publish here. The socket sits in a
+                # 0700 directory nobody else can enter; each task sees it bound into its mount
+                # namespace (runner/sandbox.py), and the proxy checks every sender's key.
+                os.chmod(self.frontend_endpoint[len("ipc://") :], 0o666)
         except zmq.ZMQError as exc:
             self._error = exc
             self._ready.set()

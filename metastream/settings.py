@@ -122,6 +122,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     create_burst: int = 100
     curve_dir: str = ""
     warm: bool = True  # fork task processes from a pre-imported zygote (runner.forkserver)
+    # The task sandbox (runner/sandbox.py, docs/security.md): "uid", "landlock" or "off"
+    # (METASTREAM_SANDBOX=auto, the default, is "uid" for root and "landlock" otherwise).
+    sandbox: str = "off"
+    sandbox_uid_base: int = 200_000
+    sandbox_uid_count: int = 10_000
+    task_nofile: int = 1024
+    task_nproc: int = 512  # per task uid ("uid" mode only: otherwise it counts the whole user)
+    task_address_space_mb: int = 16_384
+    task_cpu_seconds: int = 0  # 0: no CPU-time limit
+    test_hooks: bool = False  # METASTREAM_TEST_HOOKS: tests may run code in task processes
 
     @property
     def data_dir(self) -> Path:
@@ -144,20 +154,49 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def run_dir(self) -> Path:
         return run_dir_for(self.home)
 
+    @property
+    def sandbox_tmp_dir(self) -> Path:
+        """Parent of the task processes' private temporary directories."""
+        return self.home / "tmp"
+
     def task_dir(self, task_id: str) -> Path:
         return self.tasks_dir / task_id
 
     def ensure_dirs(self) -> None:
-        """Create the state directories; the socket directory is private (0700)."""
-        for d in (self.data_dir, self.tasks_dir, self.logs_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        """Create the state directories, private to this user (0700), files 0600 (umask).
+
+        A task with a uid of its own reaches its own directories through its mount namespace
+        (runner/sandbox.py), so nothing here needs to be open to other users.
+        """
+        os.umask(0o077)
+        for d in (
+            self.home,
+            self.data_dir,
+            self.events_dir,
+            self.tasks_dir,
+            self.sandbox_tmp_dir,
+            self.logs_dir,
+        ):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(d, 0o700)
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.run_dir, 0o700)
 
 
 DISCONNECT_POLICIES = ("continue", "kill", "grace")
 # Server secrets: never passed to task processes, never logged.
-SECRET_ENV = ("METASTREAM_API_TOKEN", "METASTREAM_TICKET_SECRET")
+SECRET_ENV = ("METASTREAM_API_TOKEN", "METASTREAM_TICKET_SECRET", "METASTREAM_API_TOKEN_FILE")
+SANDBOX_MODES = ("auto", "uid", "landlock", "off")
+
+
+def sandbox_mode(value: str, euid: int | None = None) -> str:
+    """The sandbox mode a METASTREAM_SANDBOX value means on this machine."""
+    value = value.strip().lower() or "auto"
+    if value not in SANDBOX_MODES:
+        raise ValueError(f"METASTREAM_SANDBOX must be one of {SANDBOX_MODES}, got {value!r}")
+    if value != "auto":
+        return value
+    return "uid" if (os.geteuid() if euid is None else euid) == 0 else "landlock"
 
 
 def run_dir_for(home: Path) -> Path:
@@ -217,6 +256,14 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         create_burst=env.integer("METASTREAM_CREATE_BURST", 100),
         curve_dir=env.text("METASTREAM_CURVE_DIR", ""),
         warm=env.text("METASTREAM_WARM", "1").strip().lower() not in ("0", "false", "no", "off"),
+        sandbox=sandbox_mode(env.text("METASTREAM_SANDBOX", "auto")),
+        sandbox_uid_base=env.integer("METASTREAM_SANDBOX_UID_BASE", 200_000),
+        sandbox_uid_count=env.integer("METASTREAM_SANDBOX_UID_COUNT", 10_000),
+        task_nofile=env.integer("METASTREAM_TASK_NOFILE", 1024),
+        task_nproc=env.integer("METASTREAM_TASK_NPROC", 512),
+        task_address_space_mb=env.integer("METASTREAM_TASK_ADDRESS_SPACE_MB", 16_384),
+        task_cpu_seconds=env.integer("METASTREAM_TASK_CPU_SECONDS", 0),
+        test_hooks=env.flag("METASTREAM_TEST_HOOKS"),
     )
 
 

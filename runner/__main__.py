@@ -11,7 +11,7 @@ import zmq.asyncio
 
 from bus.client import AsyncSubscriber, DecodeFailure, Publisher, decode_frames
 from bus.curve import check_endpoints
-from bus.messages import LEASE_TOPIC, Heartbeat, Lease, topic
+from bus.messages import LEASE_TOPIC, Heartbeat, Lease, State, topic
 from bus.ratelog import RateLimitedLog
 from metastream import settings
 from runner.control import ControlServer
@@ -23,6 +23,9 @@ log = logging.getLogger("metastream.supervisor")
 
 async def main() -> None:
     cfg = settings.load()
+    from runner.sandbox import harden_trusted
+
+    harden_trusted()
     # The control channel has no CURVE: it must never be reachable from the network.
     check_endpoints({"METASTREAM_CONTROL": cfg.control}, None, curve_capable=False)
     cfg.ensure_dirs()
@@ -37,8 +40,15 @@ async def main() -> None:
     sup = Supervisor(cfg, store, publisher)
     sub = AsyncSubscriber(cfg.bus_sub, ctx=ctx)
     sub.subscribe([sup.beacon_topic, LEASE_TOPIC])
-    sup.on_started = lambda tid: sub.subscribe([topic(tid, "heartbeat")])
-    sup.on_ended = lambda tid: sub.unsubscribe(topic(tid, "heartbeat"))
+    # Heartbeats and the task's own progress states: the proxy forwards only those the task
+    # itself sent (bus/proxy.py), and we write its row from them.
+    sup.on_started = lambda tid: sub.subscribe([topic(tid, "heartbeat"), topic(tid, "state")])
+
+    def ended(tid: str) -> None:
+        sub.unsubscribe(topic(tid, "heartbeat"))
+        sub.unsubscribe(topic(tid, "state"))
+
+    sup.on_ended = ended
     control = ControlServer(cfg.control, sup, ctx)
 
     stop = asyncio.Event()
@@ -79,6 +89,8 @@ async def _listen(sub: AsyncSubscriber, sup: Supervisor) -> None:
         match msg:
             case Heartbeat():
                 sup.heard(msg)
+            case State():
+                sup.reported(msg)
             case Lease(task_id=task_id, gateway_id=gw, watchers=n, ttl=ttl):
                 sup.disconnects.lease(task_id, gw, n, ttl)
             case DecodeFailure(error=error):
@@ -90,6 +102,7 @@ async def _tick(sup: Supervisor, pub: Publisher, interval: float) -> None:
         # Our beacon travels through the proxy and back: hearing it proves the bus is up.
         pub.send(sup.beacon_topic, str(time.time()).encode())
         await sup.check()
+        await sup.write_progress()
         await asyncio.sleep(interval / 2)
 
 

@@ -11,24 +11,31 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
+
 from bus.client import Publisher
 from bus.messages import (
     SYSTEM_TOPIC_PREFIX,
     TERMINAL_STATUSES,
     Heartbeat,
     Reply,
+    State,
     utcnow,
 )
 from metastream.settings import Settings
-from runner import process
+from runner import process, sandbox
 from runner.forkserver import ForkServer, ForkServerError
 from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits
+from runner.task import spec as task_spec
 from store import Store, TaskRow
 
 log = logging.getLogger("metastream.supervisor")
 T = TypeVar("T")
 
 STARTUP_GRACE = 5.0  # to start the interpreter and send a first beat
+# A running task's row (progress, message) is written from its states at most this often.
+ROW_INTERVAL = 1.0
+MAX_VERSION = 2**53  # a task's own word on its state version is clamped below this
 
 
 class Running:
@@ -42,6 +49,14 @@ class Running:
         self.stop_reason: tuple[str, str] | None = None  # (final status, message) if we stop it
         self.stopping: asyncio.Task[str] | None = None
         self.watcher: asyncio.Task[None] | None = None
+        self.plan = sandbox.Plan(mode="off")
+        self.dirs: list[Path] = []
+        # Progress the task reported on the bus (authenticated by the proxy), not yet written.
+        self.reported_version = 0
+        self.pending_row: dict[str, Any] | None = None
+        self.row_due = 0.0
+        self.row_lock = asyncio.Lock()
+        self.finished = False
 
 
 class Supervisor:
@@ -68,6 +83,8 @@ class Supervisor:
         self._pump_lock = asyncio.Lock()
         self._background: set[asyncio.Task[str]] = set()
         self.forkserver: ForkServer | None = None  # the warm path, once start_forkserver ran
+        self.uids = sandbox.UidPool(cfg.sandbox_uid_base, cfg.sandbox_uid_count)
+        self._read_only: list[str] | None = None
         self.on_started: Callable[[str], None] = lambda _tid: None
         self.on_ended: Callable[[str], None] = lambda _tid: None
 
@@ -191,10 +208,27 @@ class Supervisor:
         if started is None:
             return  # cancelled while queued
         workspace = self.cfg.task_dir(task_id)
+        plan, dirs = sandbox.Plan(mode="off"), list[Path]()
         try:
-            workspace.mkdir(parents=True, exist_ok=True)
-            child = await self._spawn(task_id, workspace)
-        except OSError as exc:
+            if _wants_test_hook(row.options) and not self.cfg.test_hooks:
+                raise sandbox.SandboxError(
+                    "synthetic.run_python is a test hook; the supervisor refuses it unless "
+                    "METASTREAM_TEST_HOOKS=1 (tests only)"
+                )
+            plan, dirs = self._plan(task_id)
+            spec = task_spec.TaskSpec(
+                requirement=row.requirement,
+                test_mode=row.test_mode,
+                options=row.options,
+                last_event_id=row.last_event_id,
+                state=started.state(),
+                test_hooks=self.cfg.test_hooks,
+            )
+            spec_path = await self._db(self._prepare, plan, dirs, spec)
+            child = await self._spawn(task_id, workspace, plan, spec_path)
+        except (OSError, sandbox.SandboxError) as exc:
+            await self._db(sandbox.release, plan, dirs)
+            self.uids.release(plan.uid)
             failed = await self._db(
                 self.store.transition,
                 task_id,
@@ -207,12 +241,56 @@ class Supervisor:
                 self._publish(failed)
             return
         await self._db(self.store.set_process, task_id, child.pid, child.create_time)
-        self._track(task_id, child, row.options)
+        run = self._track(task_id, child, row.options)
+        run.plan, run.dirs, run.reported_version = plan, dirs, started.state_version
         self._publish(started)
 
-    async def _spawn(self, task_id: str, workspace: Path) -> process.Child:
+    def _plan(self, task_id: str) -> tuple[sandbox.Plan, list[Path]]:
+        """The task's sandbox and its own directories (workspace, log, private tmp)."""
+        cfg = self.cfg
+        dirs = sandbox.task_dirs(
+            cfg.task_dir(task_id), self.store.event_dir(task_id), cfg.sandbox_tmp_dir / task_id
+        )
+        if cfg.sandbox == "off":
+            return sandbox.Plan(mode="off"), dirs
+        if self._read_only is None:
+            self._read_only = sandbox.interpreter_paths(cfg.home)
+        uid = self.uids.acquire() if cfg.sandbox == "uid" else None
+        bus = [cfg.bus_pub[len("ipc://") :]] if cfg.bus_pub.startswith("ipc://") else []
+        plan = sandbox.Plan(
+            mode=cfg.sandbox,
+            uid=uid,
+            gid=uid,
+            read_only=(*self._read_only, "/dev"),
+            read_write=(*(str(d) for d in dirs), *sandbox.DEVICES),
+            reach=tuple(sandbox.unreachable([*self._read_only, *map(str, dirs), *bus]))
+            if uid is not None
+            else (),
+            nofile=cfg.task_nofile,
+            nproc=cfg.task_nproc,
+            address_space_mb=cfg.task_address_space_mb,
+            cpu_seconds=cfg.task_cpu_seconds,
+        )
+        return plan, dirs
+
+    def _prepare(self, plan: sandbox.Plan, dirs: list[Path], spec: task_spec.TaskSpec) -> Path:
+        """Make the task's directories its own and leave its spec in its private tmp."""
+        sandbox.prepare(plan, dirs)
+        path = dirs[-1] / "task.json"
+        task_spec.write(path, spec)
+        if plan.uid is not None and plan.gid is not None:
+            os.chown(path, plan.uid, plan.gid)
+        return path
+
+    async def _spawn(
+        self, task_id: str, workspace: Path, plan: sandbox.Plan, spec_path: Path
+    ) -> process.Child:
         """The task's process: forked warm from the zygote when it is ready, else cold."""
         env = self._task_env()
+        env[task_spec.SPEC_ENV] = str(spec_path)
+        if plan.mode != "off":
+            env[sandbox.PLAN_ENV] = msgspec.json.encode(plan).decode()
+            env["TMPDIR"] = env["HOME"] = str(spec_path.parent)
         log_path = self.cfg.logs_dir / f"task-{task_id}.log"
         if self.forkserver is not None and self.forkserver.ready:
             try:
@@ -233,13 +311,14 @@ class Supervisor:
         self.forkserver.start()
         return self.forkserver
 
-    def _track(self, task_id: str, child: process.Child, options: dict[str, Any]) -> None:
+    def _track(self, task_id: str, child: process.Child, options: dict[str, Any]) -> Running:
         run = Running(task_id, child, options)
         run.started = self._clock()
         self.running[task_id] = run
         self.heartbeats.started(task_id)
         self.on_started(task_id)
         run.watcher = asyncio.create_task(self._watch(run))
+        return run
 
     def _task_env(self) -> dict[str, str]:
         # Only what a task needs: paths, bus, database, its interpreter's basics; no secrets
@@ -270,8 +349,14 @@ class Supervisor:
             await asyncio.to_thread(process.reap_group, run.child)
         self.heartbeats.forget(task_id)
         self.disconnects.forget(task_id)
+        await self._db(sandbox.release, run.plan, run.dirs)
+        self.uids.release(run.plan.uid)
+        async with run.row_lock:
+            run.finished = True  # no progress row after this: the final one follows
         row = await self._db(self.store.get_task, task_id)
-        status, message = self._outcome(run, row)
+        outcome = await self._db(self.store.task_outcome, task_id)
+        await self._settle_version(run, row, outcome)
+        status, message = self._outcome(run, row, outcome)
         fields: dict[str, Any] = dict(
             status=status,
             completed_at=utcnow(),
@@ -292,18 +377,69 @@ class Supervisor:
         self.on_ended(task_id)
         await self.pump()
 
-    def _outcome(self, run: Running, row: TaskRow | None) -> tuple[str, str]:
+    async def _settle_version(
+        self, run: Running, row: TaskRow | None, outcome: dict[str, Any]
+    ) -> None:
+        """Write the task's last progress, versioned past every state it published.
+
+        The final state's version must exceed the task's own, even one still on its way to
+        us: the task recorded its last version in its log.
+        """
+        if row is None:
+            return
+        told = outcome.get("state_version")
+        told = told if isinstance(told, int) and 0 <= told < MAX_VERSION else 0
+        version = max(row.state_version, run.reported_version, told)
+        columns = dict(run.pending_row or {})
+        if version > row.state_version or columns:
+            columns["state_version"] = version
+            await self._db(self.store.save_state, run.task_id, columns)
+
+    def reported(self, msg: State) -> None:
+        """A running task's own progress state (the proxy checked who sent it)."""
+        run = self.running.get(msg.task_id)
+        if run is None or run.finished or msg.status != "RUNNING":
+            return  # the outcome is ours to write, never the task's
+        if msg.version <= run.reported_version:
+            return
+        run.reported_version = msg.version
+        run.pending_row = dict(
+            progress=msg.progress,
+            current_agent=msg.current_agent,
+            last_message=msg.last_message,
+            last_event_id=msg.last_event_id,
+            state_version=msg.version,
+        )
+
+    async def write_progress(self) -> None:
+        """Write the running tasks' reported progress rows (each at most every ROW_INTERVAL)."""
+        now = self._clock()
+        for run in list(self.running.values()):
+            if run.pending_row is None or now < run.row_due:
+                continue
+            async with run.row_lock:
+                row, run.pending_row = run.pending_row, None
+                if run.finished or row is None:
+                    continue
+                run.row_due = now + ROW_INTERVAL
+                await self._db(self.store.save_state, run.task_id, row)
+
+    def _outcome(
+        self, run: Running, row: TaskRow | None, outcome: dict[str, Any]
+    ) -> tuple[str, str]:
         rc = run.child.returncode
         if run.stop_reason is not None:
             return run.stop_reason
-        if rc is None and row is not None and row.exit_code is not None:
-            rc = row.exit_code  # adopted process: it recorded its own outcome
+        told = outcome.get("exit_code")
+        if rc is None and isinstance(told, int):
+            rc = told  # adopted process: it recorded its own outcome
         if rc == 0:
             return "COMPLETED", "Completed"
         # A cancel is known from our own stop request (stop_reason), never from an exit code:
         # a task may exit with any code by itself.
         detail = process.describe_exit(rc)
-        reason = row.error if row is not None and row.error else None
+        error = outcome.get("error")
+        reason = error[:2000] if isinstance(error, str) and error else None
         text = f"Task process failed ({detail})"
         if run.child.adopted and rc is None:
             text = "Task process ended while the supervisor was restarting (exit status unknown)"
@@ -365,16 +501,20 @@ class Supervisor:
                 child = process.adopt(row.pid, row.pid_create_time)
             if child is not None:
                 log.info("re-adopted task %s (pid %s)", row.id, row.pid)
-                self._track(row.id, child, row.options)
+                run = self._track(row.id, child, row.options)
+                run.plan, run.dirs = self._adopted_plan(row.id)
+                run.reported_version = row.state_version
                 continue
             # Gone while nobody watched: its own record says how it ended, if it got that far.
-            if row.exit_code == 0:
+            outcome = await self._db(self.store.task_outcome, row.id)
+            error = outcome.get("error")
+            if outcome.get("exit_code") == 0:
                 status, message = "COMPLETED", "Completed (while the supervisor was down)"
             else:
                 status = "FAILED"
                 message = "Task process was lost while the supervisor was down"
-                if row.error:
-                    message = f"{message}: {row.error}"
+                if isinstance(error, str) and error:
+                    message = f"{message}: {error[:2000]}"
             ended = await self._db(
                 self.store.transition,
                 row.id,
@@ -390,6 +530,23 @@ class Supervisor:
                 self._publish(ended)
         await self.pump()
 
+    def _adopted_plan(self, task_id: str) -> tuple[sandbox.Plan, list[Path]]:
+        """An adopted task's uid (its workspace's owner), so that its end releases it."""
+        cfg = self.cfg
+        dirs = sandbox.task_dirs(
+            cfg.task_dir(task_id), self.store.event_dir(task_id), cfg.sandbox_tmp_dir / task_id
+        )
+        if cfg.sandbox != "uid":
+            return sandbox.Plan(mode=cfg.sandbox), dirs
+        try:
+            uid = cfg.task_dir(task_id).stat().st_uid
+        except OSError:
+            return sandbox.Plan(mode="off"), dirs
+        if uid == os.getuid():
+            return sandbox.Plan(mode="off"), dirs
+        self.uids.reserve(uid)
+        return sandbox.Plan(mode="uid", uid=uid, gid=uid), dirs
+
     async def shutdown(self, reason: str = "Supervisor shut down") -> None:
         """Stop every task (recording why) so nothing outlives the supervisor."""
         runs = list(self.running.values())
@@ -400,3 +557,8 @@ class Supervisor:
         # Queued tasks stay QUEUED: the next supervisor starts them.
         if self.forkserver is not None:
             await self.forkserver.close(self.cfg.stop_ask_timeout, self.cfg.stop_term_timeout)
+
+
+def _wants_test_hook(options: dict[str, Any]) -> bool:
+    synthetic = options.get("synthetic")
+    return isinstance(synthetic, dict) and synthetic.get("run_python") is not None

@@ -6,6 +6,7 @@ Exit codes: 0 completed, 1 failed (reason stored in the task's ``error``), 3 can
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -16,9 +17,10 @@ import msgspec
 
 from bus.client import Publisher
 from metastream import settings
+from runner import sandbox
+from runner.task import spec as task_spec
 from runner.task.outbox import Outbox
 from runner.task.workload import Cancelled
-from store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
 log = logging.getLogger("metastream.task")
@@ -29,19 +31,27 @@ def main(argv: list[str]) -> int:
         print("usage: python -m runner.task TASK_ID", file=sys.stderr)
         return 2
     task_id = argv[0]
-    cfg = settings.load()
-    store = Store(cfg.db_url, cfg.events_dir)
-    row = store.get_task(task_id)
-    if row is None:
-        print(f"task {task_id} not found", file=sys.stderr)
+    # Before anything of the task's: on failure the task does not run at all.
+    try:
+        sandbox.apply_from_env()
+    except sandbox.SandboxError as exc:
+        print(f"task {task_id}: {exc}", file=sys.stderr)
         return 2
+    cfg = settings.load()
+    spec_path = os.environ.get(task_spec.SPEC_ENV, "")
+    try:
+        spec = task_spec.read(Path(spec_path))
+    except (OSError, msgspec.DecodeError) as exc:
+        print(f"task {task_id}: no task spec ({spec_path!r}): {exc}", file=sys.stderr)
+        return 2
+    store = task_spec.OwnLog(cfg.events_dir)
     publisher = Publisher(cfg.bus_pub, track_interest=True)
     outbox = Outbox(
         store,
         publisher,
         task_id,
-        first_event_id=max(row.last_event_id, store.last_event_id(task_id)) + 1,
-        state=msgspec.structs.replace(row.state(), status="RUNNING"),
+        first_event_id=max(spec.last_event_id, store.last_event_id(task_id)) + 1,
+        state=msgspec.structs.replace(spec.state, status="RUNNING"),
         heartbeat_interval=cfg.heartbeat_interval,
     )
 
@@ -54,7 +64,7 @@ def main(argv: list[str]) -> int:
     outbox.start()
     code = EXIT_OK
     try:
-        _run_workload(row.options, row.requirement, row.test_mode, cfg.task_dir(task_id), outbox)
+        _run_workload(spec, cfg.task_dir(task_id), outbox)
         outbox.set_state(progress=1.0, last_message="Completed")
         outbox.record(exit_code=EXIT_OK)
     except Cancelled:
@@ -73,17 +83,18 @@ def main(argv: list[str]) -> int:
     return code
 
 
-def _run_workload(
-    options: dict[str, Any], requirement: str, test_mode: bool, workspace: Path, out: Outbox
-) -> None:
+def _run_workload(spec: task_spec.TaskSpec, workspace: Path, out: Outbox) -> None:
+    options = spec.options
     if options.get("synthetic") is not None:
         from runner.task import synthetic
 
-        synthetic.run(msgspec.convert(options["synthetic"], synthetic.SyntheticSpec), out)
+        synthetic.run(
+            msgspec.convert(options["synthetic"], synthetic.SyntheticSpec), out, spec.test_hooks
+        )
         return
     from runner.task import metagpt_task
 
-    metagpt_task.run(requirement, test_mode, options, workspace, out)
+    metagpt_task.run(spec.requirement, spec.test_mode, options, workspace, out)
 
 
 if __name__ == "__main__":
