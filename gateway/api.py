@@ -66,6 +66,16 @@ async def create_task(body: TaskCreate, store: StoreDep, cfg: SettingsDep) -> Ta
                 }
             ]
         )
+    if body.synthetic is not None and body.synthetic.run_python is not None and not cfg.test_hooks:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "test_hook_off",
+                    "loc": ("body", "synthetic", "run_python"),
+                    "msg": "run_python is a test hook, off unless METASTREAM_TEST_HOOKS=1",
+                }
+            ]
+        )
     options = body.model_dump(exclude={"requirement", "test_mode"}, exclude_none=True)
     row = await anyio.to_thread.run_sync(
         store.create_task, new_task_id(), body.requirement, body.test_mode, options, utcnow()

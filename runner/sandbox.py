@@ -235,6 +235,8 @@ def apply(plan: Plan) -> None:
             os.setresuid(plan.uid, plan.uid, plan.uid)
         elif plan.mode != "landlock":
             raise SandboxError(f"unknown sandbox mode {plan.mode!r}")
+        elif os.geteuid() == 0:
+            _drop_capabilities()  # root confined by Landlock: no root powers either
         try:
             landlock.restrict(plan.read_only, plan.read_write)
         except landlock.LandlockError:
@@ -243,6 +245,34 @@ def apply(plan: Plan) -> None:
             log.warning("Landlock unavailable: the task is confined by its uid only")
     except OSError as exc:
         raise SandboxError(f"could not apply the {plan.mode} sandbox: {exc}") from exc
+
+
+_PR_CAPBSET_DROP, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
+_CAP_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _drop_capabilities() -> None:
+    """Empty the bounding, ambient, effective, permitted and inheritable capability sets."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    cap = 0
+    while libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) == 0:
+        cap += 1  # until EINVAL: past the kernel's last capability
+    libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    data = (_CapData * 2)()
+    if libc.capset(ctypes.byref(_CapHeader(_CAP_VERSION_3, 0)), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
 
 
 _CLONE_NEWNS = 0x00020000
