@@ -63,7 +63,8 @@ attempt("own_workspace", lambda: write("mine.txt"))
 with open("/proc/self/cmdline", "rb") as f:
     cmdline = f.read().decode(errors="replace")
 import resource
-limits = {{n: resource.getrlimit(getattr(resource, "RLIMIT_" + n))[0] for n in ("NOFILE", "CORE", "AS", "NPROC")}}
+names = ("NOFILE", "CORE", "AS", "NPROC")
+limits = {{n: resource.getrlimit(getattr(resource, "RLIMIT_" + n))[0] for n in names}}
 no_new_privs = [l for l in open("/proc/self/status") if l.startswith("NoNewPrivs")][0].split()[1]
 out.emit("System", "ATTACK", {{"results": res, "warm": "forkserver_zygote" in cmdline,
     "limits": limits, "no_new_privs": no_new_privs, "uid": os.getuid()}})
