@@ -11,4 +11,6 @@ if __name__ == "__main__":
     cfg = settings.load()
     harden_trusted()
     cfg.ensure_dirs()
-    serve(cfg.bus_pub, cfg.bus_sub)
+    from bus.auth import load_master
+
+    serve(cfg.bus_pub, cfg.bus_sub, load_master(cfg.home))

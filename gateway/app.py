@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bus.auth import load_master, trusted_keys
 from bus.client import Publisher
 from bus.messages import Ping
 from gateway import api, files, ws
@@ -48,7 +49,8 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         hub = Hub(cfg.bus_sub, ctx, cfg.ws_queue_size)
         control = ControlClient(cfg.control, ctx)
         control.start()
-        publisher = Publisher(cfg.bus_pub, linger_ms=0)
+        # Leases are _sys/ messages: the proxy takes them from trusted keys only.
+        publisher = Publisher(cfg.bus_pub, linger_ms=0, keys=trusted_keys(load_master(cfg.home)))
         leases = LeaseKeeper(publisher, hub, cfg.lease_ttl)
         background = [asyncio.create_task(hub.run()), asyncio.create_task(leases.run())]
         app.state.settings = cfg

@@ -185,7 +185,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 DISCONNECT_POLICIES = ("continue", "kill", "grace")
 # Server secrets: never passed to task processes, never logged.
-SECRET_ENV = ("METASTREAM_API_TOKEN", "METASTREAM_TICKET_SECRET", "METASTREAM_API_TOKEN_FILE")
+SECRET_ENV = (
+    "METASTREAM_API_TOKEN",
+    "METASTREAM_TICKET_SECRET",
+    "METASTREAM_API_TOKEN_FILE",
+    "METASTREAM_BUS_SECRET",
+)
 SANDBOX_MODES = ("auto", "uid", "landlock", "off")
 
 

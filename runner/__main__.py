@@ -9,6 +9,7 @@ import time
 
 import zmq.asyncio
 
+from bus.auth import load_master, trusted_keys
 from bus.client import AsyncSubscriber, DecodeFailure, Publisher, decode_frames
 from bus.curve import check_endpoints
 from bus.messages import LEASE_TOPIC, Heartbeat, Lease, State, topic
@@ -36,8 +37,9 @@ async def main() -> None:
     store = Store(cfg.db_url, cfg.events_dir)
     store.create_schema()
     ctx = zmq.asyncio.Context()
-    publisher = Publisher(cfg.bus_pub, ctx=zmq.Context.instance())
-    sup = Supervisor(cfg, store, publisher)
+    master = load_master(cfg.home)
+    publisher = Publisher(cfg.bus_pub, ctx=zmq.Context.instance(), keys=trusted_keys(master))
+    sup = Supervisor(cfg, store, publisher, bus_master=master)
     sub = AsyncSubscriber(cfg.bus_sub, ctx=ctx)
     sub.subscribe([sup.beacon_topic, LEASE_TOPIC])
     # Heartbeats and the task's own progress states: the proxy forwards only those the task

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from bus import auth as bus_auth
 from bus.client import Publisher
 from bus.messages import (
     SYSTEM_TOPIC_PREFIX,
@@ -69,6 +70,7 @@ class Supervisor:
         publisher: Publisher,
         node: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        bus_master: bytes | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -83,6 +85,7 @@ class Supervisor:
         self._pump_lock = asyncio.Lock()
         self._background: set[asyncio.Task[str]] = set()
         self.forkserver: ForkServer | None = None  # the warm path, once start_forkserver ran
+        self._bus_master = bus_master  # each task gets its own key from it, never the master
         self.uids = sandbox.UidPool(cfg.sandbox_uid_base, cfg.sandbox_uid_count)
         self._read_only: list[str] | None = None
         self.on_started: Callable[[str], None] = lambda _tid: None
@@ -288,6 +291,8 @@ class Supervisor:
         """The task's process: forked warm from the zygote when it is ready, else cold."""
         env = self._task_env()
         env[task_spec.SPEC_ENV] = str(spec_path)
+        if self._bus_master is not None:
+            env.update(bus_auth.task_env(self._bus_master, task_id))
         if plan.mode != "off":
             env[sandbox.PLAN_ENV] = msgspec.json.encode(plan).decode()
             env["TMPDIR"] = env["HOME"] = str(spec_path.parent)

@@ -9,6 +9,7 @@ the victim task running beside it must end exactly as it would have alone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import psutil
 import pytest
 
 from metastream.stack import Stack
-from tests.helpers import create_task, log_events, poll_for, wait_status
+from tests.helpers import collect, create_task, log_events, poll_for, wait_status
 
 VICTIM_EVENTS = 150
 TOKEN = "attack-suite-token-5e1f"
@@ -174,3 +175,102 @@ def test_the_test_hook_is_refused_unless_switched_on(api: httpx.Client) -> None:
     )
     assert r.status_code == 422
     assert "METASTREAM_TEST_HOOKS" in r.text
+
+
+# Runs inside the attacker task for SECONDS: forges, with its own key and with a key of its
+# own making, everything a task could tell the others about other tasks.
+FORGE = """
+import os, time, zmq
+from bus.client import Publisher
+from bus.messages import Event, Heartbeat, Lease, State, bus_encoder, topic
+V, HUNG, KILLED, SECONDS = {victim!r}, {hung!r}, {killed!r}, {seconds!r}
+mine = Publisher(os.environ["METASTREAM_BUS_PUB"])  # the attacker's own key, from its env
+ctx = zmq.Context()
+other = ctx.socket(zmq.PUB)  # a key pair of its own making
+other.curve_publickey, other.curve_secretkey = zmq.curve_keypair()
+other.curve_serverkey = os.environ["METASTREAM_BUS_SERVER_KEY"].encode()
+other.connect(os.environ["METASTREAM_BUS_PUB"])
+end = time.monotonic() + SECONDS
+n = 0
+while time.monotonic() < end:
+    n += 1
+    for sock in (mine, other):
+        send = sock.send if sock is mine else (lambda t, b: other.send_multipart([t, b]))
+        for i in range(1, 400, 7):
+            ev = Event(event_id=i, task_id=V, timestamp="forged", agent_role="Forger",
+                       event_type="FORGED", payload={{"forged": True}})
+            send(topic(V, "event"), bus_encoder.encode(ev))
+        send(topic(V, "state"), bus_encoder.encode(State(
+            task_id=V, status="RUNNING", progress=0.01, last_message="forged", version=10**9)))
+        send(topic(V, "state"), bus_encoder.encode(State(
+            task_id=V, status="FAILED", last_message="forged end", version=10**9 + 1)))
+        send(topic(HUNG, "heartbeat"), bus_encoder.encode(Heartbeat(
+            task_id=HUNG, last_event_id=10**6, pid=1, sent_at=time.time())))
+        lease = Lease(task_id=KILLED, gateway_id="forged", watchers=5, ttl=60.0)
+        send(b"_sys/lease", bus_encoder.encode(lease))
+    time.sleep(0.05)
+out.emit("System", "ATTACK", {{"results": {{"rounds": n}}, "warm": False, "limits": None}})
+"""
+
+
+@pytest.mark.parametrize("mode", ["uid", "landlock"])
+def test_forged_bus_messages_are_dropped(stack_factory: Any, mode: str) -> None:
+    fast = {
+        "METASTREAM_HEARTBEAT_INTERVAL": "0.3",
+        "METASTREAM_HEARTBEAT_TIMEOUT": "2",
+        "METASTREAM_LEASE_TTL": "1",
+        "METASTREAM_STOP_ASK_TIMEOUT": "1",
+        "METASTREAM_STOP_TERM_TIMEOUT": "1",
+    }
+    stack: Stack = stack_factory(
+        env={"METASTREAM_SANDBOX": mode, "METASTREAM_TEST_HOOKS": "1", **fast}
+    )
+    with httpx.Client(base_url=stack.url, timeout=30) as api:
+        victim = create_task(api, synthetic={"events": VICTIM_EVENTS, "rate": 25})
+        hung = create_task(api, synthetic={"events": 100, "rate": 50, "hang_after": 3})
+        killed = create_task(
+            api, synthetic={"events": 100_000, "rate": 50}, disconnect_policy="kill"
+        )
+        code = FORGE.format(victim=victim["id"], hung=hung["id"], killed=killed["id"], seconds=8)
+        attacker = create_task(api, synthetic={"events": 1, "run_python": code})
+
+        async def watch() -> Any:
+            stream = asyncio.create_task(collect(stack.ws_url, victim["id"], timeout=60))
+            api.post(f"/api/tasks/{victim['id']}/run").raise_for_status()
+            api.post(f"/api/tasks/{attacker['id']}/run").raise_for_status()
+            await asyncio.to_thread(wait_status, api, attacker["id"], {"RUNNING"})
+            # While it forges: a task that hangs, and one whose only client comes and goes.
+            for t in (hung, killed):
+                api.post(f"/api/tasks/{t['id']}/run").raise_for_status()
+            await collect(stack.ws_url, killed["id"], stop_after_events=3, timeout=20)
+            return await stream
+
+        got = asyncio.run(watch())
+        # The victim's client saw exactly the real stream and its true end.
+        assert got.event_ids == list(range(1, VICTIM_EVENTS + 1))
+        assert all(e["event_type"] == "MESSAGE" for e in got.of("event"))
+        assert all(s["last_message"] not in ("forged", "forged end") for s in got.of("state"))
+        assert got.of("state")[-1]["status"] == "COMPLETED" and got.close_code == 1000
+        events = log_events(api, victim["id"])
+        assert [e["event_id"] for e in events] == list(range(1, VICTIM_EVENTS + 1))
+        assert all(e["event_type"] == "MESSAGE" for e in events)
+        final = api.get(f"/api/tasks/{victim['id']}").json()
+        assert final["status"] == "COMPLETED" and final["progress"] == 1.0
+
+        # Forged heartbeats did not keep the hung task alive, nor leases the unwatched one.
+        ended = wait_status(api, hung["id"], {"FAILED", "COMPLETED", "CANCELLED"}, timeout=20)
+        assert ended["status"] == "FAILED" and "no heartbeat" in ended["last_message"], ended
+        ended = wait_status(api, killed["id"], {"FAILED", "COMPLETED", "CANCELLED"}, timeout=20)
+        assert ended["status"] == "CANCELLED" and "policy kill" in ended["last_message"], ended
+        assert wait_status(api, attacker["id"], {"COMPLETED", "FAILED"})["status"] == "COMPLETED"
+        rounds = [e for e in log_events(api, attacker["id"]) if e["event_type"] == "ATTACK"]
+        assert rounds and rounds[0]["payload"]["results"]["rounds"] > 10
+    # The proxy counted what it dropped, by reason.
+    poll_for(
+        lambda: (
+            "a sender published for another task" in stack.log("bus")
+            and "a task published on a _sys/ topic" in stack.log("bus")
+        ),
+        10,
+        what="the bus's drop log",
+    )
