@@ -26,6 +26,8 @@ TASK_SECRET_ENV = "METASTREAM_BUS_SECRET"  # a task's own secret key (z85), set 
 SERVER_KEY_ENV = "METASTREAM_BUS_SERVER_KEY"  # the proxy's public key (z85)
 _TRUSTED = "_sys/trusted"
 _SERVER = "_sys/server"
+_CONTROL = "_sys/control"
+CONTROL_DOMAIN = "control"
 
 
 class BusKeys:
@@ -83,6 +85,26 @@ def server_secret(master: bytes) -> bytes:
 
 def server_public(master: bytes) -> bytes:
     return zmq.curve_public(server_secret(master))
+
+
+def control_server_secret(master: bytes) -> bytes:
+    """The supervisor's control-channel server key (a CURVE server; trusted clients only)."""
+    return derive_secret(master, _CONTROL)
+
+
+def control_client_keys(master: bytes) -> BusKeys:
+    """A trusted client (gateway) of the control channel."""
+    return BusKeys(derive_secret(master, _TRUSTED), zmq.curve_public(control_server_secret(master)))
+
+
+class TrustedOnly:
+    """ZAP credentials provider: admits the trusted public key, nobody else."""
+
+    def __init__(self, master: bytes) -> None:
+        self._trusted = trusted_keys(master).public
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return hmac.compare_digest(key, self._trusted)
 
 
 def task_env(master: bytes, task_id: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bus.auth import load_master, trusted_keys
+from bus.auth import control_client_keys, load_master, trusted_keys
 from bus.client import Publisher
 from bus.messages import Ping
 from gateway import api, files, ws
@@ -47,10 +47,11 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         await anyio.to_thread.run_sync(store.create_schema)
         ctx = zmq.asyncio.Context()
         hub = Hub(cfg.bus_sub, ctx, cfg.ws_queue_size)
-        control = ControlClient(cfg.control, ctx)
+        master = load_master(cfg.home)
+        control = ControlClient(cfg.control, ctx, control_client_keys(master))
         control.start()
         # Leases are _sys/ messages: the proxy takes them from trusted keys only.
-        publisher = Publisher(cfg.bus_pub, linger_ms=0, keys=trusted_keys(load_master(cfg.home)))
+        publisher = Publisher(cfg.bus_pub, linger_ms=0, keys=trusted_keys(master))
         leases = LeaseKeeper(publisher, hub, cfg.lease_ttl)
         background = [asyncio.create_task(hub.run()), asyncio.create_task(leases.run())]
         app.state.settings = cfg

@@ -51,7 +51,7 @@ async def main() -> None:
         sub.unsubscribe(topic(tid, "state"))
 
     sup.on_ended = ended
-    control = ControlServer(cfg.control, sup, ctx)
+    control = ControlServer(cfg.control, sup, ctx, master)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

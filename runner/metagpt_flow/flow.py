@@ -163,8 +163,7 @@ async def _run(
             "note": "Using the offline scripted LLM" if spec.scripted else None,
             "scripted_fault": spec.scripted_fault,
             "model": llm["model"],
-            "base_url": llm["base_url"],
-            "workspace": str(workspace),
+            # No base URL and no server path: every client of the task sees this event.
             "project_dir": project,
             "n_round": _rounds(spec),
             "investment": spec.investment,

@@ -18,7 +18,10 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+import zmq
 
+from bus import auth
+from metastream import settings
 from metastream.stack import Stack
 from tests.helpers import collect, create_task, log_events, poll_for, wait_status
 
@@ -60,6 +63,24 @@ for who, pid in PIDS.items():
     attempt(f"environ_{{who}}", lambda: read(f"/proc/{{pid}}/environ", 1 << 16))
     attempt(f"mem_{{who}}", lambda: read(f"/proc/{{pid}}/mem"))
     attempt(f"signal_{{who}}", lambda: os.kill(pid, signal.SIGCONT))
+import zmq
+from bus.messages import CancelTask, control_encoder
+zctx = zmq.Context()
+
+def cancel_victim(curve):
+    # Landlock does not cover unix sockets: in landlock mode the socket is reachable.
+    s = zctx.socket(zmq.DEALER)
+    s.linger = 0
+    if curve:  # its own key pair, and the server's real public key (not a secret)
+        s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
+        s.curve_serverkey = {control_key!r}
+    s.connect({control!r})
+    s.send_multipart([b"1", control_encoder.encode(CancelTask(task_id=V, reason="forged"))])
+    if not s.poll(2000):
+        raise TimeoutError("no reply")
+
+attempt("cancel_victim_plain", lambda: cancel_victim(False))
+attempt("cancel_victim_curve", lambda: cancel_victim(True))
 attempt("own_workspace", lambda: write("mine.txt"))
 with open("/proc/self/cmdline", "rb") as f:
     cmdline = f.read().decode(errors="replace")
@@ -140,7 +161,14 @@ def test_a_task_touches_only_its_own_workspace(attacked: tuple[Stack, str]) -> N
             "bus": stack.procs["bus"].pid,
             "victim": victim_pid,
         }
-        code = PROBE.format(victim=victim["id"], home=str(stack.home), pids=pids)
+        cfg = settings.load(stack.env)
+        code = PROBE.format(
+            victim=victim["id"],
+            home=str(stack.home),
+            pids=pids,
+            control=cfg.control,
+            control_key=zmq.curve_public(auth.control_server_secret(auth.load_master(stack.home))),
+        )
         report, _attacker_pid = _attack(api, stack, code, path)
 
         succeeded = {name for name, result in report.items() if result == "ok"}
