@@ -25,7 +25,7 @@ from bench import procs
 from bench.clients import ClientGroup, percentile
 from bench.common import create
 from bus.messages import Event, bus_decoder
-from metastream import settings
+from core import settings
 
 
 def _receive(endpoint: str, topic: bytes, n: int, out: list[tuple[int, float, float]]) -> None:

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import httpx
 import psutil
 
-from metastream import settings
+from core import settings
 from metastream.stack import Stack, free_port
 
 

@@ -284,8 +284,8 @@ def main() -> None:
         return
     import uvicorn
 
+    from core import settings
     from gateway.wsprotocol import WS_PROTOCOL
-    from metastream import settings
 
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=["raw", "bus", "seed"])

@@ -22,7 +22,7 @@ import psutil
 from bench import procs
 from bench.common import Ctx, create, row, task
 from bench.table import Row
-from metastream import settings
+from core import settings
 from store import Store
 
 MB = 1024 * 1024

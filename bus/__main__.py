@@ -3,8 +3,8 @@
 import logging
 
 from bus.proxy import serve
-from metastream import settings
-from runner.sandbox import harden_trusted
+from core import settings
+from core.harden import harden_trusted
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -12,16 +12,22 @@ New fields must get defaults so that old peers keep decoding newer messages.
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Any
 
 import msgspec
 
-TASK_ID_LENGTH = 36  # str(uuid.uuid4()); fixed length is what makes topic prefixes unambiguous
-TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
-STATUSES = ("PENDING", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
-SYSTEM_TOPIC_PREFIX = b"_sys/"  # never a prefix of a task id (those are hex and dashes)
+# The domain model lives in ``core``; these names stay importable from here for older callers
+# (``X as X`` marks a re-export).
+from core.clock import utcnow as utcnow
+from core.ids import SYSTEM_TOPIC_PREFIX as SYSTEM_TOPIC_PREFIX
+from core.ids import TASK_ID_LENGTH as TASK_ID_LENGTH
+from core.ids import is_task_id as is_task_id
+from core.ids import new_task_id as new_task_id
+from core.status import TERMINAL, TaskStatus
+from core.task import TaskRow
+
+TERMINAL_STATUSES = TERMINAL
+STATUSES = tuple(TaskStatus)
 
 
 # --- bus: task process / supervisor -> subscribers -------------------------------------------
@@ -75,8 +81,65 @@ class Lease(msgspec.Struct, tag="lease", tag_field="kind", kw_only=True):
     ttl: float
 
 
-BusMessage = Event | State | Heartbeat | Lease
+# --- bus: the supervisor's process lifecycle, on ``_sys/process/<kind>`` ------------------
+# For operators and tests (circus publishes the same): a task process was spawned, a stop
+# sequence ended, a process was re-adopted after a supervisor restart, the zygote restarted.
+# ``at`` is the supervisor's wall clock (ISO 8601 UTC), ``node`` its node name.
+PROCESS_TOPIC_PREFIX = SYSTEM_TOPIC_PREFIX + b"process/"
+
+
+class Spawned(msgspec.Struct, tag="spawned", tag_field="kind", kw_only=True):
+    """A task process started (``warm``: forked from the zygote; else a fresh interpreter)."""
+
+    task_id: str
+    pid: int
+    node: str
+    at: str
+    warm: bool = False
+
+
+class Stopped(msgspec.Struct, tag="stopped", tag_field="kind", kw_only=True):
+    """A stop sequence the supervisor ran ended; ``how`` is the step that ended the process.
+
+    ``how``: ``asked`` (it exited after SIGINT), ``terminated`` (after SIGTERM to its group),
+    ``killed`` (SIGKILL), or ``exited`` (it was gone before the sequence began).
+    """
+
+    task_id: str
+    pid: int
+    node: str
+    at: str
+    how: str
+    status: str  # the status the task ends with (CANCELLED, FAILED)
+    reason: str
+
+
+class Readopted(msgspec.Struct, tag="readopted", tag_field="kind", kw_only=True):
+    """A restarted supervisor took over a task process its predecessor left running."""
+
+    task_id: str
+    pid: int
+    node: str
+    at: str
+
+
+class ZygoteRestarted(msgspec.Struct, tag="zygote_restarted", tag_field="kind", kw_only=True):
+    """The zygote (warm-start fork server) died and is being restarted; tasks start cold."""
+
+    node: str
+    at: str
+    restarts: int  # how many times since the supervisor started
+
+
+ProcessLifecycle = Spawned | Stopped | Readopted | ZygoteRestarted
+BusMessage = Event | State | Heartbeat | Lease | Spawned | Stopped | Readopted | ZygoteRestarted
 LEASE_TOPIC = SYSTEM_TOPIC_PREFIX + b"lease"
+
+
+def process_topic(msg: ProcessLifecycle) -> bytes:
+    """``_sys/process/<kind>``: subscribe to ``_sys/process/`` for all of them."""
+    return PROCESS_TOPIC_PREFIX + str(msg.__struct_config__.tag).encode()
+
 
 # --- control: gateway -> supervisor ----------------------------------------------------------
 
@@ -129,41 +192,19 @@ def task_id_of(topic_frame: bytes) -> str:
     return topic_frame[:TASK_ID_LENGTH].decode("ascii", errors="replace")
 
 
-def new_task_id() -> str:
-    return str(uuid.uuid4())
-
-
-def is_task_id(value: str) -> bool:
-    """True for a canonical task id (so it can't be a prefix of another)."""
-    if len(value) != TASK_ID_LENGTH:
-        return False
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
-
-
-_second_cache: tuple[int, str] = (-1, "")
-_ms_cache: tuple[int, str] = (-1, "")
-
-
-def utcnow() -> str:
-    """Now as ISO 8601 UTC with a ``Z`` suffix (millisecond precision)."""
-    # Every event is stamped: the text is made once per millisecond (a busy task emits
-    # hundreds of events in one), the date and time once per second.
-    global _second_cache, _ms_cache
-    ms = int(time.time() * 1000)
-    cached_ms, text = _ms_cache
-    if ms == cached_ms:
-        return text
-    second, frac = divmod(ms, 1000)
-    cached_second, prefix = _second_cache
-    if second != cached_second:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _second_cache = (second, prefix)
-    text = f"{prefix}.{frac:03d}Z"
-    _ms_cache = (ms, text)
-    return text
+def state_of(row: TaskRow) -> State:
+    """The bus/WebSocket state of a stored task."""
+    return State(
+        task_id=row.id,
+        status=row.status,
+        progress=row.progress,
+        current_agent=row.current_agent,
+        last_message=row.last_message,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        last_event_id=row.last_event_id,
+        version=row.state_version,
+    )
 
 
 def event_data_json(ev: Event) -> bytes:

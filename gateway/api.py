@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from bus.messages import CancelTask, StartTask, new_task_id, utcnow
+from core.settings import Settings
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.models import (
     COMMAND_RESPONSES,
@@ -20,7 +21,6 @@ from gateway.models import (
     TicketOut,
 )
 from gateway.security import Guard
-from metastream.settings import Settings
 from store import Store, TaskRow
 
 router = APIRouter(prefix="/api")

@@ -21,6 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bus.auth import control_client_keys, load_master, trusted_keys
 from bus.client import Publisher
 from bus.messages import Ping
+from core import settings as settings_mod
+from core.settings import Settings
 from gateway import api, files, ws
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.hub import Hub
@@ -29,8 +31,6 @@ from gateway.limits import ConnectionCounter, LimitsMiddleware
 from gateway.logreader import LogReader
 from gateway.models import COMMON_RESPONSES
 from gateway.security import AuthMiddleware, Guard
-from metastream import settings as settings_mod
-from metastream.settings import Settings
 from store import Store
 
 STATIC_DIR = Path(__file__).parent / "static"

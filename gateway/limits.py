@@ -20,8 +20,8 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from core.settings import Settings
 from gateway.security import ASGIApp, Receive, Scope, Send
-from metastream.settings import Settings
 
 _STRING = re.compile(rb'"[^"]*"')  # after escapes are gone: linear, no backtracking
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")

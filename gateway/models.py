@@ -46,8 +46,10 @@ class SyntheticIn(BaseModel):
 class TaskCreate(BaseModel):
     """``POST /api/tasks``."""
 
-    # Strict: a body the schema rejects (``"grace_seconds": false``) is not quietly coerced.
-    model_config = ConfigDict(strict=True)
+    # Strict: a body the schema rejects (``"grace_seconds": false``) is not quietly coerced,
+    # and an unknown field (``"on_disconnect"`` for ``disconnect_policy``) is refused by name
+    # rather than ignored: the task would silently run without the option its creator meant.
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     requirement: str = Field(
         min_length=1,

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
-from metastream.settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger("metastream.security")
 

@@ -17,12 +17,20 @@ from typing import Any, TypeVar
 import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from bus.messages import TERMINAL_STATUSES, StartTask, State, json_encoder, state_data, ws_frame
+from bus.messages import (
+    TERMINAL_STATUSES,
+    StartTask,
+    State,
+    json_encoder,
+    state_data,
+    state_of,
+    ws_frame,
+)
+from core.settings import Settings
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.hub import Hub, Item, Listener, LiveBeat, LiveEvent, LiveState
 from gateway.logreader import LogReader
 from gateway.wsprotocol import SEND_TEXTS
-from metastream.settings import Settings
 from store import Store
 
 log = logging.getLogger("metastream.stream")
@@ -37,15 +45,28 @@ QUIET_POLL = 1.0  # with no bus traffic for this long, look at the log (a lost f
 
 
 class Phase(enum.Enum):
-    CONNECTING = "connecting"
-    REPLAYING = "replaying"
-    LIVE = "live"
-    CLOSING = "closing"
-    CLOSED = "closed"
+    """Where one connection is; :data:`MOVES` says what may follow what."""
+
+    CONNECTING = "connecting"  # accepted; finding the task, starting it if asked
+    REPLAYING = "replaying"  # ``connected`` sent; sending the log from the client's position
+    LIVE = "live"  # forwarding the hub's live messages, refilling gaps from the log
+    BEHIND = "behind"  # its live queue overflowed: served from the log until it catches up
+    CLOSING = "closing"  # a close frame is being sent (after the final state or an error)
+    CLOSED = "closed"  # the connection is over (closed by us, or the client left)
+
+
+MOVES: dict[Phase, frozenset[Phase]] = {
+    Phase.CONNECTING: frozenset({Phase.REPLAYING, Phase.CLOSING, Phase.CLOSED}),
+    Phase.REPLAYING: frozenset({Phase.LIVE, Phase.CLOSING, Phase.CLOSED}),
+    Phase.LIVE: frozenset({Phase.BEHIND, Phase.CLOSING, Phase.CLOSED}),
+    Phase.BEHIND: frozenset({Phase.LIVE, Phase.CLOSING, Phase.CLOSED}),
+    Phase.CLOSING: frozenset({Phase.CLOSED}),
+    Phase.CLOSED: frozenset(),
+}
 
 
 class InvalidTransition(RuntimeError):
-    pass
+    """A move :data:`MOVES` does not allow: a bug in the bridge, never the client's doing."""
 
 
 class TaskStream:
@@ -81,9 +102,10 @@ class TaskStream:
         ext = ws.scope.get("extensions") or {}
         self._send_texts = (ext.get(SEND_TEXTS) or {}).get("send_texts")
 
-    def _move(self, expected: Phase, new: Phase) -> None:
-        if self.phase is not expected:
-            raise InvalidTransition(f"expected {expected.value}, got {self.phase.value}")
+    def _move(self, new: Phase) -> None:
+        if new not in MOVES[self.phase]:
+            expected = " or ".join(p.value for p in Phase if new in MOVES[p])
+            raise InvalidTransition(f"to {new.value}: expected {expected}, got {self.phase.value}")
         self.phase = new
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -110,6 +132,13 @@ class TaskStream:
     # --- the connection ------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Serve the connection to its end; the phase is CLOSED after, however it ended."""
+        try:
+            await self._serve()
+        finally:
+            self._move(Phase.CLOSED)
+
+    async def _serve(self) -> None:
         await self.ws.accept()
         row = await self._db(self.store.get_task, self.task_id)
         if row is None:
@@ -144,18 +173,18 @@ class TaskStream:
                 else "Connected to event stream"
             )
             await self._send_json("connected", {"task_id": self.task_id, "message": message})
-            self._move(Phase.CONNECTING, Phase.REPLAYING)
+            self._move(Phase.REPLAYING)
             row = await self._db(self.store.get_task, self.task_id)
             assert row is not None
             if row.status not in TERMINAL_STATUSES:
                 # A final state is only ever the last message: clients stop reading at it
                 # (an ended task's replay is events first, then its final state).
-                await self._offer_state(row.state())
+                await self._offer_state(state_of(row))
             await self._catch_up(None)
             if row.status in TERMINAL_STATUSES and self.next_id > row.last_event_id:
-                await self._finish(row.state())
+                await self._finish(state_of(row))
                 return
-            self._move(Phase.REPLAYING, Phase.LIVE)
+            self._move(Phase.LIVE)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_client, tg.cancel_scope)
                 tg.start_soon(self._forward, listener, tg.cancel_scope)
@@ -163,14 +192,13 @@ class TaskStream:
             pass  # the client left; the task goes on (policy decides otherwise)
         finally:
             self.hub.detach(listener)
-            self.phase = Phase.CLOSED
 
     async def _fail_start(self, why: str) -> None:
         await self._send_json("error", {"message": f"Task start failed: {why}"})
         await self._close(CLOSE_START_FAILED)
 
     async def _close(self, code: int) -> None:
-        self.phase = Phase.CLOSING
+        self._move(Phase.CLOSING)
         with contextlib.suppress(RuntimeError):  # the client closed first
             await self.ws.close(code)
 
@@ -195,9 +223,11 @@ class TaskStream:
                     # long as each pass still finds many new events (reading the log is the
                     # cheaper way to follow a fast task), then take live messages again and
                     # read what was logged before they resumed.
+                    self._move(Phase.BEHIND)
                     while await self._catch_up(None) >= LIVE_AGAIN_BELOW:
                         pass
                     listener.reset()
+                    self._move(Phase.LIVE)
                     await self._catch_up(None)
                     if await self._on_quiet():
                         return
@@ -240,7 +270,7 @@ class TaskStream:
                     if row is None or row.status not in TERMINAL_STATUSES:
                         return False
                     await self._catch_up(None)
-                    await self._finish(row.state())
+                    await self._finish(state_of(row))
                     return True
                 await self._offer_state(state)
             case LiveBeat(last_event_id=last):
@@ -268,9 +298,9 @@ class TaskStream:
             await self._catch_up(row.last_event_id)
         if row.status in TERMINAL_STATUSES:
             await self._catch_up(None)
-            await self._finish(row.state())
+            await self._finish(state_of(row))
             return True
-        await self._offer_state(row.state())
+        await self._offer_state(state_of(row))
         return False
 
     async def _catch_up(self, upto: int | None) -> int:

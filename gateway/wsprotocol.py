@@ -1,34 +1,33 @@
-"""uvicorn's sans-I/O WebSocket protocol, with the frames of one loop turn in one write.
+"""uvicorn's sans-I/O WebSocket protocol, plus many text frames per call and per write.
 
 uvicorn writes every ``websocket.send`` to the socket at once: one ``send()`` system call,
-and on loopback one wake-up of the reader, per frame. When the gateway forwards a burst of
-bus messages that call costs more than everything else it does per event, and the client
-then reads the burst a frame at a time as well. Here every frame is framed at once (so a
-closed connection still raises in ``send``); the first of a loop turn is written at once, and
-the rest of that turn's frames together when the turn ends (or every 64 KiB). At low rates
-that is one frame per write, as before, with no added latency.
-
-Everything else is uvicorn's: back-pressure (``send`` waits while the transport is paused),
-close, keepalive pings. Those write whatever the protocol has framed so far, so frames keep
-their order whichever path writes them.
-
-Applications may also send many text frames in one call, through the ASGI scope extension
+and on loopback one wake-up of the reader, per frame; and going through Starlette, uvicorn
+and the websockets library costs ~3 us per frame, most of the gateway's time per event. So
+applications may send many text frames in one call, through the ASGI scope extension
 ``metastream.websocket.send_texts`` (``{"send_texts": async callable(list[bytes])}``, each
-item one message's UTF-8 text). Going
-through Starlette, uvicorn and the websockets library costs ~3 us per frame, most of the
-gateway's time per event; here an uncompressed server frame (unmasked, RFC 6455 5.2) is its
-2-10 byte header and the text, queued on the same output buffer as every other frame.
+item one message's UTF-8 text). An uncompressed server frame (unmasked, RFC 6455 5.2) is its
+2-10 byte header and the text, queued on the protocol's own output buffer; the first call of
+a loop turn is written at once, the rest of that turn's frames together when it ends (or
+every 64 KiB). At low rates that is one write per call, with no added latency. The gateway's
+event path (gateway/stream.py) sends everything this way; plain ``websocket.send`` is
+uvicorn's own, unchanged.
+
+Everything else is uvicorn's: back-pressure (``send_texts`` waits while the transport is
+paused), close, keepalive pings. Those write whatever the protocol has framed so far, so
+frames keep their order whichever path writes them.
+
+This reaches into uvicorn's and websockets' internals (the attributes listed in
+``INTERNALS``); pyproject.toml bounds both to the versions it is tested with, and
+tests/gateway/test_wsprotocol_canary.py fails by name if an upgrade removes one.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.exceptions import InvalidState
 from websockets.http11 import Request
 from websockets.protocol import State
 
@@ -39,43 +38,19 @@ FRAME_OVERHEAD = 10
 SEND_TEXTS = "metastream.websocket.send_texts"  # the scope extension offering send_texts
 
 
+# Every attribute of uvicorn's protocol (and of its websockets connection, ``conn``) used
+# here: the canary test checks each on the installed versions.
+INTERNALS = {
+    "protocol": ("conn", "loop", "transport", "writable", "disconnected", "close_sent"),
+    "conn": ("writes", "extensions", "state", "send_text", "data_to_send"),
+}
+
+
 class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
-    """Coalesces the frames sent within one event-loop turn into one transport write."""
+    """Offers ``send_texts``: many text frames per call, those of one loop turn in one write."""
 
     _flush_handle: asyncio.Handle | None = None
     _pending = 0  # bytes framed and not yet written (roughly: text length, not UTF-8 size)
-
-    async def send(self, message: Any) -> None:
-        if (
-            message["type"] != "websocket.send"
-            or not self.handshake_complete
-            or self.close_sent
-            or self.initial_response is not None
-        ):
-            await super().send(message)  # accept, close...: also writes what is pending
-            return
-        await self.writable.wait()  # uvicorn's back-pressure: a slow reader pauses us
-        if self.disconnected:
-            raise ClientDisconnected()
-        try:
-            data, text = message.get("bytes"), message.get("text")
-            if data is not None:
-                self.conn.send_binary(data)
-            elif text is not None:
-                self.conn.send_text(text.encode())
-        except InvalidState:
-            raise ClientDisconnected() from None
-        if self._flush_handle is None:
-            # The first frame of a turn goes out at once (no added latency at low rates);
-            # the ones that follow it in the same turn wait for the flush at its end.
-            self._write()
-            self._flush_handle = self.loop.call_soon(self._flush)
-            return
-        self._pending += FRAME_OVERHEAD + len(data if data is not None else text or "")
-        if self._pending >= FLUSH_BYTES:
-            # A sender that never yields must still meet the transport's back-pressure:
-            # past this much the frames go out now, and a paused transport stops the next send.
-            self._write()
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

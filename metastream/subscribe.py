@@ -39,7 +39,7 @@ from bus.messages import (
     State,
     is_task_id,
 )
-from metastream import settings
+from core import settings
 
 __all__ = [
     "AuthError",

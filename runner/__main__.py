@@ -14,7 +14,8 @@ from bus.client import AsyncSubscriber, DecodeFailure, Publisher, decode_frames
 from bus.curve import check_endpoints
 from bus.messages import LEASE_TOPIC, Heartbeat, Lease, State, topic
 from bus.ratelog import RateLimitedLog
-from metastream import settings
+from core import settings
+from core.harden import harden_trusted
 from runner.control import ControlServer
 from runner.supervisor import Supervisor
 from store import Store
@@ -23,11 +24,9 @@ log = logging.getLogger("metastream.supervisor")
 
 
 async def main() -> None:
+    harden_trusted()  # before reading anything secret
     cfg = settings.load()
-    from runner.sandbox import harden_trusted
-
-    harden_trusted()
-    # The control channel has no CURVE: it must never be reachable from the network.
+    # The control channel's keys derive from this machine's master: it stays on this machine.
     check_endpoints({"METASTREAM_CONTROL": cfg.control}, None, curve_capable=False)
     cfg.ensure_dirs()
     from runner.process import become_subreaper

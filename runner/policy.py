@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Literal
+
+import msgspec
 
 Clock = Callable[[], float]
+# Where the stop sequence starts: ask (SIGINT, let the task flush), term (SIGTERM the group),
+# kill (SIGKILL: the task is hung or out of memory).
+StopFrom = Literal["ask", "term", "kill"]
 
 
 class HeartbeatPolicy:
@@ -125,6 +131,18 @@ class DisconnectPolicy:
         return mode == "kill" or now - since >= grace
 
 
+class Breach(msgspec.Struct, frozen=True):
+    """A limit a task went over; its kind, not its text, says how the stop sequence starts."""
+
+    kind: Literal["time", "memory"]
+    message: str
+
+    @property
+    def stop_from(self) -> StopFrom:
+        # Out of memory: kill at once, the memory is the problem; out of time: SIGTERM first.
+        return "kill" if self.kind == "memory" else "term"
+
+
 class Limits:
     """Per-task wall-clock and memory limits (0 = none)."""
 
@@ -132,10 +150,12 @@ class Limits:
         self.timeout = timeout
         self.memory_mb = memory_mb
 
-    def breach(self, running_for: float, rss_mb: float) -> str | None:
+    def breach(self, running_for: float, rss_mb: float) -> Breach | None:
         """Why the task must stop, or None."""
         if self.timeout > 0 and running_for > self.timeout:
-            return f"Task exceeded its time limit of {self.timeout:g} s"
+            return Breach("time", f"Task exceeded its time limit of {self.timeout:g} s")
         if self.memory_mb > 0 and rss_mb > self.memory_mb:
-            return f"Task exceeded its memory limit: {rss_mb:.0f} MB > {self.memory_mb:g} MB"
+            return Breach(
+                "memory", f"Task exceeded its memory limit: {rss_mb:.0f} MB > {self.memory_mb:g} MB"
+            )
         return None

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import msgspec
 
+from core.harden import harden_trusted as harden_trusted  # re-exported for the mains
 from runner import landlock
 
 log = logging.getLogger("metastream.sandbox")
 PLAN_ENV = "METASTREAM_SANDBOX_PLAN"
-PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 # Read-only for every task: the system and devices; the interpreter's paths are added.
 SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/proc", "/sys")
@@ -59,16 +59,6 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # --- in the trusted processes ------------------------------------------------------------
-
-
-def harden_trusted() -> None:
-    """For gateway, supervisor and bus: private files, and no /proc peeking (environ, memory).
-
-    ``PR_SET_DUMPABLE`` 0 makes ``/proc/<pid>/environ`` and ``mem`` unreadable to other
-    processes of the same uid (a Landlock-confined task runs as the same user).
-    """
-    os.umask(0o077)
-    _prctl(PR_SET_DUMPABLE, 0)
 
 
 def _prctl(option: int, value: int) -> None:

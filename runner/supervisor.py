@@ -16,17 +16,26 @@ import msgspec
 from bus import auth as bus_auth
 from bus.client import Publisher
 from bus.messages import (
-    SYSTEM_TOPIC_PREFIX,
-    TERMINAL_STATUSES,
     Heartbeat,
+    ProcessLifecycle,
+    Readopted,
     Reply,
+    Spawned,
     State,
-    utcnow,
+    Stopped,
+    ZygoteRestarted,
+    process_topic,
+    state_of,
 )
-from metastream.settings import Settings
+from core.clock import utcnow
+from core.ids import SYSTEM_TOPIC_PREFIX
+from core.options import TaskOptions
+from core.settings import INTERNAL_ENV, SECRET_ENV, Settings
+from core.status import TRANSITIONS, TaskStatus, TransitionError
 from runner import process, sandbox
 from runner.forkserver import ForkServer, ForkServerError
-from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits
+from runner.outcome import outcome
+from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits, StopFrom
 from runner.task import spec as task_spec
 from store import Store, TaskRow
 
@@ -36,18 +45,21 @@ T = TypeVar("T")
 STARTUP_GRACE = 5.0  # to start the interpreter and send a first beat
 # A running task's row (progress, message) is written from its states at most this often.
 ROW_INTERVAL = 1.0
+# Never inherited by a task from the supervisor's environment (_spawn sets its own).
+_NOT_FOR_TASKS = ("METASTREAM_API_TOKEN_FILE", *INTERNAL_ENV)
 MAX_VERSION = 2**53  # a task's own word on its state version is clamped below this
 
 
 class Running:
     """What the supervisor knows of one live task process."""
 
-    def __init__(self, task_id: str, child: process.Child, options: dict[str, Any]) -> None:
+    def __init__(self, task_id: str, child: process.Child, options: TaskOptions) -> None:
         self.task_id = task_id
         self.child = child
         self.options = options
         self.started = time.monotonic()
-        self.stop_reason: tuple[str, str] | None = None  # (final status, message) if we stop it
+        # (final status, message) once we decided to stop it: the outcome, whatever the exit.
+        self.stop_reason: tuple[TaskStatus, str] | None = None
         self.stopping: asyncio.Task[str] | None = None
         self.watcher: asyncio.Task[None] | None = None
         self.plan = sandbox.Plan(mode="off")
@@ -75,7 +87,7 @@ class Supervisor:
         self.cfg = cfg
         self.store = store
         self.pub = publisher
-        self.node = node or os.environ.get("METASTREAM_NODE") or socket.gethostname()
+        self.node = node or cfg.node or socket.gethostname()
         self.running: dict[str, Running] = {}
         self.admission = Admission(cfg.max_running)
         self.heartbeats = HeartbeatPolicy(cfg.heartbeat_timeout, STARTUP_GRACE, clock)
@@ -85,6 +97,7 @@ class Supervisor:
         self._pump_lock = asyncio.Lock()
         self._background: set[asyncio.Task[str]] = set()
         self.forkserver: ForkServer | None = None  # the warm path, once start_forkserver ran
+        self._zygote_restarts = 0
         self._bus_master = bus_master  # each task gets its own key from it, never the master
         self.uids = sandbox.UidPool(cfg.sandbox_uid_base, cfg.sandbox_uid_count)
         self._read_only: list[str] | None = None
@@ -102,7 +115,11 @@ class Supervisor:
         return self._locks.setdefault(task_id, asyncio.Lock())
 
     def _publish(self, row: TaskRow) -> None:
-        self.pub.publish(row.id, row.state())
+        self.pub.publish(row.id, state_of(row))
+
+    def _announce(self, msg: ProcessLifecycle) -> None:
+        """Publish a process lifecycle event on ``_sys/process/<kind>`` (docs/subscribers.md)."""
+        self.pub.publish_system(process_topic(msg), msg)
 
     # --- commands ------------------------------------------------------------------------
 
@@ -111,27 +128,26 @@ class Supervisor:
             row = await self._db(self.store.get_task, task_id)
             if row is None:
                 return Reply(ok=False, error="Task not found")
-            if row.status in ("RUNNING", "QUEUED"):
+            if row.status in (TaskStatus.RUNNING, TaskStatus.QUEUED):
                 return Reply(ok=True, status=row.status)
-            if row.status not in ("PENDING", "FAILED"):
+            if TaskStatus.QUEUED not in TRANSITIONS[row.status]:
                 return Reply(ok=False, status=row.status, error=f"Task already {row.status}")
-            queued = await self._db(
-                self.store.transition,
-                task_id,
-                ("PENDING", "FAILED"),
-                status="QUEUED",
-                queued_at=utcnow(),
-                node=self.node,
-                progress=0.0,
-                current_agent=None,
-                last_message="Waiting for a free slot",
-                completed_at=None,
-                exit_code=None,
-                error=None,
-            )
-            if queued is None:  # someone else moved it meanwhile
-                row = await self._db(self.store.get_task, task_id)
-                return Reply(ok=True, status=row.status if row else None)
+            try:
+                queued = await self._db(
+                    self.store.transition,
+                    task_id,
+                    TaskStatus.QUEUED,
+                    queued_at=utcnow(),
+                    node=self.node,
+                    progress=0.0,
+                    current_agent=None,
+                    last_message="Waiting for a free slot",
+                    completed_at=None,
+                    exit_code=None,
+                    error=None,
+                )
+            except TransitionError as exc:  # someone else moved it meanwhile
+                return Reply(ok=True, status=exc.got)
             self._publish(queued)
         await self.pump()
         row = await self._db(self.store.get_task, task_id)
@@ -140,34 +156,37 @@ class Supervisor:
     async def cancel(self, task_id: str, reason: str) -> Reply:
         run = self.running.get(task_id)
         if run is not None:
-            await self.stop_task(run, "CANCELLED", reason, how="ask")
+            await self.stop_task(run, TaskStatus.CANCELLED, reason, how="ask")
             row = await self._db(self.store.get_task, task_id)
             return Reply(ok=True, status=row.status if row else None)
         async with self._lock(task_id):
             row = await self._db(self.store.get_task, task_id)
             if row is None:
                 return Reply(ok=False, error="Task not found")
-            if row.status in TERMINAL_STATUSES:
+            if row.status.terminal:
                 return Reply(ok=True, status=row.status)
-            ended = await self._db(
-                self.store.transition,
-                task_id,
-                ("PENDING", "QUEUED"),
-                status="CANCELLED",
-                completed_at=utcnow(),
-                last_message=reason,
-            )
-            if ended is not None:
+            try:
+                ended = await self._db(
+                    self.store.transition,
+                    task_id,
+                    TaskStatus.CANCELLED,
+                    (TaskStatus.PENDING, TaskStatus.QUEUED),
+                    completed_at=utcnow(),
+                    last_message=reason,
+                )
+            except TransitionError:
+                pass  # it became RUNNING while we looked
+            else:
                 self._publish(ended)
-                return Reply(ok=True, status="CANCELLED")
+                return Reply(ok=True, status=ended.status)
         # It became RUNNING while we looked: stop the process.
         run = self.running.get(task_id)
         if run is not None:
-            await self.stop_task(run, "CANCELLED", reason, how="ask")
+            await self.stop_task(run, TaskStatus.CANCELLED, reason, how="ask")
         row = await self._db(self.store.get_task, task_id)
         return Reply(ok=True, status=row.status if row else None)
 
-    async def stop_task(self, run: Running, status: str, message: str, how: str) -> str:
+    async def stop_task(self, run: Running, status: TaskStatus, message: str, how: StopFrom) -> str:
         """Stop a running task (once, however many ask) and wait until it is down.
 
         ``how`` is where the stop sequence starts: "ask" (a cancel: let the task flush and
@@ -178,10 +197,26 @@ class Supervisor:
         if run.stopping is None:
             ask_timeout = self.cfg.stop_ask_timeout if how == "ask" else 0.0
             term_timeout = self.cfg.stop_term_timeout if how in ("ask", "term") else 0.0
-            run.stopping = asyncio.create_task(process.stop(run.child, ask_timeout, term_timeout))
-        how = await run.stopping
+            run.stopping = asyncio.create_task(self._stop_sequence(run, ask_timeout, term_timeout))
+        ended = await run.stopping  # asked / terminated / killed / exited
         if run.watcher is not None:
             await run.watcher
+        return ended
+
+    async def _stop_sequence(self, run: Running, ask_timeout: float, term_timeout: float) -> str:
+        how = await process.stop(run.child, ask_timeout, term_timeout)
+        status, reason = run.stop_reason or (TaskStatus.CANCELLED, "")
+        self._announce(
+            Stopped(
+                task_id=run.task_id,
+                pid=run.child.pid,
+                node=self.node,
+                at=utcnow(),
+                how=how,
+                status=status,
+                reason=reason,
+            )
+        )
         return how
 
     # --- admission and process lifecycle -------------------------------------------------
@@ -192,23 +227,23 @@ class Supervisor:
             free = self.admission.free_slots(len(self.running))
             if free == 0:
                 return
-            queued = await self._db(self.store.tasks_with_status, ("QUEUED",), self.node)
+            queued = await self._db(self.store.tasks_with_status, (TaskStatus.QUEUED,), self.node)
             for row in queued[:free]:
                 await self._launch(row)
 
     async def _launch(self, row: TaskRow) -> None:
         task_id = row.id
         # RUNNING is recorded before the process exists, so the task never reads an older status.
-        started = await self._db(
-            self.store.transition,
-            task_id,
-            ("QUEUED",),
-            status="RUNNING",
-            started_at=utcnow(),
-            last_message="Task process starting",
-            run_count=row.run_count + 1,
-        )
-        if started is None:
+        try:
+            started = await self._db(
+                self.store.transition,
+                task_id,
+                TaskStatus.RUNNING,
+                started_at=utcnow(),
+                last_message="Task process starting",
+                run_count=row.run_count + 1,
+            )
+        except TransitionError:
             return  # cancelled while queued
         workspace = self.cfg.task_dir(task_id)
         plan, dirs = sandbox.Plan(mode="off"), list[Path]()
@@ -224,27 +259,26 @@ class Supervisor:
                 test_mode=row.test_mode,
                 options=row.options,
                 last_event_id=row.last_event_id,
-                state=started.state(),
+                state=state_of(started),
                 test_hooks=self.cfg.test_hooks,
             )
             spec_path = await self._db(self._prepare, plan, dirs, spec)
-            child = await self._spawn(task_id, workspace, plan, spec_path)
+            needs_llm = not row.test_mode and row.options.get("synthetic") is None
+            child = await self._spawn(task_id, workspace, plan, spec_path, needs_llm)
         except (OSError, sandbox.SandboxError) as exc:
             await self._db(sandbox.release, plan, dirs)
             self.uids.release(plan.uid)
-            failed = await self._db(
-                self.store.transition,
-                task_id,
-                ("RUNNING",),
-                status="FAILED",
-                completed_at=utcnow(),
-                last_message=f"Could not start the task process: {exc}",
+            await self._finish(
+                task_id, TaskStatus.FAILED, f"Could not start the task process: {exc}", None
             )
-            if failed:
-                self._publish(failed)
             return
         await self._db(self.store.set_process, task_id, child.pid, child.create_time)
-        run = self._track(task_id, child, row.options)
+        # A child without a Popen was forked by the zygote (runner.forkserver).
+        warm = child.popen is None
+        self._announce(
+            Spawned(task_id=task_id, pid=child.pid, node=self.node, at=utcnow(), warm=warm)
+        )
+        run = self._track(task_id, child, TaskOptions.of(row.options))
         run.plan, run.dirs, run.reported_version = plan, dirs, started.state_version
         self._publish(started)
 
@@ -254,14 +288,14 @@ class Supervisor:
         dirs = sandbox.task_dirs(
             cfg.task_dir(task_id), self.store.event_dir(task_id), cfg.sandbox_tmp_dir / task_id
         )
-        if cfg.sandbox == "off":
+        if cfg.sandbox_mode == "off":
             return sandbox.Plan(mode="off"), dirs
         if self._read_only is None:
             self._read_only = sandbox.interpreter_paths(cfg.home)
-        uid = self.uids.acquire() if cfg.sandbox == "uid" else None
+        uid = self.uids.acquire() if cfg.sandbox_mode == "uid" else None
         bus = [cfg.bus_pub[len("ipc://") :]] if cfg.bus_pub.startswith("ipc://") else []
         plan = sandbox.Plan(
-            mode=cfg.sandbox,
+            mode=cfg.sandbox_mode,
             uid=uid,
             gid=uid,
             read_only=(*self._read_only, "/dev"),
@@ -286,10 +320,15 @@ class Supervisor:
         return path
 
     async def _spawn(
-        self, task_id: str, workspace: Path, plan: sandbox.Plan, spec_path: Path
+        self,
+        task_id: str,
+        workspace: Path,
+        plan: sandbox.Plan,
+        spec_path: Path,
+        needs_llm: bool = False,
     ) -> process.Child:
         """The task's process: forked warm from the zygote when it is ready, else cold."""
-        env = self._task_env()
+        env = self._task_env(llm=needs_llm)
         env[task_spec.SPEC_ENV] = str(spec_path)
         if self._bus_master is not None:
             env.update(bus_auth.task_env(self._bus_master, task_id))
@@ -316,7 +355,7 @@ class Supervisor:
         self.forkserver.start()
         return self.forkserver
 
-    def _track(self, task_id: str, child: process.Child, options: dict[str, Any]) -> Running:
+    def _track(self, task_id: str, child: process.Child, options: TaskOptions) -> Running:
         run = Running(task_id, child, options)
         run.started = self._clock()
         self.running[task_id] = run
@@ -325,15 +364,17 @@ class Supervisor:
         run.watcher = asyncio.create_task(self._watch(run))
         return run
 
-    def _task_env(self) -> dict[str, str]:
-        # Only what a task needs: paths, bus, database, its interpreter's basics; no secrets
-        # of the gateway (API tokens never reach task processes).
+    def _task_env(self, llm: bool = False) -> dict[str, str]:
+        # Only what a task needs: paths, bus, its interpreter's basics; no secrets of the
+        # gateway (API tokens never reach task processes), the LLM key only to a task that
+        # calls a real LLM, the bus key only its own (added by _spawn).
         keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "TMPDIR", "VIRTUAL_ENV")
         env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("METASTREAM_")}
-        from metastream.settings import SECRET_ENV  # the one list, shared with the gateway
-
-        for secret in SECRET_ENV:
+        for secret in (*SECRET_ENV, *_NOT_FOR_TASKS):
             env.pop(secret, None)
+        for k in list(env):
+            if k.startswith("METASTREAM_LLM_"):
+                del env[k]
         env.update(
             METASTREAM_HOME=str(self.cfg.home),
             METASTREAM_DB_URL=self.cfg.db_url,
@@ -341,9 +382,8 @@ class Supervisor:
             METASTREAM_BUS_SUB=self.cfg.bus_sub,
             PYTHONUNBUFFERED="1",
         )
-        for k, v in os.environ.items():
-            if k.startswith("METASTREAM_LLM_"):
-                env[k] = v
+        if llm:
+            env.update((k, v) for k, v in os.environ.items() if k.startswith("METASTREAM_LLM_"))
         return env
 
     async def _watch(self, run: Running) -> None:
@@ -359,31 +399,30 @@ class Supervisor:
         async with run.row_lock:
             run.finished = True  # no progress row after this: the final one follows
         row = await self._db(self.store.get_task, task_id)
-        outcome = await self._db(self.store.task_outcome, task_id)
-        await self._settle_version(run, row, outcome)
-        status, message = self._outcome(run, row, outcome)
-        fields: dict[str, Any] = dict(
-            status=status,
-            completed_at=utcnow(),
-            last_message=message,
-            exit_code=run.child.returncode,
-            pid=None,
-            # Exact, from the log: the final state tells clients which events precede it.
-            last_event_id=await self._db(self.store.last_event_id, task_id),
-        )
-        if status == "COMPLETED":
-            fields["progress"] = 1.0
-        ended = await self._db(self.store.transition, task_id, ("RUNNING",), **fields)
+        # The task's own word about itself (exit code, error, last state version), from its log.
+        told = await self._db(self.store.task_outcome, task_id)
+        await self._settle_version(run, row, told)
+        error = told.get("error")
+        error = error[:2000] if isinstance(error, str) and error else None
+        if run.stop_reason is not None:
+            status, message = run.stop_reason
+        else:
+            exit_told = told.get("exit_code")
+            status, message = outcome(
+                run.child.returncode,
+                exit_told if isinstance(exit_told, int) else None,
+                error,
+                adopted=run.child.adopted,
+                lost=False,
+            )
+        await self._finish(task_id, status, message, run.child.returncode, error=error)
         # Only now is its slot free: the store no longer shows it RUNNING.
         self.running.pop(task_id, None)
-        if ended is not None:
-            self._publish(ended)
-            log.info("task %s %s: %s", task_id, status, message)
         self.on_ended(task_id)
         await self.pump()
 
     async def _settle_version(
-        self, run: Running, row: TaskRow | None, outcome: dict[str, Any]
+        self, run: Running, row: TaskRow | None, told: dict[str, Any]
     ) -> None:
         """Write the task's last progress, versioned past every state it published.
 
@@ -392,9 +431,9 @@ class Supervisor:
         """
         if row is None:
             return
-        told = outcome.get("state_version")
-        told = told if isinstance(told, int) and 0 <= told < MAX_VERSION else 0
-        version = max(row.state_version, run.reported_version, told)
+        version = told.get("state_version")
+        version = version if isinstance(version, int) and 0 <= version < MAX_VERSION else 0
+        version = max(row.state_version, run.reported_version, version)
         columns = dict(run.pending_row or {})
         if version > row.state_version or columns:
             columns["state_version"] = version
@@ -403,7 +442,7 @@ class Supervisor:
     def reported(self, msg: State) -> None:
         """A running task's own progress state (the proxy checked who sent it)."""
         run = self.running.get(msg.task_id)
-        if run is None or run.finished or msg.status != "RUNNING":
+        if run is None or run.finished or msg.status != TaskStatus.RUNNING:
             return  # the outcome is ours to write, never the task's
         if msg.version <= run.reported_version:
             return
@@ -429,26 +468,38 @@ class Supervisor:
                 run.row_due = now + ROW_INTERVAL
                 await self._db(self.store.save_state, run.task_id, row)
 
-    def _outcome(
-        self, run: Running, row: TaskRow | None, outcome: dict[str, Any]
-    ) -> tuple[str, str]:
-        rc = run.child.returncode
-        if run.stop_reason is not None:
-            return run.stop_reason
-        told = outcome.get("exit_code")
-        if rc is None and isinstance(told, int):
-            rc = told  # adopted process: it recorded its own outcome
-        if rc == 0:
-            return "COMPLETED", "Completed"
-        # A cancel is known from our own stop request (stop_reason), never from an exit code:
-        # a task may exit with any code by itself.
-        detail = process.describe_exit(rc)
-        error = outcome.get("error")
-        reason = error[:2000] if isinstance(error, str) and error else None
-        text = f"Task process failed ({detail})"
-        if run.child.adopted and rc is None:
-            text = "Task process ended while the supervisor was restarting (exit status unknown)"
-        return "FAILED", f"{text}: {reason}" if reason else text
+    async def _finish(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        message: str,
+        exit_code: int | None,
+        error: str | None = None,
+    ) -> TaskRow | None:
+        """The one way a RUNNING task ends: its final row written, then published."""
+        fields: dict[str, Any] = dict(
+            completed_at=utcnow(),
+            last_message=message,
+            pid=None,
+            # Exact, from the log: the final state tells clients which events precede it.
+            last_event_id=await self._db(self.store.last_event_id, task_id),
+        )
+        if exit_code is not None:  # unknown (adopted, lost): keep what the task recorded
+            fields["exit_code"] = exit_code
+        if error is not None:  # the task's own account of its failure (from its log)
+            fields["error"] = error
+        if status == TaskStatus.COMPLETED:
+            fields["progress"] = 1.0
+        try:
+            ended = await self._db(
+                self.store.transition, task_id, status, (TaskStatus.RUNNING,), **fields
+            )
+        except TransitionError as exc:
+            log.warning("task %s not ended %s: %s", task_id, status, exc)
+            return None
+        self._publish(ended)
+        log.info("task %s %s: %s", task_id, status, message)
+        return ended
 
     # --- heartbeats ----------------------------------------------------------------------
 
@@ -461,35 +512,45 @@ class Supervisor:
 
     async def check(self) -> None:
         """Apply the heartbeat, disconnect and limit policies to every running task."""
+        self._watch_zygote()
         for task_id, silent in self.heartbeats.overdue():
             run = self.running.get(task_id)
             if run is None or run.stop_reason is not None:
                 self.heartbeats.forget(task_id)
                 continue
             msg = f"Task process unresponsive: no heartbeat for {silent:.1f} s; killed"
-            self._stop_soon(run, "FAILED", msg, how="kill")
+            self._stop_soon(run, TaskStatus.FAILED, msg, how="kill")
         if not self.heartbeats.bus_ok():
             return  # leases can't arrive either: judge nobody's absence
         for run in list(self.running.values()):
             if run.stop_reason is not None:
                 continue
-            mode = run.options.get("disconnect_policy") or self.cfg.disconnect_policy
-            grace = float(run.options.get("grace_seconds") or self.cfg.disconnect_grace)
+            opts = run.options
+            mode = opts.disconnect_policy or self.cfg.disconnect_policy
+            grace = opts.grace_seconds if opts.grace_seconds else self.cfg.disconnect_grace
             if self.disconnects.should_stop(run.task_id, mode, grace):
                 why = "last client left" if mode == "kill" else f"no client for {grace:g} s"
-                self._stop_soon(run, "CANCELLED", f"Cancelled: {why} (policy {mode})", how="ask")
+                message = f"Cancelled: {why} (policy {mode})"
+                self._stop_soon(run, TaskStatus.CANCELLED, message, how="ask")
                 continue
             limits = Limits(
-                float(run.options.get("timeout_seconds") or self.cfg.task_timeout),
-                float(run.options.get("memory_limit_mb") or self.cfg.task_memory_mb),
+                opts.timeout_seconds or self.cfg.task_timeout,
+                opts.memory_limit_mb or self.cfg.task_memory_mb,
             )
             rss = process.tree_rss_mb(run.child, limits.memory_mb) if limits.memory_mb else 0.0
             breach = limits.breach(self._clock() - run.started, rss)
             if breach is not None:
-                # Out of memory: kill at once, the memory is the problem; out of time: SIGTERM.
-                self._stop_soon(run, "FAILED", breach, how="kill" if "memory" in breach else "term")
+                self._stop_soon(run, TaskStatus.FAILED, breach.message, how=breach.stop_from)
 
-    def _stop_soon(self, run: Running, status: str, message: str, how: str) -> None:
+    def _watch_zygote(self) -> None:
+        # The fork server counts its restarts; each new one is announced once (polled on the
+        # supervisor's tick, so the fork server needs no callback into the supervisor).
+        fs = self.forkserver
+        if fs is not None and fs.restarts > self._zygote_restarts:
+            self._zygote_restarts = fs.restarts
+            self._announce(ZygoteRestarted(node=self.node, at=utcnow(), restarts=fs.restarts))
+
+    def _stop_soon(self, run: Running, status: TaskStatus, message: str, how: StopFrom) -> None:
         log.warning("task %s: %s", run.task_id, message)
         task = asyncio.create_task(self.stop_task(run, status, message, how=how))
         self._background.add(task)
@@ -499,40 +560,32 @@ class Supervisor:
 
     async def recover(self) -> None:
         """Re-adopt task processes a previous supervisor left running; fail the dead ones."""
-        rows = await self._db(self.store.tasks_with_status, ("RUNNING",), self.node)
+        rows = await self._db(self.store.tasks_with_status, (TaskStatus.RUNNING,), self.node)
         for row in rows:
             child = None
             if row.pid is not None and row.pid_create_time is not None:
                 child = process.adopt(row.pid, row.pid_create_time)
             if child is not None:
                 log.info("re-adopted task %s (pid %s)", row.id, row.pid)
-                run = self._track(row.id, child, row.options)
+                self._announce(
+                    Readopted(task_id=row.id, pid=child.pid, node=self.node, at=utcnow())
+                )
+                run = self._track(row.id, child, TaskOptions.of(row.options))
                 run.plan, run.dirs = self._adopted_plan(row.id)
                 run.reported_version = row.state_version
                 continue
             # Gone while nobody watched: its own record says how it ended, if it got that far.
-            outcome = await self._db(self.store.task_outcome, row.id)
-            error = outcome.get("error")
-            if outcome.get("exit_code") == 0:
-                status, message = "COMPLETED", "Completed (while the supervisor was down)"
-            else:
-                status = "FAILED"
-                message = "Task process was lost while the supervisor was down"
-                if isinstance(error, str) and error:
-                    message = f"{message}: {error[:2000]}"
-            ended = await self._db(
-                self.store.transition,
-                row.id,
-                ("RUNNING",),
-                status=status,
-                completed_at=utcnow(),
-                pid=None,
-                last_message=message,
-                last_event_id=await self._db(self.store.last_event_id, row.id),
-                **({"progress": 1.0} if status == "COMPLETED" else {}),
+            told = await self._db(self.store.task_outcome, row.id)
+            exit_told, error = told.get("exit_code"), told.get("error")
+            error = error[:2000] if isinstance(error, str) and error else None
+            status, message = outcome(
+                None,
+                exit_told if isinstance(exit_told, int) else None,
+                error,
+                adopted=False,
+                lost=True,
             )
-            if ended:
-                self._publish(ended)
+            await self._finish(row.id, status, message, None, error=error)
         await self.pump()
 
     def _adopted_plan(self, task_id: str) -> tuple[sandbox.Plan, list[Path]]:
@@ -541,8 +594,8 @@ class Supervisor:
         dirs = sandbox.task_dirs(
             cfg.task_dir(task_id), self.store.event_dir(task_id), cfg.sandbox_tmp_dir / task_id
         )
-        if cfg.sandbox != "uid":
-            return sandbox.Plan(mode=cfg.sandbox), dirs
+        if cfg.sandbox_mode != "uid":
+            return sandbox.Plan(mode=cfg.sandbox_mode), dirs
         try:
             uid = cfg.task_dir(task_id).stat().st_uid
         except OSError:
@@ -556,7 +609,7 @@ class Supervisor:
         """Stop every task (recording why) so nothing outlives the supervisor."""
         runs = list(self.running.values())
         await asyncio.gather(
-            *(self.stop_task(r, "CANCELLED", reason, how="ask") for r in runs),
+            *(self.stop_task(r, TaskStatus.CANCELLED, reason, how="ask") for r in runs),
             return_exceptions=True,
         )
         # Queued tasks stay QUEUED: the next supervisor starts them.

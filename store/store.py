@@ -17,51 +17,14 @@ import msgspec
 from sqlalchemy import Connection, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Engine, make_url
 
-from bus.messages import State
+from core.options import TaskOptions
+from core.status import INITIAL, TaskStatus, TransitionError, check, sources
+from core.task import TaskRow
 from store.eventlog import TaskLogs
 from store.rowwriter import RowWriter
 from store.schema import events, metadata, tasks
 
 BUSY_TIMEOUT_MS = 30_000
-
-
-class TaskRow(msgspec.Struct, kw_only=True):
-    """A task as stored."""
-
-    id: str
-    requirement: str
-    test_mode: bool
-    options: dict[str, Any]
-    status: str
-    progress: float
-    current_agent: str | None
-    last_message: str | None
-    created_at: str
-    created_ns: int
-    queued_at: str | None
-    started_at: str | None
-    completed_at: str | None
-    last_event_id: int
-    state_version: int
-    run_count: int
-    node: str | None
-    pid: int | None
-    pid_create_time: float | None
-    exit_code: int | None
-    error: str | None
-
-    def state(self) -> State:
-        return State(
-            task_id=self.id,
-            status=self.status,
-            progress=self.progress,
-            current_agent=self.current_agent,
-            last_message=self.last_message,
-            started_at=self.started_at,
-            completed_at=self.completed_at,
-            last_event_id=self.last_event_id,
-            version=self.state_version,
-        )
 
 
 _options_decoder = msgspec.json.Decoder(dict[str, Any])
@@ -71,6 +34,7 @@ _json = msgspec.json.Encoder()
 def _row(r: Any) -> TaskRow:
     values = dict(r)
     values["options"] = _options_decoder.decode(values["options"] or "{}")
+    values["status"] = TaskStatus(values["status"])
     return TaskRow(**values)
 
 
@@ -133,6 +97,7 @@ class Store:
     def create_task(
         self, task_id: str, requirement: str, test_mode: bool, options: dict[str, Any], now: str
     ) -> TaskRow:
+        TaskOptions.of(options)  # unknown or mistyped options are refused, naming the key
         with self._tx() as c:
             c.execute(
                 insert(tasks).values(
@@ -140,7 +105,7 @@ class Store:
                     requirement=requirement,
                     test_mode=test_mode,
                     options=_json.encode(options).decode(),
-                    status="PENDING",
+                    status=INITIAL.value,
                     progress=0.0,
                     created_at=now,
                     created_ns=time.time_ns(),
@@ -176,18 +141,31 @@ class Store:
         with self._read.connect() as c:
             return [_row(r) for r in c.execute(q).mappings()]
 
-    def transition(self, task_id: str, expected: Iterable[str], **values: Any) -> TaskRow | None:
-        """Update the task only if its status is one of ``expected``; the new row or None."""
+    def transition(
+        self, task_id: str, to: str, expected: Iterable[str] | None = None, **values: Any
+    ) -> TaskRow:
+        """Move the task to status ``to`` if it is now one of ``expected``; the new row.
+
+        ``expected`` defaults to every status the table (core.status) lets reach ``to``; a
+        move the table forbids raises before anything is written, and a row whose status is
+        not one of ``expected`` (another writer got there first) raises
+        :class:`TransitionError` "expected X, got Y" and is left as it is.
+        """
+        target = TaskStatus(to)
+        allowed = check(task_id, expected if expected is not None else sources(target), target)
         with self._tx() as c:
             res = c.execute(
                 update(tasks)
-                .where(tasks.c.id == task_id, tasks.c.status.in_(list(expected)))
-                .values(state_version=tasks.c.state_version + 1, **values)
+                .where(tasks.c.id == task_id, tasks.c.status.in_([s.value for s in allowed]))
+                .values(status=target.value, state_version=tasks.c.state_version + 1, **values)
             )
-            if res.rowcount == 0:
-                return None
             r = c.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
-        return _row(r) if r else None
+        if r is None:
+            raise KeyError(task_id)
+        row = _row(r)
+        if res.rowcount == 0:
+            raise TransitionError(task_id, allowed, row.status, target)
+        return row
 
     def set_process(self, task_id: str, pid: int | None, create_time: float | None) -> None:
         """Record the task's process (not a state change: the version stays)."""
@@ -196,14 +174,6 @@ class Store:
                 update(tasks)
                 .where(tasks.c.id == task_id)
                 .values(pid=pid, pid_create_time=create_time)
-            )
-
-    def update_task(self, task_id: str, **values: Any) -> None:
-        with self._tx() as c:
-            c.execute(
-                update(tasks)
-                .where(tasks.c.id == task_id)
-                .values(state_version=tasks.c.state_version + 1, **values)
             )
 
     # --- events --------------------------------------------------------------------------
@@ -233,6 +203,8 @@ class Store:
         With per-task log files the row's ``last_event_id`` advances only here, so it may lag
         the log between states; :meth:`last_event_id` is exact.
         """
+        if "status" in columns:
+            raise ValueError("a status changes only through Store.transition")
         if self._rows is not None:
             self._rows.update(task_id, columns)
             return

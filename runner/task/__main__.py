@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from bus.client import Publisher
-from metastream import settings
+from core import settings
 from runner import sandbox
 from runner.task import spec as task_spec
 from runner.task.outbox import Outbox
@@ -44,7 +44,11 @@ def main(argv: list[str]) -> int:
     except (OSError, msgspec.DecodeError) as exc:
         print(f"task {task_id}: no task spec ({spec_path!r}): {exc}", file=sys.stderr)
         return 2
-    store = task_spec.OwnLog(cfg.events_dir)
+    store: task_spec.OwnLog | task_spec.SharedLog = (
+        task_spec.OwnLog(cfg.events_dir)
+        if cfg.db_url.startswith("sqlite")
+        else task_spec.SharedLog(cfg.db_url)
+    )
     publisher = Publisher(cfg.bus_pub, track_interest=True)
     outbox = Outbox(
         store,

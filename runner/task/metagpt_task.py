@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from core import settings
 from runner.metagpt_flow import FlowCancelled, FlowSpec, run_metagpt
 from runner.task.workload import Cancelled, Emitter
 
@@ -15,16 +15,16 @@ log = logging.getLogger("metastream.task")
 
 def flow_spec(requirement: str, test_mode: bool, options: dict[str, Any]) -> FlowSpec:
     """Build the flow's spec; the LLM comes from METASTREAM_LLM_* unless in test mode."""
-    base_url = os.environ.get("METASTREAM_LLM_BASE_URL") or None
+    cfg = settings.load()
     spec = FlowSpec(
         requirement=requirement,
         test_mode=test_mode,
         use_qa=bool(options.get("use_qa", False)),
         n_round=int(options.get("n_round", 10)),
         investment=float(options.get("investment", 3.0)),
-        llm_base_url=base_url,
-        llm_api_key=os.environ.get("METASTREAM_LLM_API_KEY") or None,
-        llm_model=os.environ.get("METASTREAM_LLM_MODEL") or None,
+        llm_base_url=cfg.llm_base_url or None,
+        llm_api_key=cfg.llm_api_key or None,
+        llm_model=cfg.llm_model or None,
         scripted_fault=options.get("scripted_fault"),
         fast_fail=bool(options.get("fast_fail", options.get("scripted_fault") is not None)),
     )

@@ -65,3 +65,34 @@ class OwnLog:
 
     def close(self) -> None:
         self._logs.close()
+
+
+class SharedLog:
+    """With a server database (PostgreSQL) the events live in its shared table.
+
+    Outside the boundary this page is about: the task process then holds the database's
+    credentials (docs/security.md "Not covered yet"). It still writes only its events and its
+    own outcome columns.
+    """
+
+    def __init__(self, url: str) -> None:
+        from store import Store
+
+        self._store = Store(url)
+
+    def open_events(self, task_id: str) -> None:
+        self._store.open_events(task_id)
+
+    def append_events(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None:
+        self._store.append_events(task_id, batch)
+
+    def last_event_id(self, task_id: str) -> int:
+        return self._store.last_event_id(task_id)
+
+    def save_state(self, task_id: str, columns: Mapping[str, Any]) -> None:
+        kept = {k: columns[k] for k in ("exit_code", "error") if k in columns}
+        if kept:
+            self._store.save_state(task_id, kept)
+
+    def close(self) -> None:
+        self._store.close()

@@ -17,7 +17,7 @@ import zmq.asyncio
 
 from bus import auth
 from bus.messages import LEASE_TOPIC, Event, State, bus_encoder, new_task_id, topic
-from metastream import settings
+from core import settings
 from metastream.stack import Stack
 from tests.helpers import collect, create_task, poll_for
 

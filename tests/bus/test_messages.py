@@ -6,6 +6,9 @@ import msgpack
 
 from bus.client import DecodeFailure, decode_frames
 from bus.messages import (
+    LEASE_TOPIC,
+    PROCESS_TOPIC_PREFIX,
+    SYSTEM_TOPIC_PREFIX,
     Event,
     State,
     bus_encoder,
@@ -53,11 +56,23 @@ def test_state_data_is_exactly_the_seed_fields() -> None:
     }
 
 
-def test_task_ids_are_never_prefixes_of_each_other() -> None:
-    ids = [new_task_id() for _ in range(1000)]
-    assert all(is_task_id(i) for i in ids)
-    assert len({len(i) for i in ids}) == 1  # same length: no id can prefix another
-    assert not is_task_id("abc") and not is_task_id("_sys/lease" + "x" * 26)
+def test_subscribing_to_a_task_id_matches_that_tasks_topics_only() -> None:
+    ids = [new_task_id() for _ in range(300)]
+    kinds = ("event", "state", "heartbeat")
+    system = [LEASE_TOPIC, b"_sys/supervisor/node-1", PROCESS_TOPIC_PREFIX + b"spawned"]
+    topics = [topic(t, k) for t in ids for k in kinds] + system
+    for tid in ids:
+        assert is_task_id(tid)
+        matched = {t for t in topics if t.startswith(tid.encode())}  # what SUBSCRIBE does
+        assert matched == {topic(tid, k) for k in kinds}
+    assert not any(t.startswith(SYSTEM_TOPIC_PREFIX) for t in topics[: -len(system)])
+
+
+def test_ids_that_could_prefix_or_extend_another_are_refused() -> None:
+    tid = new_task_id()
+    for bad in (tid[:-1], tid + "0", tid.upper(), tid.replace("-", ""), "{" + tid + "}", "abc"):
+        assert not is_task_id(bad), bad
+    assert not is_task_id("_sys/lease" + "x" * 26)
 
 
 def test_hostile_frames_are_reported_not_raised() -> None:

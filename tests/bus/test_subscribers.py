@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from bus.messages import Event, State
-from metastream import settings
+from core import settings
 from metastream.stack import Stack
 from metastream.subscribe import TaskNotFound, stream, subscribe
 from tests.e2e.test_cli import Running

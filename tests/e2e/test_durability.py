@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
 
 from metastream.stack import Stack
+from store import Store
 from tests.helpers import collect, create_task, follow, log_events, poll_for, wait_status
+
+
+async def until(fn: Callable[[], object], what: str, timeout: float = 30) -> None:
+    """Poll ``fn`` on the loop (the client runs on it) until truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not fn():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def assert_exactly(ids: list[int], n: int) -> None:
@@ -50,10 +61,11 @@ def test_100k_events_three_clients(stack: Stack, api: httpx.Client) -> None:
         assert got.of("state")[-1]["status"] == "COMPLETED"
     # The resumer really did reconnect several times.
     assert sum(1 for m in resumer.messages if m["type"] == "connected") >= 5
-    # The fast client was not held back by the slow one.
+    # The fast client was not held back by the slow one (whose own pauses alone add up to
+    # 20 s): a generous bound; bench/ has the figures.
     fast_s, slow_s = finished["fast"] - start, finished["slow"] - start
     print(f"fast client {fast_s:.1f} s, slow client {slow_s:.1f} s for {n} events")
-    assert fast_s < slow_s * 0.5
+    assert fast_s < slow_s * 0.8
     persisted = log_events(api, task["id"])
     assert persisted == fast.of("event") == slow.of("event") == resumer.of("event")
 
@@ -97,15 +109,29 @@ def test_component_killed_mid_stream(stack: Stack, api: httpx.Client, component:
         what="task under way",
     )
 
+    store = Store(
+        f"sqlite:///{stack.home / 'data' / 'metastream.db'}", stack.home / "data" / "events"
+    )
+    received: list[int] = []
+
     async def scenario():  # type: ignore[no-untyped-def]
-        watcher = asyncio.create_task(follow(stack.ws_url, task["id"], timeout=90))
-        await asyncio.sleep(0.5)  # let the client get some live events first
+        watcher = asyncio.create_task(
+            follow(stack.ws_url, task["id"], timeout=90, on_events=received.append)
+        )
+        # The client has live events before the component goes down...
+        await until(lambda: len(received) >= 100, "live events")
         stack.kill(component)
-        await asyncio.sleep(1.0)  # events keep being logged while the component is down
+        # ...and events keep being logged while it is down (read from the log itself: the
+        # gateway may be the one that is down).
+        down_at = store.last_event_id(task["id"])
+        await until(lambda: store.last_event_id(task["id"]) >= down_at + 300, "events logged")
         stack.start_component(component)
         return await watcher
 
-    got = asyncio.run(scenario())
+    try:
+        got = asyncio.run(scenario())
+    finally:
+        store.close()
     assert_exactly(got.event_ids, n)
     final = wait_status(api, task["id"], {"COMPLETED", "FAILED", "CANCELLED"})
     assert final["status"] == "COMPLETED"

@@ -14,8 +14,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from core import settings as ms_settings
 from gateway.app import create_app
-from metastream import settings as ms_settings
 from metastream.stack import Stack
 
 TOKEN = "tok-fuzz-3e8a"

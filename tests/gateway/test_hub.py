@@ -14,7 +14,7 @@ import zmq
 import zmq.asyncio
 
 from bus.client import Publisher
-from bus.messages import Event, State, new_task_id
+from bus.messages import Event, State, new_task_id, topic
 from bus.proxy import Proxy
 from gateway.hub import Hub, Listener, LiveEvent
 
@@ -121,24 +121,28 @@ async def test_live_messages_reach_every_listener_once_encoded(bus: Bus) -> None
 @on_loop
 async def test_a_task_far_behind_is_unsubscribed_until_a_listener_resets(bus: Bus) -> None:
     tid = new_task_id()
+    frame = topic(tid, "event")
+    watcher = Publisher(bus.front, bus.pub_ctx, linger_ms=0, track_interest=True)
     async with running_hub(bus, 50) as (hub, pub):
         listener = hub.attach(tid)
         await joined(pub, tid, listener)
         assert hub.subscribed(tid)
+        await until(lambda: watcher.wanted(frame), 10, "the subscription upstream")
         # More than the queue holds, published while nobody drains it.
         pub.publish_events(tid, [event(tid, i) for i in range(1, 201)])
         await until(lambda: listener.overflowed, 10, "the listener to overflow")
         assert len(listener.items) == 50  # bounded: the rest is the log's job
         assert not hub.subscribed(tid)  # its only connection reads the log now
-        # While unsubscribed nothing more is queued for it, states included.
-        pub.publish(tid, State(task_id=tid, status="RUNNING", progress=0.5))
-        await asyncio.sleep(0.2)  # (proving an absence: nothing to poll for)
-        assert len(listener.items) == 50
+        # The unsubscription reached the publishers: a task process (an interest-tracking
+        # XPUB, as runner.task uses) sees nobody wants the task's events and stops sending.
+        await until(lambda: not watcher.wanted(frame), 10, "the unsubscription upstream")
         listener.reset()  # caught up from the log: live again
         assert hub.subscribed(tid) and not listener.items
+        await until(lambda: watcher.wanted(frame), 10, "the subscription upstream again")
         await joined(pub, tid, listener)
         pub.publish_events(tid, [event(tid, 201)])
         await until(lambda: events(listener), 10, "the next event")
+    watcher.close(0)
 
 
 @on_loop

@@ -81,8 +81,11 @@ def test_an_expired_lease_counts_as_a_disconnect() -> None:
 def test_limits_and_admission() -> None:
     limits = Limits(timeout=10, memory_mb=100)
     assert limits.breach(5, 50) is None
-    assert "time limit" in (limits.breach(11, 50) or "")
-    assert "memory limit" in (limits.breach(5, 150) or "")
+    late, fat = limits.breach(11, 50), limits.breach(5, 150)
+    assert late is not None and late.kind == "time" and "time limit" in late.message
+    assert fat is not None and fat.kind == "memory" and "memory limit" in fat.message
+    # The kind, not the text, picks where the stop sequence starts.
+    assert (late.stop_from, fat.stop_from) == ("term", "kill")
     assert Limits(0, 0).breach(1e9, 1e9) is None
     assert Admission(2).free_slots(0) == 2 and Admission(2).free_slots(3) == 0
     with pytest.raises(ValueError, match="max_running"):

@@ -1,0 +1,236 @@
+"""The WebSocket bridge (gateway.stream) alone: a real store and log reader, no processes.
+
+The hub is real but fed by the test (its listener is offered items as the bus would), the
+WebSocket is a recorder: so a gap, a duplicate, an overflow or a final state is placed exactly
+where the test wants it, and a failure names this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq.asyncio
+
+from bus.messages import Event, State, event_data_json, json_encoder, state_data, ws_frame
+from core import settings
+from core.clock import utcnow
+from core.status import TaskStatus
+from gateway.hub import Hub, Listener, LiveEvent, LiveState
+from gateway.logreader import LogReader
+from gateway.stream import MOVES, InvalidTransition, Phase, TaskStream
+from store import Store
+
+pytestmark = pytest.mark.timeout(60)
+TID = "00000000-0000-4000-8000-000000000001"
+QUEUE = 4
+
+
+class Client:
+    """Records what the bridge sends; ``receive`` waits until the test hangs up."""
+
+    def __init__(self) -> None:
+        self.scope: dict[str, Any] = {}
+        self.sent: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self.gone = asyncio.Event()
+
+    async def accept(self) -> None:
+        pass
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    async def receive(self) -> dict[str, Any]:
+        await self.gone.wait()
+        return {"type": "websocket.disconnect", "code": 1000}
+
+    async def close(self, code: int = 1000) -> None:
+        self.close_code = code
+
+    def of(self, msg_type: str) -> list[dict[str, Any]]:
+        return [m["data"] for m in self.sent if m["type"] == msg_type]
+
+    @property
+    def event_ids(self) -> list[int]:
+        return [d["event_id"] for d in self.of("event")]
+
+
+class Traced(TaskStream):
+    """The bridge, recording each phase it moves to."""
+
+    trail: list[Phase]
+
+    def _move(self, new: Phase) -> None:
+        super()._move(new)
+        self.trail.append(new)
+
+
+def event(i: int) -> Event:
+    return Event(
+        event_id=i,
+        task_id=TID,
+        timestamp=utcnow(),
+        agent_role="Engineer",
+        event_type="MESSAGE",
+        payload={"i": i},
+    )
+
+
+def log_events(store: Store, ids: range) -> None:
+    store.append_events(TID, [(i, event_data_json(event(i))) for i in ids])
+
+
+def live_event(i: int) -> LiveEvent:
+    return LiveEvent(i, ws_frame("event", event_data_json(event(i))))
+
+
+def live_state(st: State) -> LiveState:
+    return LiveState(st, ws_frame("state", json_encoder.encode(state_data(st))))
+
+
+async def until(fn: Callable[[], Any], what: str, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := fn()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.005)
+    return value
+
+
+class Rig:
+    def __init__(self, tmp_path: Path) -> None:
+        self.cfg = settings.load({"METASTREAM_HOME": str(tmp_path), "METASTREAM_WS_QUEUE": "4"})
+        self.store = Store(f"sqlite:///{tmp_path}/db.sqlite", tmp_path / "events")
+        self.store.create_schema()
+        self.store.create_task(TID, "req", False, {}, utcnow())
+        self.store.transition(TID, TaskStatus.QUEUED)
+        self.store.transition(TID, TaskStatus.RUNNING)
+        self.store.open_events(TID)
+        self.ctx = zmq.asyncio.Context()
+        # Nothing is bound there: the hub's socket is real, its messages come from the test.
+        self.hub = Hub(f"ipc://{tmp_path}/nobody.sock", self.ctx, QUEUE)
+        self.client = Client()
+        self.stream = Traced(
+            self.client,  # type: ignore[arg-type]
+            TID,
+            0,
+            store=self.store,
+            log=LogReader(self.store, block=16),
+            hub=self.hub,
+            control=None,  # type: ignore[arg-type]  # autostart is off: never asked
+            cfg=self.cfg,
+            autostart=False,
+        )
+        self.stream.trail = []
+        self.listener: Listener | None = None
+        attach = self.hub.attach
+
+        def attached(task_id: str) -> Listener:
+            self.listener = attach(task_id)
+            return self.listener
+
+        self.hub.attach = attached  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        self.hub.close()
+        self.ctx.term()
+        self.store.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, logged: int) -> AsyncIterator[Rig]:
+    rig = Rig(tmp_path)
+    log_events(rig.store, range(1, logged + 1))
+    runner = asyncio.create_task(rig.stream.run())
+    try:
+        await until(lambda: rig.stream.phase is Phase.LIVE, "the replay to end")
+        yield rig
+    finally:
+        rig.client.gone.set()
+        await asyncio.wait_for(runner, 10)
+        assert rig.stream.phase is Phase.CLOSED
+        rig.close()
+
+
+def test_a_gap_is_refilled_from_the_log_and_duplicates_are_dropped(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with serving(tmp_path, 3) as rig:
+            assert rig.client.event_ids == [1, 2, 3]
+            assert [m["type"] for m in rig.client.sent[:2]] == ["connected", "state"]
+            log_events(rig.store, range(4, 8))
+            assert rig.listener is not None
+            rig.listener.offer(live_event(6))  # 4 and 5 never came live
+            # The gap is refilled from the log: everything logged so far, 7 included.
+            await until(lambda: rig.client.event_ids[-1:] == [7], "events 4 to 7")
+            for late in (5, 6, 7):  # duplicates of what the log gave: dropped
+                rig.listener.offer(live_event(late))
+            log_events(rig.store, range(8, 9))
+            rig.listener.offer(live_event(8))
+            await until(lambda: rig.client.event_ids[-1:] == [8], "event 8")
+            assert rig.client.event_ids == [1, 2, 3, 4, 5, 6, 7, 8]
+
+    asyncio.run(body())
+
+
+def test_an_overflowed_connection_is_served_from_the_log_then_goes_live(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with serving(tmp_path, 2) as rig:
+            listener = rig.listener
+            assert listener is not None and rig.hub.subscribed(TID)
+            log_events(rig.store, range(3, 101))
+            for i in range(3, 13):  # more than the queue holds, before the bridge runs again
+                listener.offer(live_event(i))
+            assert listener.overflowed and not rig.hub.subscribed(TID)  # the log's job now
+            await until(lambda: rig.client.event_ids[-1:] == [100], "the log's 100 events")
+            await until(lambda: rig.stream.trail[-1] is Phase.LIVE, "live again")
+            assert rig.stream.trail == [Phase.REPLAYING, Phase.LIVE, Phase.BEHIND, Phase.LIVE]
+            assert not listener.overflowed and rig.hub.subscribed(TID)
+            log_events(rig.store, range(101, 102))
+            listener.offer(live_event(101))
+            await until(lambda: rig.client.event_ids[-1:] == [101], "a live event again")
+            assert rig.client.event_ids == list(range(1, 102))  # each once, in order
+
+    asyncio.run(body())
+
+
+def test_a_final_state_ends_the_stream_only_when_the_store_agrees(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with serving(tmp_path, 5) as rig:
+            assert rig.listener is not None
+            forged = State(task_id=TID, status="COMPLETED", version=99)
+            rig.listener.offer(live_state(forged))  # the store still says RUNNING
+            log_events(rig.store, range(6, 9))
+            rig.listener.offer(live_event(6))
+            await until(lambda: rig.client.event_ids[-1:] == [6], "event 6")
+            assert rig.client.close_code is None and rig.stream.phase is Phase.LIVE
+            ended = rig.store.transition(
+                TID, TaskStatus.COMPLETED, completed_at=utcnow(), last_event_id=8, progress=1.0
+            )
+            rig.listener.offer(live_state(State(task_id=TID, status="COMPLETED", version=3)))
+            await until(lambda: rig.client.close_code == 1000, "the close")
+            # Every event before the final state, the final state last, from the store.
+            assert rig.client.event_ids == list(range(1, 9))
+            assert rig.client.sent[-1]["type"] == "state"
+            assert rig.client.sent[-1]["data"]["completed_at"] == ended.completed_at
+            await until(lambda: rig.stream.phase is Phase.CLOSED, "the end of the connection")
+            assert rig.stream.trail[-2:] == [Phase.CLOSING, Phase.CLOSED]
+
+    asyncio.run(body())
+
+
+def test_the_phase_table_refuses_a_skipped_step(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    try:
+        with pytest.raises(InvalidTransition, match="expected replaying or behind, got connecting"):
+            rig.stream._move(Phase.LIVE)
+        assert all(Phase.CLOSED in MOVES[p] for p in Phase if p is not Phase.CLOSED)
+        assert MOVES[Phase.CLOSED] == frozenset()
+    finally:
+        rig.close()
