@@ -32,6 +32,7 @@ from gateway.logreader import LogReader
 from gateway.models import COMMON_RESPONSES
 from gateway.security import AuthMiddleware, Guard
 from store import Store
+from store.eventlog import EventLogUnreadable
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -134,6 +135,11 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             if methods:
                 exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(EventLogUnreadable)
+    async def log_unreadable(request: Request, exc: EventLogUnreadable) -> Response:
+        """A task's own log file is damaged (it is the task's to write): that task only."""
+        return JSONResponse({"detail": str(exc)}, status_code=502)
 
     if STATIC_DIR.is_dir():
         # The live web view: static files, no build step (mounted last: API routes win).

@@ -38,6 +38,7 @@ from runner.outcome import outcome
 from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits, StopFrom
 from runner.task import spec as task_spec
 from store import Store, TaskRow
+from store.eventlog import EventLogUnreadable
 
 log = logging.getLogger("metastream.supervisor")
 T = TypeVar("T")
@@ -477,13 +478,12 @@ class Supervisor:
         error: str | None = None,
     ) -> TaskRow | None:
         """The one way a RUNNING task ends: its final row written, then published."""
-        fields: dict[str, Any] = dict(
-            completed_at=utcnow(),
-            last_message=message,
-            pid=None,
+        fields: dict[str, Any] = dict(completed_at=utcnow(), last_message=message, pid=None)
+        try:
             # Exact, from the log: the final state tells clients which events precede it.
-            last_event_id=await self._db(self.store.last_event_id, task_id),
-        )
+            fields["last_event_id"] = await self._db(self.store.last_event_id, task_id)
+        except EventLogUnreadable as exc:  # the task damaged its own log: it still ends
+            log.warning("task %s: %s", task_id, exc)
         if exit_code is not None:  # unknown (adopted, lost): keep what the task recorded
             fields["exit_code"] = exit_code
         if error is not None:  # the task's own account of its failure (from its log)

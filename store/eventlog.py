@@ -68,6 +68,14 @@ class _Written:
             self.kick.set()
 
 
+class EventLogUnreadable(sqlite3.DatabaseError):
+    """A task's event log file cannot be read (damaged, or not a log at all)."""
+
+    def __init__(self, task_id: str, why: object) -> None:
+        super().__init__(f"the event log of task {task_id} is unreadable: {why}")
+        self.task_id = task_id
+
+
 class TaskLogs:
     """Per-task event log files under one directory."""
 
@@ -190,35 +198,51 @@ class TaskLogs:
         return conn
 
     def read(self, task_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` events with ``event_id > after``, in order."""
-        conn = self._reader(task_id)
-        if conn is None:
-            return []
+        """Up to ``limit`` events with ``event_id > after``, in order.
+
+        Raises :class:`EventLogUnreadable` for a damaged log (never "no events": that would
+        lose them). The file is written by the (untrusted) task: whatever it holds, the reader
+        gets rows of the right types or that error, affecting that task's stream only.
+        """
         try:
-            rows = conn.execute(
-                "SELECT event_id, data FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?",
-                (after, limit),
-            ).fetchall()
+            conn = self._reader(task_id)
+            if conn is None:
+                return []
+            try:
+                rows = conn.execute(
+                    "SELECT event_id, data FROM events WHERE event_id > ? "
+                    "ORDER BY event_id LIMIT ?",
+                    (after, limit),
+                ).fetchall()
+            finally:
+                conn.close()
         except sqlite3.OperationalError as exc:
             if _not_created(exc):
                 return []  # the file exists but its table is not committed: nothing logged
-            raise  # never "no events" for a log that could not be read: that would lose them
-        finally:
-            conn.close()
-        return [(int(i), bytes(d)) for i, d in rows]
+            raise EventLogUnreadable(task_id, exc) from exc
+        except sqlite3.DatabaseError as exc:
+            raise EventLogUnreadable(task_id, exc) from exc
+        if not all(type(i) is int and type(d) is bytes for i, d in rows):
+            raise EventLogUnreadable(task_id, "rows of the wrong types")
+        return rows
 
     def last_id(self, task_id: str) -> int:
-        conn = self._reader(task_id)
-        if conn is None:
-            return 0
         try:
-            row = conn.execute("SELECT max(event_id) FROM events").fetchall()[0]
+            conn = self._reader(task_id)
+            if conn is None:
+                return 0
+            try:
+                row = conn.execute("SELECT max(event_id) FROM events").fetchall()[0]
+            finally:
+                conn.close()
         except sqlite3.OperationalError as exc:
             if _not_created(exc):
                 return 0
-            raise
-        finally:
-            conn.close()
+            raise EventLogUnreadable(task_id, exc) from exc
+        except sqlite3.DatabaseError as exc:
+            raise EventLogUnreadable(task_id, exc) from exc
+        if row[0] is not None and type(row[0]) is not int:
+            raise EventLogUnreadable(task_id, "an event id that is not an integer")
         return int(row[0] or 0)
 
     def close(self) -> None:

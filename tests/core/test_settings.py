@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -96,3 +97,20 @@ def test_gateway_port_sees_through_honchos_default_only() -> None:
     assert port({**under_honcho, "PORT": "9000"}) == 9000  # honcho's base, from the user
     assert port({**under_honcho, "PORT": "5000"}, given=False) == 8000  # honcho's default
     assert port({**under_honcho, "PORT": "5000"}, given=True) == 5000  # the user chose 5000
+
+
+def test_api_tokens_from_a_file(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("file-one\nfile-two, file-three\n")
+    cfg = load({"METASTREAM_API_TOKEN": "env-one", "METASTREAM_API_TOKEN_FILE": str(tokens)})
+    assert cfg.api_tokens == Secrets(("env-one", "file-one", "file-two", "file-three"))
+    assert "file-one" not in repr(cfg)
+    with pytest.raises(ValueError, match="METASTREAM_API_TOKEN_FILE"):
+        load({"METASTREAM_API_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+def test_sandbox_mode(tmp_path: Path) -> None:
+    assert load({"METASTREAM_SANDBOX": "landlock"}).sandbox_mode == "landlock"
+    assert load({}).sandbox_mode == ("uid" if os.geteuid() == 0 else "landlock")
+    with pytest.raises(ValueError, match="METASTREAM_SANDBOX"):
+        load({"METASTREAM_SANDBOX": "chroot"})

@@ -126,7 +126,9 @@ def _task_pid(api: httpx.Client, stack: Stack, task_id: str) -> int:
         db.close()
 
 
-def _attack(api: httpx.Client, stack: Stack, code: str, path: str) -> tuple[dict[str, Any], int]:
+def _attack(
+    api: httpx.Client, stack: Stack, code: str, path: str, sandboxed: bool = True
+) -> tuple[dict[str, Any], int]:
     """Run ``code`` in a new task on ``path`` (cold/warm); its ATTACK results and its pid."""
     attacker = create_task(api, synthetic={"events": 1, "run_python": code})
     api.post(f"/api/tasks/{attacker['id']}/run").raise_for_status()
@@ -137,6 +139,8 @@ def _attack(api: httpx.Client, stack: Stack, code: str, path: str) -> tuple[dict
     assert len(reports) == 1, reports
     payload = reports[0]["payload"]
     assert payload["warm"] == (path == "warm"), "not on the path under test"
+    if not sandboxed:
+        return payload["results"], pid
     # Property 5: the documented default limits, and no way back to privileges.
     assert payload["no_new_privs"] == "1"
     limits = payload["limits"]
@@ -147,30 +151,35 @@ def _attack(api: httpx.Client, stack: Stack, code: str, path: str) -> tuple[dict
     return payload["results"], pid
 
 
+def _probe(
+    stack: Stack, path: str, sandboxed: bool = True
+) -> tuple[dict[str, Any], httpx.Client, dict[str, Any]]:
+    """Start a victim, run PROBE in an attacker beside it; (results, api, victim)."""
+    api = httpx.Client(base_url=stack.url, timeout=30, headers={"Authorization": f"Bearer {TOKEN}"})
+    victim = create_task(api, synthetic={"events": VICTIM_EVENTS, "rate": 30})
+    api.post(f"/api/tasks/{victim['id']}/run").raise_for_status()
+    pids = {
+        "gateway": stack.procs["gateway"].pid,
+        "supervisor": stack.procs["supervisor"].pid,
+        "bus": stack.procs["bus"].pid,
+        "victim": _task_pid(api, stack, victim["id"]),
+    }
+    cfg = settings.load(stack.env)
+    code = PROBE.format(
+        victim=victim["id"],
+        home=str(stack.home),
+        pids=pids,
+        control=cfg.control,
+        control_key=zmq.curve_public(auth.control_server_secret(auth.load_master(stack.home))),
+    )
+    report, _attacker_pid = _attack(api, stack, code, path, sandboxed)
+    return report, api, victim
+
+
 def test_a_task_touches_only_its_own_workspace(attacked: tuple[Stack, str]) -> None:
     stack, path = attacked
-    with httpx.Client(
-        base_url=stack.url, timeout=30, headers={"Authorization": f"Bearer {TOKEN}"}
-    ) as api:
-        victim = create_task(api, synthetic={"events": VICTIM_EVENTS, "rate": 30})
-        api.post(f"/api/tasks/{victim['id']}/run").raise_for_status()
-        victim_pid = _task_pid(api, stack, victim["id"])
-        pids = {
-            "gateway": stack.procs["gateway"].pid,
-            "supervisor": stack.procs["supervisor"].pid,
-            "bus": stack.procs["bus"].pid,
-            "victim": victim_pid,
-        }
-        cfg = settings.load(stack.env)
-        code = PROBE.format(
-            victim=victim["id"],
-            home=str(stack.home),
-            pids=pids,
-            control=cfg.control,
-            control_key=zmq.curve_public(auth.control_server_secret(auth.load_master(stack.home))),
-        )
-        report, _attacker_pid = _attack(api, stack, code, path)
-
+    report, api, victim = _probe(stack, path)
+    with api:
         succeeded = {name for name, result in report.items() if result == "ok"}
         assert succeeded == ALLOWED, json.dumps(report, indent=1)
         # The planted file is not there to be served.
@@ -184,8 +193,26 @@ def test_a_task_touches_only_its_own_workspace(attacked: tuple[Stack, str]) -> N
         assert [e["event_id"] for e in log_events(api, victim["id"])] == list(
             range(1, VICTIM_EVENTS + 1)
         )
-        assert psutil.pid_exists(pids["supervisor"]) and psutil.pid_exists(pids["gateway"])
+        assert psutil.pid_exists(stack.procs["supervisor"].pid)
+        assert psutil.pid_exists(stack.procs["gateway"].pid)
     _assert_private(stack.home)
+
+
+def test_the_probe_finds_the_holes_when_the_sandbox_is_off(stack_factory: Any) -> None:
+    """The probe is real: without the sandbox, the file attacks of the issue succeed."""
+    stack = _sandboxed_stack(stack_factory, "off", warm=False)
+    report, api, _victim = _probe(stack, "cold", sandboxed=False)
+    with api:
+        holes = {name for name, result in report.items() if result == "ok"}
+        assert {
+            "plant_in_victim_workspace",
+            "list_victim_workspace",
+            "read_store",
+            "write_victim_log",
+            "signal_victim",
+        } <= holes, json.dumps(report, indent=1)
+        # The bus and control channel keep their own checks, sandbox or not.
+        assert "cancel_victim_curve" not in holes
 
 
 def _assert_private(home: Path) -> None:
@@ -302,3 +329,44 @@ def test_forged_bus_messages_are_dropped(stack_factory: Any, mode: str) -> None:
         10,
         what="the bus's drop log",
     )
+
+
+# The attacker ruins its own event log (the one file it may write), then carries on.
+SELF_DAMAGE = """
+import os
+own = os.path.basename(os.getcwd())
+path = os.path.join({events!r}, own, "events.db")
+out.flush()
+with open(path, "r+b") as f:
+    f.write(b"not a database any more" * 200)
+out.emit("System", "AFTER", {{}})
+"""
+
+
+@pytest.mark.parametrize("mode", ["uid", "landlock"])
+def test_a_task_that_ruins_its_own_log_hurts_only_itself(stack_factory: Any, mode: str) -> None:
+    stack: Stack = stack_factory(env={"METASTREAM_SANDBOX": mode, "METASTREAM_TEST_HOOKS": "1"})
+    with httpx.Client(base_url=stack.url, timeout=30) as api:
+        victim = create_task(api, synthetic={"events": VICTIM_EVENTS, "rate": 50})
+        code = SELF_DAMAGE.format(events=str(stack.home / "data" / "events"))
+        attacker = create_task(api, synthetic={"events": 5, "run_python": code})
+
+        async def watch() -> Any:
+            stream = asyncio.create_task(collect(stack.ws_url, victim["id"], timeout=60))
+            api.post(f"/api/tasks/{victim['id']}/run").raise_for_status()
+            api.post(f"/api/tasks/{attacker['id']}/run").raise_for_status()
+            return await stream
+
+        got = asyncio.run(watch())
+        assert got.event_ids == list(range(1, VICTIM_EVENTS + 1)) and got.close_code == 1000
+        # The attacker still ends (never stuck RUNNING), and reading its log is a clear error.
+        ended = wait_status(api, attacker["id"], {"COMPLETED", "FAILED", "CANCELLED"})
+        assert ended["status"] in ("FAILED", "COMPLETED"), ended
+        r = api.get(f"/api/tasks/{attacker['id']}/events")
+        assert r.status_code == 502 and "unreadable" in r.json()["detail"], r.text
+        assert api.get("/healthz").json()["supervisor"] == "ok"
+        assert [e["event_id"] for e in log_events(api, victim["id"])] == list(
+            range(1, VICTIM_EVENTS + 1)
+        )
+    for name in ("bus", "supervisor", "gateway"):
+        assert stack.procs[name].poll() is None, f"{name} died: {stack.log(name)[-2000:]}"

@@ -15,6 +15,7 @@ from tests.helpers import create_task, poll_for, wait_status
 
 TOKEN = "tok-e2e-9d1f0b7c5a"
 SECRET = "ticket-secret-e2e-4b2a"
+LLM_KEY = "sk-llm-e2e-0c3d9e"
 
 
 def _task_processes(stack: Stack, task_id: str, at_least: int) -> list[psutil.Process]:
@@ -32,7 +33,12 @@ def _task_processes(stack: Stack, task_id: str, at_least: int) -> list[psutil.Pr
 
 
 def test_tokens_never_reach_logs_files_or_task_processes(stack_factory) -> None:  # type: ignore[no-untyped-def]
-    env = {"METASTREAM_API_TOKEN": f"second-{TOKEN},{TOKEN}", "METASTREAM_TICKET_SECRET": SECRET}
+    env = {
+        "METASTREAM_API_TOKEN": f"second-{TOKEN},{TOKEN}",
+        "METASTREAM_TICKET_SECRET": SECRET,
+        # A task that calls no real LLM (synthetic, test mode) gets no LLM key (issue 20).
+        "METASTREAM_LLM_API_KEY": LLM_KEY,
+    }
     s: Stack = stack_factory(env=env)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with httpx.Client(base_url=s.url, timeout=30, headers=auth) as api:
@@ -51,6 +57,7 @@ def test_tokens_never_reach_logs_files_or_task_processes(stack_factory) -> None:
             environ = Path(f"/proc/{p.pid}/environ").read_bytes()
             assert TOKEN.encode() not in environ and SECRET.encode() not in environ
             assert b"METASTREAM_API_TOKEN" not in environ, p.cmdline()
+            assert LLM_KEY.encode() not in environ and b"bus.master" not in environ
             assert b"METASTREAM_HOME=" in environ  # it is a real task environment
 
         # Everything a client does: REST, tickets, both WebSocket credentials, failures.
