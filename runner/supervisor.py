@@ -336,6 +336,9 @@ class Supervisor:
         if plan.mode != "off":
             env[sandbox.PLAN_ENV] = msgspec.json.encode(plan).decode()
             env["TMPDIR"] = env["HOME"] = str(spec_path.parent)
+        if plan.uid is not None:
+            # Its uid has no passwd entry: getpass.getuser() (MetaGPT calls it) asks these.
+            env["USER"] = env["LOGNAME"] = f"task{plan.uid}"
         log_path = self.cfg.logs_dir / f"task-{task_id}.log"
         if self.forkserver is not None and self.forkserver.ready:
             try:
