@@ -122,13 +122,16 @@ class Proxy:
         """Forward subscriptions up and checked frames down, until the context ends.
 
         Each wake-up drains what is ready on each side (non-blocking) instead of polling per
-        message: the poll is most of the cost of a Python forwarder.
+        message. Only a message's first part is received as a zero-copy Frame (the sender's
+        key is a property of it); the body is copied, and both go out with plain sends: half
+        the cost of ``recv_multipart(copy=False)`` + ``send_multipart`` for bus-sized messages.
         """
         poller = zmq.Poller()
         poller.register(xsub, zmq.POLLIN)
         poller.register(xpub, zmq.POLLIN)
-        nb = int(zmq.NOBLOCK)
+        nb, more, rcvmore = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.RCVMORE)
         allowed = self._allowed
+        recv, has_more, send = xsub.recv, xsub.get, xpub.send
         while True:
             poller.poll()
             with contextlib.suppress(zmq.Again):
@@ -136,29 +139,33 @@ class Proxy:
                     xsub.send(xpub.recv(nb))
             try:
                 for _ in range(DRAIN):
-                    frames = xsub.recv_multipart(nb, copy=False)
-                    if allowed(frames):
-                        xpub.send_multipart(frames, copy=False)
+                    head = recv(nb, copy=False)
+                    parts = [head.bytes]
+                    while has_more(rcvmore):  # the parts of a message arrive together
+                        parts.append(recv(nb))
+                    if not allowed(str(head.get("User-Id")), parts):
+                        continue
+                    last = len(parts) - 1
+                    for i, part in enumerate(parts):
+                        send(part, more if i < last else 0)
             except zmq.Again:
                 pass
 
-    def _allowed(self, frames: list[zmq.Frame]) -> bool:
-        """Whether the sender of ``frames`` may publish on its topic; counts every drop."""
+    def _allowed(self, sender: str, parts: list[bytes]) -> bool:
+        """Whether ``sender`` may publish this message on its topic; counts every drop."""
         assert self._verifier is not None
-        head = frames[0]
-        sender = str(head.get("User-Id"))
         if sender == self._verifier.trusted:
             self.forwarded += 1
             return True
-        topic = head.bytes
+        topic = parts[0]
         if topic.startswith(SYSTEM_TOPIC_PREFIX):
             return self._drop("a task published on a _sys/ topic", sender, topic)
         task_id = topic[:TASK_ID_LENGTH].decode("ascii", errors="replace")
         if sender != self._verifier.expected(task_id):
             return self._drop("a sender published for another task", sender, topic)
-        if topic.endswith(b"/state") and len(frames) == 2:
+        if topic.endswith(b"/state") and len(parts) == 2:
             try:
-                status = _state_status.decode(frames[1].bytes).status
+                status = _state_status.decode(parts[1]).status
             except (msgspec.DecodeError, msgspec.ValidationError):
                 status = "RUNNING"  # undecodable: subscribers drop it themselves
             if status != "RUNNING":

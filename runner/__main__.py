@@ -28,6 +28,12 @@ async def main() -> None:
     cfg = settings.load()
     # The control channel's keys derive from this machine's master: it stays on this machine.
     check_endpoints({"METASTREAM_CONTROL": cfg.control}, None, curve_capable=False)
+    from runner.sandbox import mode_problem
+
+    problem = mode_problem(cfg.sandbox_mode)
+    if problem:
+        raise SystemExit(f"supervisor: {problem}")
+    log.info("task sandbox: %s", cfg.sandbox_mode)
     cfg.ensure_dirs()
     from runner.process import become_subreaper
 

@@ -67,6 +67,18 @@ def _prctl(option: int, value: int) -> None:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
 
+def mode_problem(mode: str) -> str | None:
+    """Why ``mode`` cannot work on this machine (checked once, at the supervisor's start)."""
+    if mode == "uid" and os.geteuid() != 0:
+        return "METASTREAM_SANDBOX=uid needs root (a uid per task); use landlock or auto"
+    if mode == "landlock" and landlock.abi() < 1:
+        return (
+            "METASTREAM_SANDBOX=landlock: this kernel has no Landlock; "
+            "METASTREAM_SANDBOX=off runs tasks unconfined (say so explicitly)"
+        )
+    return None
+
+
 def interpreter_paths(home: Path) -> list[str]:
     """Read-only paths a task's interpreter needs: system dirs, prefixes, sys.path.
 
