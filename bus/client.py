@@ -105,11 +105,11 @@ class Publisher:
     def publish(self, task_id: str, msg: BusMessage) -> None:
         self.send(self._topic(task_id, str(msg.__struct_config__.tag)), bus_encoder.encode(msg))
 
-    def publish_events(self, task_id: str, events: Sequence[Event]) -> None:
-        """Publish a batch of one task's events (the writer's hot loop, kept lean)."""
+    def publish_events(self, task_id: str, events: Sequence[Event]) -> int:
+        """Publish a batch of one task's events (the writer's hot loop, kept lean); how many."""
         frame = self._topic(task_id, "event")
         if not self.wanted(frame):
-            return
+            return 0
         send, encode = self._sock.send, bus_encoder.encode
         for ev in events:
             try:
@@ -117,6 +117,7 @@ class Publisher:
                 send(encode(ev), _SEND)
             except zmq.Again:
                 pass  # dropped on the bus only (see send)
+        return len(events)
 
     def publish_system(self, topic_frame: bytes, msg: BusMessage) -> None:
         self.send(topic_frame, bus_encoder.encode(msg))

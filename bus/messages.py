@@ -63,6 +63,27 @@ class State(msgspec.Struct, tag="state", tag_field="kind", kw_only=True, gc=Fals
     version: int = 0
 
 
+# Bucket bounds of the event-log statistics a task process reports in its heartbeats: fixed
+# here so both ends agree (a task process runs no metrics server; the supervisor exports them).
+WRITE_SECONDS_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5)
+BATCH_SIZE_BOUNDS = (1, 2, 5, 10, 50, 100, 500, 1000, 5000, 20000)
+
+
+class WriteStats(msgspec.Struct, array_like=True, gc=False):
+    """A task process's event-log writes so far (cumulative, for the supervisor's metrics).
+
+    Buckets count observations per bound (not cumulative), plus one past the last bound.
+    """
+
+    batches: int = 0
+    events: int = 0  # persisted
+    published: int = 0  # of those, sent on the bus (none while nobody subscribes)
+    write_seconds: float = 0.0
+    write_buckets: list[int] = []
+    batch_buckets: list[int] = []
+    first_event_at: float = 0.0  # wall-clock time the first event was persisted (0: none yet)
+
+
 class Heartbeat(msgspec.Struct, tag="heartbeat", tag_field="kind", kw_only=True, gc=False):
     """Liveness of a task process, sent every heartbeat interval."""
 
@@ -70,6 +91,7 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", tag_field="kind", kw_only=True,
     last_event_id: int
     pid: int
     sent_at: float
+    stats: WriteStats | None = None
 
 
 class Lease(msgspec.Struct, tag="lease", tag_field="kind", kw_only=True):

@@ -16,7 +16,10 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from bus import auth, curve
 from bus.messages import SYSTEM_TOPIC_PREFIX, TASK_ID_LENGTH
+from bus.metrics import BusCounters, watch_sockets
 from bus.ratelog import RateLimitedLog
+from core import logs
+from core.metrics import Registry, Server
 
 log = logging.getLogger("metastream.bus")
 
@@ -59,6 +62,8 @@ class Proxy:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        # Bumped by the forwarding loop and the socket monitors, exported by bus.metrics.
+        self.counters = BusCounters()
 
     def start(self, timeout: float = 5.0) -> None:
         """Bind both sides and forward in a thread; raises if binding fails."""
@@ -106,11 +111,13 @@ class Proxy:
             for sock in (xsub, xpub):
                 sock.close(linger=0)
             return
+        watch_sockets(self._ctx, {"publishers": xsub, "subscribers": xpub}, self.counters)
         self._ready.set()
         try:
             if self._verifier is None:
                 zmq.proxy(xsub, xpub)
             else:
+                self.counters.loop_counts = True  # ours counts what it forwards and refuses
                 self._forward(xsub, xpub)
         except zmq.ContextTerminated:
             pass  # stop() terminated our context: the normal way out
@@ -156,6 +163,7 @@ class Proxy:
         assert self._verifier is not None
         if sender == self._verifier.trusted:
             self.forwarded += 1
+            self.counters.frames_forwarded += 1
             return True
         topic = parts[0]
         if topic.startswith(SYSTEM_TOPIC_PREFIX):
@@ -172,10 +180,12 @@ class Proxy:
                 # A task reports its progress; its status (and end) is the supervisor's.
                 return self._drop(f"a task published its own {status} state", sender, topic)
         self.forwarded += 1
+        self.counters.frames_forwarded += 1
         return True
 
     def _drop(self, reason: str, sender: str, topic: bytes) -> bool:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self.counters.frames_refused += 1
         logger = self._drop_logs.get(reason)
         if logger is None:
             logger = self._drop_logs[reason] = RateLimitedLog(log)
@@ -204,8 +214,19 @@ def _prepare_ipc(endpoint: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
-def serve(frontend: str, backend: str, master: bytes | None = None) -> None:
-    """Run the proxy until SIGINT or SIGTERM."""
+def serve(
+    frontend: str,
+    backend: str,
+    metrics: bool = False,
+    metrics_host: str = "",
+    metrics_port: int = 0,
+    master: bytes | None = None,
+) -> None:
+    """Run the proxy until SIGINT or SIGTERM (and its metrics server on ``metrics_port``).
+
+    With the bus ``master`` secret, publishers must be CURVE clients and each frame is
+    checked against its sender (bus/auth.py); without it, a plain forwarder.
+    """
     # Block the stop signals before the proxy thread starts so that only this thread receives
     # them, then wait for one: the handler's only job is to wake us.
     keys = curve.curve_dir()
@@ -218,8 +239,12 @@ def serve(frontend: str, backend: str, master: bytes | None = None) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     proxy = Proxy(frontend, backend, keys, master)
     proxy.start()
-    log.info("bus proxy up: publishers -> %s, subscribers -> %s", frontend, backend)
-    print(f"bus: publishers connect to {frontend}; subscribers connect to {backend}", flush=True)
+    registry = Registry(metrics)
+    registry.collector(proxy.counters)
+    server = Server(registry, metrics_host, metrics_port, "bus")
+    # Once: announce() is a plain line, or a log record in JSON format (not both).
+    logs.announce(f"bus: publishers connect to {frontend}; subscribers connect to {backend}")
     received = signal.sigwait(stop_signals)
     log.info("bus proxy stopping on %s", signal.Signals(received).name)
+    server.close()
     proxy.stop()

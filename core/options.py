@@ -27,6 +27,10 @@ class TaskOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit
     memory_limit_mb: float | None = None
     scripted_fault: Literal["http500", "garbage", "slow"] | None = None
     fast_fail: bool | None = None  # internal: no LLM retries (defaults on with scripted_fault)
+    pace: Literal["fast", "demo"] | None = None  # the scripted LLM's streaming speed
+    # Which LLM the task runs on, decided by the gateway at creation (never sent by clients):
+    # "scripted" (test mode, or no real LLM configured), "configured" or "synthetic".
+    llm: Literal["scripted", "configured", "synthetic"] | None = None
 
     @classmethod
     def of(cls, raw: dict[str, Any]) -> TaskOptions:

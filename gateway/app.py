@@ -11,7 +11,9 @@ from pathlib import Path
 import anyio
 import zmq.asyncio
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -22,13 +24,17 @@ from bus.auth import control_client_keys, load_master, trusted_keys
 from bus.client import Publisher
 from bus.messages import Ping
 from core import settings as settings_mod
+from core.metrics import Registry
 from core.settings import Settings
-from gateway import api, files, ws
+from gateway import api, files, readiness, ws
+from gateway.browser import BrowserGuardMiddleware
 from gateway.control import ControlClient, SupervisorUnavailable
+from gateway.frames import MsgpackCache
 from gateway.hub import Hub
 from gateway.leases import LeaseKeeper
 from gateway.limits import ConnectionCounter, LimitsMiddleware
 from gateway.logreader import LogReader
+from gateway.metrics import CONTENT_TYPE, GatewayMetrics, GatewayState
 from gateway.models import COMMON_RESPONSES
 from gateway.security import AuthMiddleware, Guard
 from store import Store
@@ -44,7 +50,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cfg.ensure_dirs()
-        store = Store(cfg.db_url, cfg.events_dir)
+        store = Store(cfg.db_url, cfg.events_dir, migrate=cfg.db_migrate)
         await anyio.to_thread.run_sync(store.create_schema)
         ctx = zmq.asyncio.Context()
         hub = Hub(cfg.bus_sub, ctx, cfg.ws_queue_size)
@@ -54,15 +60,29 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         # Leases are _sys/ messages: the proxy takes them from trusted keys only.
         publisher = Publisher(cfg.bus_pub, linger_ms=0, keys=trusted_keys(master))
         leases = LeaseKeeper(publisher, hub, cfg.lease_ttl)
-        background = [asyncio.create_task(hub.run()), asyncio.create_task(leases.run())]
+        probe = readiness.BusProbe(publisher)
+        hub.on_system(probe.topic, probe.heard)
+        hub.on_bad_frame = metrics.bad_frame
+        background = [
+            asyncio.create_task(hub.run()),
+            asyncio.create_task(leases.run()),
+            asyncio.create_task(probe.run()),
+        ]
+        app.state.metrics_state = GatewayState(
+            app.state.ws_clients.total, lambda: len(hub.watched()), counters, probe.ok
+        )
+        unregister = metrics.collect_from(app.state.metrics_state)
+        app.state.bus_probe = probe
         app.state.settings = cfg
         app.state.store = store
         app.state.log_reader = LogReader(store, cfg.replay_page)
+        app.state.frame_cache = MsgpackCache()  # log rows as MessagePack, shared (frames.py)
         app.state.hub = hub
         app.state.control = control
         try:
             yield
         finally:
+            unregister()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -79,8 +99,10 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     app.state.guard = guard
     app.state.counters = counters
     app.state.ws_clients = ConnectionCounter(cfg.ws_max_per_client)
-    # The last added runs first: CORS answers preflights, then auth, then the input limits (so
-    # that unauthenticated requests never spend a client's task-creation budget).
+    metrics = GatewayMetrics(Registry(cfg.metrics))
+    app.state.metrics = metrics
+    # The last added runs first: Host/Origin checks, CORS answers preflights, then auth, then
+    # the input limits (so unauthenticated requests never spend a client's creation budget).
     app.add_middleware(LimitsMiddleware, cfg=cfg, counters=counters)
     app.add_middleware(AuthMiddleware, guard=guard)
     if cfg.allowed_origins:
@@ -91,6 +113,8 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
+    # Outermost: a rebinding page or a cross-site form gets nothing, not even a preflight.
+    app.add_middleware(BrowserGuardMiddleware, cfg=cfg, guard=guard, counters=counters)
     app.include_router(api.router, responses=COMMON_RESPONSES)
     app.include_router(files.router, responses=COMMON_RESPONSES)
     app.include_router(ws.router)
@@ -118,6 +142,22 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             body["watchers"] = watched  # task ids: only when anyone may list tasks anyway
         return JSONResponse(body)
 
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        """Whether this gateway can serve (for a load balancer): 200, or 503 with the reasons."""
+        state = request.app.state
+        body = await readiness.check(state.store, state.control, state.bus_probe)
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint(request: Request) -> Response:
+        """Prometheus metrics (behind the API token when one is set)."""
+        if not metrics.registry.enabled:
+            return JSONResponse({"detail": "Metrics are off (METASTREAM_METRICS=0)"}, 404)
+        state: GatewayState = request.app.state.metrics_state
+        state.status_counts = await anyio.to_thread.run_sync(request.app.state.store.status_counts)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
     # (path pattern, methods) of the REST routes, for honest 405 answers.
     method_table = [
         (r.path_regex, r.methods or set())
@@ -135,6 +175,17 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             if methods:
                 exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        """FastAPI's 422, but one whose echoed input cannot be written (NaN, a lone
+        surrogate) is dropped instead of turning the answer into a 500."""
+        errors = jsonable_encoder(exc.errors())
+        try:
+            return JSONResponse({"detail": errors}, status_code=422)
+        except (ValueError, UnicodeEncodeError):
+            safe = [{k: v for k, v in e.items() if k not in ("input", "ctx")} for e in errors]
+            return JSONResponse({"detail": safe}, status_code=422)
 
     @app.exception_handler(EventLogUnreadable)
     async def log_unreadable(request: Request, exc: EventLogUnreadable) -> Response:

@@ -36,6 +36,7 @@ log = logging.getLogger("metastream.hub")
 class LiveEvent:
     event_id: int
     frame: bytes  # the WebSocket message, UTF-8
+    body: bytes = b""  # the bus body as received (MessagePack), for binary-format clients
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,8 @@ class Hub:
         self._listeners: dict[str, set[Listener]] = {}
         self._subscribed: set[str] = set()
         self.dropped_frames = 0
+        self.on_bad_frame: Callable[[], None] = lambda: None
+        self._system: dict[bytes, Callable[[], None]] = {}  # system topic -> told when heard
         self._bad_frames = RateLimitedLog(log)
         # Told the new watcher count of a task whenever a connection comes or goes.
         self.on_change: Callable[[str, int], None] = lambda _task_id, _n: None
@@ -158,6 +161,11 @@ class Hub:
             self._sub.unsubscribe(task_id)
             self._subscribed.discard(task_id)
 
+    def on_system(self, topic_frame: bytes, heard: Callable[[], None]) -> None:
+        """Subscribe to one system topic (a beacon); ``heard`` is called per message."""
+        self._system[topic_frame] = heard
+        self._sub.subscribe([topic_frame])
+
     def subscribed(self, task_id: str) -> bool:
         return task_id in self._subscribed
 
@@ -183,7 +191,10 @@ class Hub:
     def _dispatch(self, frames: list[bytes]) -> None:
         group = self._listeners.get(task_id_of(frames[0]))
         if not group:
-            return  # a system topic, or a task whose connections all left
+            heard = self._system.get(frames[0])  # a system topic (off the event path)
+            if heard is not None:
+                heard()
+            return  # or a task whose connections all left
         # Overflowed connections read the log instead: with none live, skip the decoding.
         live = [listener for listener in group if not listener.overflowed]
         if not live:
@@ -191,12 +202,13 @@ class Hub:
         task_id, msg = decode_frames(frames)
         if isinstance(msg, DecodeFailure):
             self.dropped_frames += 1
+            self.on_bad_frame()
             self._bad_frames.warning("dropped a bad bus frame for %s: %s", task_id, msg.error)
             return
         item: Item
         match msg:
             case Event():
-                item = LiveEvent(msg.event_id, ws_frame("event", event_data_json(msg)))
+                item = LiveEvent(msg.event_id, ws_frame("event", event_data_json(msg)), frames[1])
             case State():
                 data = json_encoder.encode(state_data(msg))
                 item = LiveState(msg, ws_frame("state", data))

@@ -69,6 +69,21 @@ class TaskCreate(BaseModel):
     scripted_fault: Literal["http500", "garbage", "slow"] | None = Field(
         None, description="make the offline scripted LLM fail (fault drills)"
     )
+    pace: Literal["fast", "demo"] | None = Field(
+        None,
+        description="how fast the offline scripted LLM streams: demo reads at a human pace",
+    )
+
+
+# Which LLM a task runs on, decided when it is created (``TaskOut.llm``).
+LLM_MODES = ("scripted", "configured", "synthetic")
+
+
+def llm_mode(body: TaskCreate, llm_base_url: str) -> str:
+    """ "synthetic" (no LLM), "scripted" (test mode, or no real LLM set up) or "configured"."""
+    if body.synthetic is not None:
+        return "synthetic"
+    return "scripted" if body.test_mode or not llm_base_url else "configured"
 
 
 class TaskOut(BaseModel):
@@ -88,6 +103,11 @@ class TaskOut(BaseModel):
     last_event_id: int
     exit_code: int | None = None
     options: dict[str, Any] = {}
+    llm: str | None = Field(
+        None,
+        description='"scripted" (the offline scripted LLM: test mode, or no real LLM '
+        'configured), "configured" (METASTREAM_LLM_BASE_URL) or "synthetic" (no LLM)',
+    )
 
     @classmethod
     def of(cls, row: TaskRow) -> TaskOut:
@@ -106,7 +126,18 @@ class TaskOut(BaseModel):
             last_event_id=row.last_event_id,
             exit_code=row.exit_code,
             options=row.options,
+            llm=_llm_of(row),
         )
+
+
+def _llm_of(row: TaskRow) -> str | None:
+    recorded = row.options.get("llm")
+    if recorded in LLM_MODES:
+        return str(recorded)
+    # Tasks created before the gateway recorded it.
+    if row.options.get("synthetic") is not None:
+        return "synthetic"
+    return "scripted" if row.test_mode else None
 
 
 class TicketOut(BaseModel):
@@ -148,6 +179,8 @@ class ErrorOut(BaseModel):
 # Answers any route may give besides its own (documented so that clients and the schema fuzz
 # test know them): auth, body size and creation rate come from middleware.
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "Host not allowed (METASTREAM_ALLOWED_HOSTS)"},
+    403: {"model": ErrorOut, "description": "state change from a foreign Origin"},
     401: {"model": ErrorOut, "description": "missing or invalid API token"},
     404: {"model": ErrorOut, "description": "unknown task (or file)"},
     413: {"model": ErrorOut, "description": "request body too large (METASTREAM_MAX_BODY_BYTES)"},

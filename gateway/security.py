@@ -37,9 +37,10 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN_ORIGIN = 4403
 TICKET_VERSION = "v1"
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
-# Paths that need a token when auth is on; the static web view and /healthz stay open (they
-# carry no task data), the OpenAPI description too.
-PROTECTED_PREFIXES = ("/api/",)
+# Paths that need a token when auth is on; the static web view, /healthz and /readyz stay open
+# (they carry no task data: load balancers probe them), the OpenAPI description too. /metrics
+# shows the stack's activity: Prometheus sends the token (``authorization`` in its config).
+PROTECTED_PREFIXES = ("/api/", "/metrics")
 
 
 class Guard:

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success / task COMPLETED, 1 task FAILED, 2 task CANCELLED, 3 gateway unreachable,
 gave up reconnecting or timed out, 4 task or file not found, 5 other gateway error (including
-authentication), 64 usage error, 130 interrupted.
+authentication), 6 database error (`metastream db`), 64 usage error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -42,8 +42,24 @@ from metastream.subscribe import (
 # --- commands --------------------------------------------------------------------------------
 
 
-def cmd_run(args: argparse.Namespace, api: Api) -> int:
+def llm_note(task: dict[str, Any]) -> str:
+    """Which LLM a task runs on, in words (the REST task's ``llm`` field)."""
+    match task.get("llm"):
+        case "scripted" if task.get("test_mode"):
+            return "offline scripted LLM, test mode"
+        case "scripted":
+            return "offline scripted LLM: no real LLM is configured (README: Use a real LLM)"
+        case "configured":
+            return "real LLM"
+        case "synthetic":
+            return "synthetic workload, no LLM"
+    return "LLM unknown"
+
+
+def _create(args: argparse.Namespace, api: Api) -> dict[str, Any]:
     body: dict[str, Any] = {"requirement": args.requirement, "test_mode": args.test_mode}
+    if args.pace:
+        body["pace"] = args.pace
     if args.use_qa:
         body["use_qa"] = True
     if args.n_round is not None:
@@ -66,13 +82,30 @@ def cmd_run(args: argparse.Namespace, api: Api) -> int:
             synthetic["exit_after"] = args.synthetic_exit_after
             synthetic["exit_code"] = args.synthetic_exit_code
         body["synthetic"] = synthetic
-    task = api.call("POST", "/api/tasks", json=body).json()
+    return dict(api.call("POST", "/api/tasks", json=body).json())
+
+
+def cmd_create(args: argparse.Namespace, api: Api) -> int:
+    task = _create(args, api)
+    if args.json:
+        print(json.dumps(task, ensure_ascii=False))
+    else:
+        print(task["id"])
+        _say(
+            f"task {task['id']} created, not started ({llm_note(task)}); start it with "
+            f"`metastream tail {task['id']}` (following starts it) or POST /api/tasks/<id>/run"
+        )
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, api: Api) -> int:
+    task = _create(args, api)
     task_id = task["id"]
     api.call("POST", f"/api/tasks/{task_id}/run", "task")
     if args.detach:
         print(task_id)
         return EXIT_OK
-    _say(f"task {task_id} started; Ctrl-C detaches (the task keeps running)")
+    _say(f"task {task_id} started ({llm_note(task)}); Ctrl-C detaches (the task keeps running)")
     return _follow(args, api, task_id, last_event_id=0)
 
 
@@ -80,7 +113,9 @@ def cmd_tail(args: argparse.Namespace, api: Api) -> int:
     task_id = api.task_id(args.task_id)
     if not args.bus:
         # Fail fast on a gateway that isn't there at all; retries are for losing it later.
-        api.call("GET", f"/api/tasks/{task_id}", f"task {task_id}")
+        task = api.call("GET", f"/api/tasks/{task_id}", f"task {task_id}").json()
+        if not args.json:
+            _say(f"task {task_id}: {task['status']} ({llm_note(task)})")
     return _follow(args, api, task_id, last_event_id=args.after)
 
 
@@ -130,7 +165,7 @@ def cmd_ls(args: argparse.Namespace, api: Api) -> int:
             print(json.dumps(t, ensure_ascii=False))
         return EXIT_OK
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("ID", "STATUS", "PROGRESS", "CREATED", "REQUIREMENT"):
+    for col in ("ID", "STATUS", "PROGRESS", "LLM", "CREATED", "REQUIREMENT"):
         table.add_column(col, no_wrap=col != "REQUIREMENT", overflow="ellipsis")
     for t in page["tasks"]:
         requirement = " ".join(str(t["requirement"]).split())
@@ -138,6 +173,7 @@ def cmd_ls(args: argparse.Namespace, api: Api) -> int:
             t["id"],
             t["status"],
             f"{float(t.get('progress') or 0):.0%}",
+            str(t.get("llm") or "?"),
             str(t["created_at"])[:19].replace("T", " "),
             requirement[:60] + ("…" if len(requirement) > 60 else ""),
         )
@@ -192,6 +228,7 @@ def _say(text: str) -> None:
 
 
 COMMANDS = {
+    "create": cmd_create,
     "run": cmd_run,
     "tail": cmd_tail,
     "ls": cmd_ls,
@@ -204,6 +241,10 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metastream`` command."""
     args = build_parser().parse_args(argv)
+    if args.command == "db":  # straight on the database: no gateway involved
+        from metastream.cli_db import cmd_db
+
+        return cmd_db(args)
     args.url = getattr(args, "url", None) or default_url()
     args.token = getattr(args, "token", None) or os.environ.get("METASTREAM_API_TOKEN") or None
     args.json = getattr(args, "json", False)

@@ -48,6 +48,39 @@ def _following(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
 
 
+def _creating(run: argparse.ArgumentParser) -> None:
+    """The create options shared by ``run`` and ``create``."""
+    run.add_argument("requirement", help="what to build")
+    run.add_argument("--test-mode", action="store_true", help="use the offline scripted LLM")
+    run.add_argument("--use-qa", action="store_true", help="add the QA engineer")
+    run.add_argument("--n-round", type=int, default=None, help="MetaGPT rounds (gateway: 10)")
+    run.add_argument("--investment", type=float, default=None, help="budget in USD")
+    run.add_argument(
+        "--disconnect-policy",
+        choices=("continue", "kill", "grace"),
+        help="what the task does when its last watcher leaves (server default if unset)",
+    )
+    run.add_argument(
+        "--pace",
+        choices=("fast", "demo"),
+        default=None,
+        help="how fast the offline scripted LLM streams (demo: readable, ~1 min per task)",
+    )
+    run.add_argument(
+        "-O",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other create field; VALUE is JSON if it parses (-O timeout_seconds=600)",
+    )
+    syn = run.add_argument_group("synthetic workload (tests and demos; replaces MetaGPT)")
+    syn.add_argument("--synthetic-events", type=int, metavar="N", help="emit N events")
+    syn.add_argument("--synthetic-rate", type=float, default=0.0, metavar="R", help="per second")
+    syn.add_argument("--synthetic-exit-after", type=int, metavar="K", help="exit after K events")
+    syn.add_argument("--synthetic-exit-code", type=int, default=1, metavar="C", help="exit code")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = _Parser(
@@ -60,32 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     run = sub.add_parser("run", parents=[common], help="create a task and follow it", epilog=EPILOG)
-    run.add_argument("requirement", help="what to build")
-    run.add_argument("--test-mode", action="store_true", help="use the offline scripted LLM")
-    run.add_argument("--use-qa", action="store_true", help="add the QA engineer")
-    run.add_argument("--n-round", type=int, default=None, help="MetaGPT rounds (gateway: 10)")
-    run.add_argument("--investment", type=float, default=None, help="budget in USD")
-    run.add_argument(
-        "--disconnect-policy",
-        choices=("continue", "kill", "grace"),
-        help="what the task does when its last watcher leaves (server default if unset)",
-    )
-    run.add_argument(
-        "-O",
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other create field; VALUE is JSON if it parses (-O timeout_seconds=600)",
-    )
+    _creating(run)
     run.add_argument("--detach", action="store_true", help="print the task id and exit")
-    syn = run.add_argument_group("synthetic workload (tests and demos; replaces MetaGPT)")
-    syn.add_argument("--synthetic-events", type=int, metavar="N", help="emit N events")
-    syn.add_argument("--synthetic-rate", type=float, default=0.0, metavar="R", help="per second")
-    syn.add_argument("--synthetic-exit-after", type=int, metavar="K", help="exit after K events")
-    syn.add_argument("--synthetic-exit-code", type=int, default=1, metavar="C", help="exit code")
     _following(run)
     run.set_defaults(command="run")
+
+    create = sub.add_parser(
+        "create",
+        parents=[common],
+        help="create a task without starting it (prints its id)",
+        epilog=EPILOG,
+    )
+    _creating(create)
+    create.set_defaults(command="create")
 
     tail = sub.add_parser(
         "tail", parents=[common], help="follow a task (resumes after errors)", epilog=EPILOG
@@ -115,4 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("path", help="path as listed by `metastream files`")
     get.add_argument("-o", "--output", help="write to this file instead of stdout")
     get.set_defaults(command="get")
+
+    from metastream import cli_db
+
+    cli_db.add_parser(sub)
     return parser

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 
 import zmq.asyncio
@@ -14,11 +15,12 @@ from bus.client import AsyncSubscriber, DecodeFailure, Publisher, decode_frames
 from bus.curve import check_endpoints
 from bus.messages import LEASE_TOPIC, Heartbeat, Lease, State, topic
 from bus.ratelog import RateLimitedLog
-from core import settings
+from core import logs, settings
 from core.harden import harden_trusted
+from core.metrics import Registry, Server
 from runner.control import ControlServer
 from runner.supervisor import Supervisor
-from store import Store
+from store import Store, StoreError, migrate
 
 log = logging.getLogger("metastream.supervisor")
 
@@ -39,12 +41,23 @@ async def main() -> None:
 
     if not become_subreaper():
         log.warning("could not become a child subreaper: orphans of tasks are reaped by init")
-    store = Store(cfg.db_url, cfg.events_dir)
-    store.create_schema()
+    try:
+        store = Store(cfg.db_url, cfg.events_dir, migrate=cfg.db_migrate)
+        migrated = store.create_schema()
+    except StoreError as exc:
+        print(f"supervisor: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    if migrated:
+        logs.announce(
+            f"supervisor: migrated the database schema from {migrated} to {migrate.head()}"
+        )
     ctx = zmq.asyncio.Context()
     master = load_master(cfg.home)
     publisher = Publisher(cfg.bus_pub, ctx=zmq.Context.instance(), keys=trusted_keys(master))
-    sup = Supervisor(cfg, store, publisher, bus_master=master)
+    registry = Registry(cfg.metrics)
+    sup = Supervisor(cfg, store, publisher, metrics=registry, bus_master=master)
+    sup.metrics.bus_up.set_function(lambda: float(sup.heartbeats.bus_ok()))
+    metrics_server = Server(registry, cfg.metrics_host, cfg.supervisor_metrics_port, "supervisor")
     sub = AsyncSubscriber(cfg.bus_sub, ctx=ctx)
     sub.subscribe([sup.beacon_topic, LEASE_TOPIC])
     # Heartbeats and the task's own progress states: the proxy forwards only those the task
@@ -66,7 +79,7 @@ async def main() -> None:
     if cfg.warm:
         sup.start_forkserver()  # imports for seconds in the background: readiness does not wait
     await sup.recover()
-    print(f"supervisor: node {sup.node}, control at {cfg.control}", flush=True)
+    logs.announce(f"supervisor: node {sup.node}, control at {cfg.control}")
     async with asyncio.TaskGroup() as tg:
         tasks = [
             tg.create_task(control.serve()),
@@ -79,6 +92,7 @@ async def main() -> None:
         for t in tasks:
             t.cancel()
     control.close()
+    metrics_server.close()
     sub.close()
     publisher.close(linger_ms=500)
     store.close()
@@ -101,6 +115,7 @@ async def _listen(sub: AsyncSubscriber, sup: Supervisor) -> None:
             case Lease(task_id=task_id, gateway_id=gw, watchers=n, ttl=ttl):
                 sup.disconnects.lease(task_id, gw, n, ttl)
             case DecodeFailure(error=error):
+                sup.metrics.bad_frames.inc()
                 bad_frames.warning("dropped a bad bus frame: %s", error)
 
 
@@ -114,5 +129,5 @@ async def _tick(sup: Supervisor, pub: Publisher, interval: float) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup("supervisor")
     asyncio.run(main())

@@ -258,5 +258,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from core import logs
+
+    logs.setup("zygote")
     sys.exit(main(sys.argv[1:]))

@@ -29,11 +29,13 @@ from bus.messages import (
 )
 from core.clock import utcnow
 from core.ids import SYSTEM_TOPIC_PREFIX
+from core.metrics import Registry
 from core.options import TaskOptions
 from core.settings import INTERNAL_ENV, SECRET_ENV, Settings
 from core.status import TRANSITIONS, TaskStatus, TransitionError
 from runner import process, sandbox
 from runner.forkserver import ForkServer, ForkServerError
+from runner.metrics import SupervisorMetrics
 from runner.outcome import outcome
 from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits, StopFrom
 from runner.task import spec as task_spec
@@ -83,6 +85,7 @@ class Supervisor:
         publisher: Publisher,
         node: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Registry | None = None,
         bus_master: bytes | None = None,
     ) -> None:
         self.cfg = cfg
@@ -96,7 +99,10 @@ class Supervisor:
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
         self._pump_lock = asyncio.Lock()
-        self._background: set[asyncio.Task[str]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        # Set once shutdown begins: slots freed by stopping tasks must not admit queued ones
+        # (they would be started only to be killed, and lost with no record).
+        self.closing = False
         self.forkserver: ForkServer | None = None  # the warm path, once start_forkserver ran
         self._zygote_restarts = 0
         self._bus_master = bus_master  # each task gets its own key from it, never the master
@@ -104,6 +110,8 @@ class Supervisor:
         self._read_only: list[str] | None = None
         self.on_started: Callable[[str], None] = lambda _tid: None
         self.on_ended: Callable[[str], None] = lambda _tid: None
+        self.metrics = SupervisorMetrics(metrics or Registry(enabled=False), self.node)
+        self.metrics.gauges(self._gauges)
 
     @property
     def beacon_topic(self) -> bytes:
@@ -150,9 +158,21 @@ class Supervisor:
             except TransitionError as exc:  # someone else moved it meanwhile
                 return Reply(ok=True, status=exc.got)
             self._publish(queued)
-        await self.pump()
-        row = await self._db(self.store.get_task, task_id)
-        return Reply(ok=True, status=row.status if row else None)
+        # Admission is recorded: answer now and start it in the background. Waiting for the
+        # pump here made a burst of starts queue behind each other's spawns (cold ones take
+        # long while the zygote loads) and clients gave up after the gateway's 5 s.
+        self._pump_soon()
+        return Reply(ok=True, status=TaskStatus.QUEUED)
+
+    def _pump_soon(self) -> None:
+        task = asyncio.create_task(self.pump())
+        self._background.add(task)
+        task.add_done_callback(self._pumped)
+
+    def _pumped(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("starting queued tasks failed", exc_info=task.exception())
 
     async def cancel(self, task_id: str, reason: str) -> Reply:
         run = self.running.get(task_id)
@@ -179,6 +199,7 @@ class Supervisor:
                 pass  # it became RUNNING while we looked
             else:
                 self._publish(ended)
+                self.metrics.ended(task_id, ended.status)
                 return Reply(ok=True, status=ended.status)
         # It became RUNNING while we looked: stop the process.
         run = self.running.get(task_id)
@@ -196,6 +217,7 @@ class Supervisor:
         if run.stop_reason is None:
             run.stop_reason = (status, message)
         if run.stopping is None:
+            self.metrics.killed(_kill_reason(status, message))
             ask_timeout = self.cfg.stop_ask_timeout if how == "ask" else 0.0
             term_timeout = self.cfg.stop_term_timeout if how in ("ask", "term") else 0.0
             run.stopping = asyncio.create_task(self._stop_sequence(run, ask_timeout, term_timeout))
@@ -225,11 +247,15 @@ class Supervisor:
     async def pump(self) -> None:
         """Start queued tasks while slots are free, oldest first."""
         async with self._pump_lock:
+            if self.closing:
+                return
             free = self.admission.free_slots(len(self.running))
             if free == 0:
                 return
             queued = await self._db(self.store.tasks_with_status, (TaskStatus.QUEUED,), self.node)
             for row in queued[:free]:
+                if self.closing:
+                    return
                 await self._launch(row)
 
     async def _launch(self, row: TaskRow) -> None:
@@ -281,6 +307,9 @@ class Supervisor:
         )
         run = self._track(task_id, child, TaskOptions.of(row.options))
         run.plan, run.dirs, run.reported_version = plan, dirs, started.state_version
+        self.metrics.started(
+            task_id, "warm" if warm else "cold", row.queued_at, row.last_event_id + 1
+        )
         self._publish(started)
 
     def _plan(self, task_id: str) -> tuple[sandbox.Plan, list[Path]]:
@@ -501,13 +530,33 @@ class Supervisor:
             log.warning("task %s not ended %s: %s", task_id, status, exc)
             return None
         self._publish(ended)
+        await self._first_event_metric(task_id)
+        self.metrics.ended(task_id, status, fields.get("last_event_id", ended.last_event_id))
         log.info("task %s %s: %s", task_id, status, message)
         return ended
+
+    async def _first_event_metric(self, task_id: str) -> None:
+        """A task that ended before a heartbeat told its first event's time: read it."""
+        first = self.metrics.awaiting_first_event(task_id)
+        if first is not None:
+            try:
+                rows = await self._db(self.store.read_events, task_id, first - 1, 1)
+                if rows:
+                    stamp = msgspec.json.decode(rows[0][1])["timestamp"]
+                    self.metrics.first_event(task_id, stamp)
+            except (EventLogUnreadable, msgspec.DecodeError, KeyError, TypeError) as exc:
+                # The log is the task's own: a damaged one costs this metric, nothing more.
+                log.warning("task %s: no first-event time: %s", task_id, exc)
+
+    def _gauges(self) -> dict[str, float]:
+        restarts = self.forkserver.restarts if self.forkserver is not None else 0
+        return {"zygote_restarts": restarts, "running": len(self.running)}
 
     # --- heartbeats ----------------------------------------------------------------------
 
     def heard(self, msg: Heartbeat) -> None:
         self.heartbeats.beat(msg.task_id)
+        self.metrics.heard(msg)
 
     def bus_beacon(self) -> None:
         if self.heartbeats.beacon():
@@ -522,6 +571,7 @@ class Supervisor:
                 self.heartbeats.forget(task_id)
                 continue
             msg = f"Task process unresponsive: no heartbeat for {silent:.1f} s; killed"
+            self.metrics.heartbeat_misses.inc()
             self._stop_soon(run, TaskStatus.FAILED, msg, how="kill")
         if not self.heartbeats.bus_ok():
             return  # leases can't arrive either: judge nobody's absence
@@ -576,6 +626,7 @@ class Supervisor:
                 run = self._track(row.id, child, TaskOptions.of(row.options))
                 run.plan, run.dirs = self._adopted_plan(row.id)
                 run.reported_version = row.state_version
+                self.metrics.started(row.id, "adopted", None)
                 continue
             # Gone while nobody watched: its own record says how it ended, if it got that far.
             told = await self._db(self.store.task_outcome, row.id)
@@ -610,6 +661,9 @@ class Supervisor:
 
     async def shutdown(self, reason: str = "Supervisor shut down") -> None:
         """Stop every task (recording why) so nothing outlives the supervisor."""
+        self.closing = True
+        async with self._pump_lock:
+            pass  # a launch under way finishes (and is tracked) before we list what runs
         runs = list(self.running.values())
         await asyncio.gather(
             *(self.stop_task(r, TaskStatus.CANCELLED, reason, how="ask") for r in runs),
@@ -623,3 +677,14 @@ class Supervisor:
 def _wants_test_hook(options: dict[str, Any]) -> bool:
     synthetic = options.get("synthetic")
     return isinstance(synthetic, dict) and synthetic.get("run_python") is not None
+
+
+def _kill_reason(status: TaskStatus, message: str) -> str:
+    """A bounded label for why the supervisor stopped a task (see runner.metrics)."""
+    if status == TaskStatus.CANCELLED:
+        if message.startswith("Supervisor shut down"):
+            return "shutdown"
+        return "disconnect" if "(policy " in message else "cancel"
+    if "unresponsive" in message:
+        return "unresponsive"
+    return "memory" if "memory" in message else "timeout"

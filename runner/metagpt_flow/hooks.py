@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import logging
 import os
 import sys
 import threading
@@ -148,6 +149,15 @@ def _loguru_sink(message: Any) -> None:
         obs.on_log(_role(), record["level"].name, record["message"])
 
 
+def _stderr_sink(message: Any) -> None:
+    """MetaGPT's own log lines: to stderr as loguru formats them, or as JSON records."""
+    if os.environ.get("METASTREAM_LOG_FORMAT", "").strip().lower() == "json":
+        record = message.record
+        logging.getLogger("metagpt").log(record["level"].no, "%s", record["message"])
+    else:
+        sys.stderr.write(str(message))
+
+
 def _iter_action_classes(cls: type) -> list[type]:
     out, todo = [], [cls]
     while todo:
@@ -190,7 +200,7 @@ def _install() -> None:
 def _reset_logging() -> None:
     """Replace MetaGPT's import-time sinks (INFO to stderr, a file under the import root)."""
     loguru_logger.remove()
-    loguru_logger.add(sys.stderr, level=os.environ.get(LOG_LEVEL_ENV, "WARNING"))
+    loguru_logger.add(_stderr_sink, level=os.environ.get(LOG_LEVEL_ENV, "WARNING"))
     loguru_logger.add(_loguru_sink, level="WARNING", filter=lambda r: CURRENT.get() is not None)
 
 

@@ -15,13 +15,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--fault", choices=[f for f in FAULTS if f], default=None)
+    parser.add_argument("--pace", choices=["fast", "demo"], default=None, help="streaming speed")
     parser.add_argument("--slow-delay", type=float, default=2.0, help="seconds, with --fault slow")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with ScriptedLLM(
-        host=args.host, port=args.port, fault=args.fault, slow_delay=args.slow_delay
+        host=args.host, port=args.port, fault=args.fault, slow_delay=args.slow_delay, pace=args.pace
     ) as llm:
         print(llm.base_url, flush=True)
         stop.wait()

@@ -93,8 +93,22 @@ def _json_field(prompt: str, key: str) -> str | None:
         return None
 
 
+FORMAT_EXAMPLE = re.compile(r"## format example\n.*?(?=\n## nodes:|\Z)", re.S)
+
+
+def without_examples(prompt: str) -> str:
+    """The prompt without MetaGPT's format examples.
+
+    An ActionNode prompt quotes a filled-in example ("Original Requirements": "Create a 2048
+    game", "Project Name": "game_2048", ...): searched first, it would win over the user's
+    requirement, and every task would become a 2048 game.
+    """
+    return FORMAT_EXAMPLE.sub("", prompt)
+
+
 def find_requirement(prompt: str) -> str:
     """Recover the user requirement from whatever document the prompt quotes."""
+    prompt = without_examples(prompt)
     if value := _json_field(prompt, "Original Requirements"):
         return value
     if approach := _json_field(prompt, "Implementation approach"):

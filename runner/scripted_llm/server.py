@@ -4,6 +4,7 @@ Serves `POST /v1/chat/completions` (and `/chat/completions`), streaming (SSE) or
 `GET /v1/models`. The final stream chunk carries `usage`: without it MetaGPT falls back to tiktoken,
 which needs the network. Fault modes: "http500" (every call fails with 500), "garbage" (200 with
 content no action can parse), "slow" (answers after `slow_delay` seconds, then trickles).
+A pace ("demo") streams answers at a readable speed, so a test-mode task can be watched.
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ from typing import Any
 from runner.scripted_llm.answers import answer
 
 FAULTS = (None, "http500", "garbage", "slow")
+# How answers are streamed: (characters per chunk, pause between chunks, pause before the
+# first chunk). "demo" reads at about 100 characters a second, so a test-mode task takes
+# about a minute and can be watched; the default is as fast as the client reads.
+PACES: dict[str | None, tuple[int, float, float]] = {
+    None: (48, 0.0, 0.0),
+    "fast": (48, 0.0, 0.0),
+    "demo": (6, 0.06, 0.5),
+}
 MODEL = "scripted-metagpt"
-CHUNK_CHARS = 48
+CHUNK_CHARS = PACES[None][0]
 GARBAGE = "~~ scripted garbage: <<not json>> [CONTENT] {{{ unterminated"
 
 log = logging.getLogger(__name__)
@@ -116,8 +125,12 @@ class _Handler(BaseHTTPRequestHandler):
             "object": "chat.completion.chunk",
         }
         base |= {"created": int(time.time()), "model": model}
-        pause = 0.02 if self.server.fault == "slow" else 0.0
-        pieces = [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
+        size, pause, thinking = PACES[self.server.pace]
+        if self.server.fault == "slow":
+            pause = max(pause, 0.02)
+        pieces = [text[i : i + size] for i in range(0, len(text), size)]
+        if thinking:
+            time.sleep(thinking)
         try:
             for i, piece in enumerate(pieces):
                 delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
@@ -143,9 +156,12 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, addr: tuple[str, int], fault: str | None, slow_delay: float) -> None:
+    def __init__(
+        self, addr: tuple[str, int], fault: str | None, slow_delay: float, pace: str | None
+    ) -> None:
         super().__init__(addr, _Handler)
         self.fault = fault
+        self.pace = pace
         self.slow_delay = slow_delay
         self.requests = 0
         self._lock = threading.Lock()
@@ -165,10 +181,13 @@ class ScriptedLLM:
         host: str = "127.0.0.1",
         port: int = 0,
         slow_delay: float = 2.0,
+        pace: str | None = None,
     ) -> None:
         if fault not in FAULTS:
             raise ValueError(f"unknown scripted fault {fault!r}; expected one of {FAULTS}")
-        self._server = _Server((host, port), fault, slow_delay)
+        if pace not in PACES:
+            raise ValueError(f"unknown pace {pace!r}; expected one of {sorted(map(str, PACES))}")
+        self._server = _Server((host, port), fault, slow_delay, pace)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="scripted-llm", daemon=True
         )
@@ -205,4 +224,4 @@ class ScriptedLLM:
         self.stop()
 
 
-__all__ = ["FAULTS", "HTTPStatus", "ScriptedLLM"]
+__all__ = ["FAULTS", "PACES", "HTTPStatus", "ScriptedLLM"]

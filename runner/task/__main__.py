@@ -9,14 +9,13 @@ import logging
 import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from bus.client import Publisher
-from core import settings
+from core import logs, settings
 from runner import sandbox
 from runner.task import spec as task_spec
 from runner.task.outbox import Outbox
@@ -37,6 +36,7 @@ def main(argv: list[str]) -> int:
     except sandbox.SandboxError as exc:
         print(f"task {task_id}: {exc}", file=sys.stderr)
         return 2
+    logs.setup("task", task_id=task_id)  # here, not at import: forks of the zygote come here too
     cfg = settings.load()
     spec_path = os.environ.get(task_spec.SPEC_ENV, "")
     try:
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     store: task_spec.OwnLog | task_spec.SharedLog = (
         task_spec.OwnLog(cfg.events_dir)
         if cfg.db_url.startswith("sqlite")
-        else task_spec.SharedLog(cfg.db_url)
+        else task_spec.SharedLog(cfg.db_url, cfg.events_dir)
     )
     publisher = Publisher(cfg.bus_pub, track_interest=True)
     outbox = Outbox(
@@ -57,6 +57,7 @@ def main(argv: list[str]) -> int:
         first_event_id=max(spec.last_event_id, store.last_event_id(task_id)) + 1,
         state=msgspec.structs.replace(spec.state, status="RUNNING"),
         heartbeat_interval=cfg.heartbeat_interval,
+        max_log_bytes=cfg.task_max_log_bytes,
     )
 
     def ask_to_stop(signum: int, _frame: Any) -> None:
@@ -65,6 +66,7 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGINT, ask_to_stop)
     signal.signal(signal.SIGTERM, ask_to_stop)
+    log.info("task %s started (pid %d)", task_id, os.getpid())
     outbox.start()
     code = EXIT_OK
     try:
@@ -73,17 +75,20 @@ def main(argv: list[str]) -> int:
         outbox.record(exit_code=EXIT_OK)
     except Cancelled:
         code = EXIT_CANCELLED
+        # Recorded, not only returned: a re-adopted task's exit status is not its
+        # supervisor's to get (it is not its child), so the row is where it learns it.
+        outbox.record(exit_code=EXIT_CANCELLED)
     except Exception as exc:  # any failure of the workload ends the task FAILED, with its reason
         code = EXIT_FAILED
         reason = f"{type(exc).__name__}: {exc}"
-        log.error("task failed: %s", reason)
-        traceback.print_exc()
+        log.error("task failed: %s", reason, exc_info=True)
         outbox.emit("System", "ERROR", {"message": reason, "error_type": type(exc).__name__})
-        outbox.record(error=reason[:2000])
+        outbox.record(error=reason[:2000], exit_code=EXIT_FAILED)
     finally:
         outbox.close()
         publisher.close()
         store.close()
+    log.info("task %s ends with exit code %d", task_id, code)
     return code
 
 
@@ -102,5 +107,4 @@ def _run_workload(spec: task_spec.TaskSpec, workspace: Path, out: Outbox) -> Non
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sys.exit(main(sys.argv[1:]))

@@ -46,6 +46,8 @@ class OwnLog:
     this task's end; progress reaches the tasks table through the supervisor, from the bus.
     """
 
+    local_commits = True  # a local SQLite file: the outbox's emitters commit their batches
+
     def __init__(self, events_dir: Path) -> None:
         self._logs = TaskLogs(events_dir)
 
@@ -75,10 +77,15 @@ class SharedLog:
     own outcome columns.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, events_dir: Path) -> None:
         from store import Store
 
-        self._store = Store(url)
+        # Two connections at most: the event writer and the outcome writer (README: sizing).
+        self._store = Store(url, events_dir, pool_size=2, max_overflow=0)
+
+    @property
+    def local_commits(self) -> bool:
+        return self._store.local_commits
 
     def open_events(self, task_id: str) -> None:
         self._store.open_events(task_id)

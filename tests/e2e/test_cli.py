@@ -274,3 +274,20 @@ def test_token_auth(tmp_path: Path) -> None:
         r = cli(s, "--token", secret, *args)
         assert r.returncode == 0, r.stderr
         assert secret not in r.stdout + r.stderr
+
+
+def test_create_without_starting_then_run_it(stack: Stack, api: httpx.Client) -> None:
+    r = cli(stack, "create", "a snake game", "--test-mode", "--pace", "demo")
+    assert r.returncode == 0, r.stderr
+    task_id = r.stdout.strip()
+    assert "created, not started" in r.stderr and "offline scripted LLM, test mode" in r.stderr
+    task = api.get(f"/api/tasks/{task_id}").json()
+    assert task["status"] == "PENDING" and task["options"]["pace"] == "demo"
+    r = cli(stack, "ls")
+    row = next(line for line in r.stdout.splitlines() if task_id in line)
+    assert "scripted" in row and "PENDING" in row
+    r = cli(stack, "create", "a synthetic one", "--synthetic-events", "5", "--json")
+    created = json.loads(r.stdout)
+    assert created["status"] == "PENDING" and created["llm"] == "synthetic"
+    assert api.post(f"/api/tasks/{created['id']}/run").status_code == 200
+    assert wait_status(api, created["id"], {"COMPLETED", "FAILED"})["status"] == "COMPLETED"

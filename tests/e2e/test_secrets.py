@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from metastream.stack import Stack
 from store import Store
@@ -15,7 +16,7 @@ from tests.helpers import create_task, poll_for, wait_status
 
 TOKEN = "tok-e2e-9d1f0b7c5a"
 SECRET = "ticket-secret-e2e-4b2a"
-LLM_KEY = "sk-llm-e2e-0c3d9e"
+LLM_KEY = "sk-llm-e2e-7c3e1a"  # only tasks calling a real LLM get it; no log may show it
 
 
 def _task_processes(stack: Stack, task_id: str, at_least: int) -> list[psutil.Process]:
@@ -32,12 +33,13 @@ def _task_processes(stack: Stack, task_id: str, at_least: int) -> list[psutil.Pr
     return found if len(found) >= at_least else []
 
 
-def test_tokens_never_reach_logs_files_or_task_processes(stack_factory) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("log_format", ["plain", "json"])
+def test_tokens_never_reach_logs_files_or_task_processes(stack_factory, log_format) -> None:  # type: ignore[no-untyped-def]
     env = {
         "METASTREAM_API_TOKEN": f"second-{TOKEN},{TOKEN}",
         "METASTREAM_TICKET_SECRET": SECRET,
-        # A task that calls no real LLM (synthetic, test mode) gets no LLM key (issue 20).
         "METASTREAM_LLM_API_KEY": LLM_KEY,
+        "METASTREAM_LOG_FORMAT": log_format,
     }
     s: Stack = stack_factory(env=env)
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -71,6 +73,10 @@ def test_tokens_never_reach_logs_files_or_task_processes(stack_factory) -> None:
         assert bad.close_code == 4401
         assert httpx.get(f"{s.url}/api/tasks", headers={"Authorization": TOKEN}).status_code == 401
         api.get(f"/api/tasks/{short['id']}/events").raise_for_status()
+        # Metrics are behind the token; readiness (for load balancers) is not.
+        assert httpx.get(f"{s.url}/metrics").status_code == 401
+        assert "metastream_ws_messages_sent_total" in api.get("/metrics").text
+        assert httpx.get(f"{s.url}/readyz").status_code == 200
         api.post(f"/api/tasks/{long['id']}/cancel").raise_for_status()
         wait_status(api, long["id"], {"CANCELLED"})
     s.stop()
@@ -80,7 +86,13 @@ def test_tokens_never_reach_logs_files_or_task_processes(stack_factory) -> None:
     assert {p.name for p in logs} >= {"gateway.log", "supervisor.log", "bus.log"}
     assert any(p.name.startswith("task-") for p in logs)
     assert "auth: ON" in s.log("gateway")
+    if log_format == "json":  # (the start-up line is a record then)
+        assert all(line.startswith("{") for line in s.log("gateway").splitlines() if line)
+    assert "ticket=<redacted>" in s.log("gateway")  # uvicorn logged the ticket's URL
+    assert ticket not in s.log("gateway")
     for path in files:
         data = path.read_bytes()
         assert TOKEN.encode() not in data, f"token found in {path}"
         assert SECRET.encode() not in data, f"ticket secret found in {path}"
+        if path.suffix == ".log":
+            assert LLM_KEY.encode() not in data, f"LLM API key found in {path}"

@@ -222,6 +222,10 @@ def _assert_disjoint(run_a: dict, run_b: dict, ws_a: Path, ws_b: Path) -> None:
     assert sorted(p.name for p in ws_b.iterdir()) == [".metagpt", "write_a_snake_game"]
     text_a = json.dumps(run_a["events"])
     assert "snake" not in text_a and str(ws_b) not in text_a
+    # The scripted LLM follows each requirement: its files are named after it, not 2048.
+    assert "build_a_todo_list/build_a_todo_list/todo_list_cli.py" in paths_a, paths_a
+    assert "write_a_snake_game/write_a_snake_game/snake_game.py" in paths_b, paths_b
+    assert "2048" not in text_a and "2048" not in json.dumps(run_b["events"])
 
 
 @pytest.mark.timeout(150)

@@ -37,6 +37,37 @@ PRD_PROMPT = _nodes_prompt(
 )
 
 
+def _example_prompt(requirement: str) -> str:
+    """The shape of MetaGPT 0.8.2's WritePRD prompt: a filled-in example after the context."""
+    example = json.dumps(
+        {"Original Requirements": "Create a 2048 game", "Project Name": "game_2048"}, indent=4
+    )
+    return (
+        f"\n## context\n\n### Project Name\n\n\n### Original Requirements\n{requirement}\n\n"
+        f"### Search Information\n-\n\n\n-----\n\n## format example\n[CONTENT]\n{example}\n"
+        '[/CONTENT]\n\n## nodes: "<node>: <type>  # <instruction>"\n'
+        "- Original Requirements: <class 'str'>  # Place the original user's requirements here.\n"
+        "- Project Name: <class 'str'>  # Name the project using snake case style\n"
+        "- Product Goals: typing.List[str]  # goals\n\n## constraint\nLanguage: ...\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("requirement", "module"),
+    [("a snake game", "snake_game"), ("Build a todo list CLI", "todo_list_cli")],
+)
+def test_answers_follow_the_requirement_not_metagpts_example(requirement, module):
+    text = answer([{"role": "user", "content": _example_prompt(requirement)}])
+    prd = json.loads(re.search(r"\[CONTENT\](.*)\[/CONTENT\]", text, re.S).group(1))
+    assert prd["Original Requirements"] == requirement
+    assert prd["Project Name"] == module
+    assert all(requirement in goal for goal in prd["Product Goals"][:1])
+    assert "2048" not in text
+    assert file_list(requirement) == ["main.py", f"{module}.py", "utils.py"]
+    # Deterministic: the same prompt, the same answer.
+    assert text == answer([{"role": "user", "content": _example_prompt(requirement)}])
+
+
 @pytest.fixture
 def llm():
     with ScriptedLLM() as server:
@@ -185,3 +216,28 @@ def test_standalone_server_prints_url_and_serves():
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+def test_demo_pace_streams_slowly_in_small_pieces():
+    from runner.scripted_llm.server import PACES
+
+    size, pause, thinking = PACES["demo"]
+    messages = [{"role": "user", "content": "hello"}]
+    expected = answer(messages)
+    with ScriptedLLM(pace="demo") as server:
+        started = time.monotonic()
+        chunks = list(
+            _client(server).chat.completions.create(model="m", messages=messages, stream=True)
+        )
+        took = time.monotonic() - started
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected
+    pieces = -(-len(expected) // size)
+    assert len(chunks) == pieces + 1  # and the final chunk with usage
+    assert took >= thinking + (pieces - 1) * pause
+    assert len(expected) / took < 150, "readable: well under 150 characters a second"
+
+
+def test_unknown_pace_is_rejected():
+    with pytest.raises(ValueError, match="unknown pace"):
+        ScriptedLLM(pace="ludicrous")

@@ -4,7 +4,7 @@ import { api, getToken, onAuthError, setToken } from "./api.js";
 import { $, fmtCost, fmtDuration, fmtInt, TERMINAL, toast } from "./dom.js";
 import { FilesView } from "./files.js";
 import { TaskStream } from "./stream.js";
-import { setupCreateForm, TaskList } from "./tasks.js";
+import { llmText, setupCreateForm, TaskList } from "./tasks.js";
 import { Timeline } from "./timeline.js";
 
 const CONN_TEXT = {
@@ -101,8 +101,8 @@ function closeTask() {
 function applyTask(t) {
   ui.requirement.textContent = t.requirement;
   ui.requirement.title = t.requirement;
-  const synthetic = t.options && t.options.synthetic;
-  if (!ui.llm.textContent) ui.llm.textContent = synthetic ? "synthetic workload" : t.test_mode ? "test mode · scripted LLM" : "";
+  ui.llm.textContent = llmText(t);
+  ui.llm.dataset.llm = t.llm || "";
   // The stream's state is fresher; only fill what it has not said yet.
   if (!current.status || current.status === "PENDING") applyState(t);
 }
@@ -146,7 +146,7 @@ function onEvents(evs) {
         if (p.total_cost != null) current.cost = Math.max(current.cost || 0, p.total_cost);
         break;
       case "FLOW_START":
-        ui.llm.textContent = p.llm === "scripted" ? "offline scripted LLM" : `LLM ${p.model || p.llm || ""}`;
+        if (p.llm !== "scripted") ui.llm.textContent = `LLM ${p.model || p.llm || ""}`;
         break;
       case "FILE_WRITTEN":
         files.refreshSoon();

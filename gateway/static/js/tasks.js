@@ -71,7 +71,7 @@ export class TaskList {
     this.listEl.replaceChildren(
       ...tasks.map((t) => {
         const pct = Math.round((t.progress || 0) * 100);
-        const flags = [t.test_mode ? "test" : null, t.options && t.options.synthetic ? "synthetic" : null].filter(Boolean);
+        const flags = [t.test_mode ? "test" : null, llmFlag(t)].filter(Boolean);
         return el(
           "li",
           null,
@@ -94,6 +94,21 @@ export class TaskList {
   }
 }
 
+/** The list's tag for the LLM a task runs on (the REST task's `llm` field). */
+export function llmFlag(t) {
+  if (t.llm === "scripted") return "scripted LLM";
+  if (t.llm === "synthetic" || (t.options && t.options.synthetic)) return "synthetic";
+  return null;
+}
+
+/** Words for the task view's LLM line. */
+export function llmText(t) {
+  if (t.llm === "synthetic" || (t.options && t.options.synthetic)) return "synthetic workload";
+  if (t.llm === "scripted") return t.test_mode ? "offline scripted LLM · test mode" : "offline scripted LLM · no real LLM configured";
+  if (t.llm === "configured") return "real LLM";
+  return t.test_mode ? "offline scripted LLM · test mode" : "";
+}
+
 /** Wire the create form; `onCreated(task)` opens the new task. */
 export function setupCreateForm(form, onCreated) {
   const errEl = $("#create-error", form);
@@ -107,6 +122,7 @@ export function setupCreateForm(form, onCreated) {
       use_qa: $("#use-qa", form).checked,
       disconnect_policy: $("#disconnect-policy", form).value,
     };
+    if ($("#demo-pace", form).checked) body.pace = "demo";
     if ($("#synthetic-on", form).checked) {
       body.synthetic = {
         events: Number($("#synthetic-events", form).value) || 1,
