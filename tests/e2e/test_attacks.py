@@ -101,6 +101,8 @@ def _sandboxed_stack(stack_factory: Any, mode: str, warm: bool) -> Stack:
         "METASTREAM_TEST_HOOKS": "1",
         "METASTREAM_WARM": "1" if warm else "0",
         "METASTREAM_API_TOKEN": TOKEN,
+        # Not about liveness: a cold interpreter on a loaded CI machine may take > 5 s.
+        "METASTREAM_HEARTBEAT_TIMEOUT": "30",
     }
     s: Stack = stack_factory(env=env)
     if warm:
