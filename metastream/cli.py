@@ -2,7 +2,7 @@
 
 Exit codes: 0 success / task COMPLETED, 1 task FAILED, 2 task CANCELLED, 3 gateway unreachable,
 gave up reconnecting or timed out, 4 task or file not found, 5 other gateway error (including
-authentication), 64 usage error, 130 interrupted.
+authentication), 6 database error (`metastream db`), 64 usage error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -241,6 +241,10 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metastream`` command."""
     args = build_parser().parse_args(argv)
+    if args.command == "db":  # straight on the database: no gateway involved
+        from metastream.cli_db import cmd_db
+
+        return cmd_db(args)
     args.url = getattr(args, "url", None) or default_url()
     args.token = getattr(args, "token", None) or os.environ.get("METASTREAM_API_TOKEN") or None
     args.json = getattr(args, "json", False)

@@ -135,4 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("path", help="path as listed by `metastream files`")
     get.add_argument("-o", "--output", help="write to this file instead of stdout")
     get.set_defaults(command="get")
+
+    from metastream import cli_db
+
+    cli_db.add_parser(sub)
     return parser

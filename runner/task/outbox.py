@@ -11,6 +11,12 @@ Why the emitters write their own batches: a separate writer thread, committing w
 workload keeps emitting, waits for the GIL each time SQLite or ZeroMQ hands it back (every
 statement, every send), up to the interpreter's 5 ms switch interval: a 4,000-event commit
 took 90 ms, 5-9 us per event instead of about 1.5.
+
+On a server database (PostgreSQL) a commit is a round trip of a millisecond or more, during
+which the GIL is free: there a run's batches are committed by the writer thread while the
+emitters go on (group commit), and emitters write only paced events themselves. An emitter
+writing each batch itself would stop emitting for every commit, and each next event would
+look paced: one commit per event.
 """
 
 from __future__ import annotations
@@ -50,6 +56,13 @@ INLINE_AFTER = 0.0002  # an event this long after the previous one is written by
 MAX_DELAY = 0.0005
 
 
+LIMIT_SLACK = 64 * 1024  # room left after the limit for the task's error event
+
+
+class LogLimitExceeded(RuntimeError):
+    """The task logged more event bytes than METASTREAM_TASK_MAX_LOG_BYTES allows."""
+
+
 class _Claim(NamedTuple):
     """What one writer took to commit and publish."""
 
@@ -71,8 +84,12 @@ class Outbox:
         first_event_id: int,
         state: State,
         heartbeat_interval: float = 1.0,
+        max_log_bytes: int = 0,
     ) -> None:
         self.task_id = task_id
+        # Bytes of events this run may log (0 = no limit); past it, emit raises.
+        self._max_log_bytes = max_log_bytes
+        self._log_bytes = 0
         self.cancelled = threading.Event()
         self._store = store
         self._pub = publisher
@@ -104,6 +121,8 @@ class Outbox:
         self._busy = False
         self._last_emit = 0.0
         self._oldest = 0.0  # when the oldest pending event was emitted
+        # Whether a run's emitters commit their own batches (cheap local commits, SQLite).
+        self._emitter_batches = store.local_commits
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         # The task row (progress, last message, version) is written by a thread of its own:
         # that write (~1 ms on the shared database) must not hold back the next events.
@@ -136,7 +155,6 @@ class Outbox:
                 self._progress.wait(0.5)
             self._raise_if_failed()
             event_id = self._next_id
-            self._next_id += 1
             ev = Event(
                 event_id=event_id,
                 task_id=self.task_id,
@@ -145,11 +163,14 @@ class Outbox:
                 event_type=event_type,
                 payload=payload,
             )
+            row = event_data_json(ev)
+            self._count_log_bytes(len(row))
+            self._next_id += 1
             now = time.monotonic()
             if not self._pending:
                 self._oldest = now
             self._pending.append(ev)
-            self._pending_rows.append((event_id, event_data_json(ev)))
+            self._pending_rows.append((event_id, row))
             # Written here, by the emitting thread, when this event follows a pause (sparing
             # a thread hand-off, the largest part of an event's latency at low rates) or the
             # batch has waited long enough (one commit per event would cap the throughput).
@@ -161,13 +182,18 @@ class Outbox:
                 # Someone is writing (a heartbeat, a state, another thread's batch: short);
                 # after it, this event still goes at once instead of after the writer's wait.
                 self._progress.wait(0.1)
-            mine = not self._busy and (paced or now - self._oldest >= MAX_DELAY)
+            batch_due = self._emitter_batches and now - self._oldest >= MAX_DELAY
+            mine = not self._busy and (paced or batch_due)
             if mine:
                 claim = self._take(events=True)
             elif len(self._pending) == 1:
                 self._work.notify()
         if mine:
             self._write(claim)
+            if not self._emitter_batches:
+                # The pause before the next event starts now, not before this one's commit.
+                with self._lock:
+                    self._last_emit = time.monotonic()
         return event_id
 
     def set_state(
@@ -189,6 +215,17 @@ class Outbox:
             if not self._state_dirty:
                 self._state_dirty = True
                 self._work.notify()
+
+    def _count_log_bytes(self, size: int) -> None:
+        """Raise LogLimitExceeded if logging ``size`` more bytes passes the limit."""
+        limit = self._max_log_bytes
+        if limit > 0 and self._log_bytes + size > limit:
+            # Once: the task's own error report that follows must still fit.
+            self._max_log_bytes = self._log_bytes + LIMIT_SLACK
+            raise LogLimitExceeded(
+                f"event log limit reached: {limit} bytes of events (METASTREAM_TASK_MAX_LOG_BYTES)"
+            )
+        self._log_bytes += size
 
     def record(self, **columns: Any) -> None:
         """Store extra task columns (``error``, ``exit_code``) with the next commit."""
@@ -311,7 +348,11 @@ class Outbox:
             with self._lock:
                 while True:
                     now = time.monotonic()
-                    quiet = self._stopping or now - self._last_emit >= INLINE_AFTER
+                    quiet = (
+                        self._stopping
+                        or not self._emitter_batches
+                        or now - self._last_emit >= INLINE_AFTER
+                    )
                     if not self._busy:
                         if self._stopping and not (self._pending or self._state_dirty):
                             return
