@@ -17,7 +17,8 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     cfg = settings.load({"METASTREAM_HOME": str(tmp_path), "METASTREAM_CREATE_RATE": "0"})
-    with TestClient(create_app(cfg)) as c:
+    # A loopback Host: "testserver" is not one the gateway serves (DNS rebinding).
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1") as c:
         yield c
 
 
