@@ -252,6 +252,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ge=1,
         ),
     ] = 100
+    # With permessage-deflate negotiated, only messages of at least this many bytes are
+    # compressed; bench/README.md "Cost curves" has the measurements behind the default.
+    ws_deflate_min_bytes: Annotated[
+        int,
+        env(
+            "METASTREAM_WS_DEFLATE_MIN_BYTES",
+            "with permessage-deflate negotiated (browsers offer it), only messages this long "
+            "or longer are compressed; `0` = all",
+            ge=0,
+        ),
+    ] = 1024
+    gateway_workers: Annotated[
+        int,
+        env(
+            "METASTREAM_GATEWAY_WORKERS",
+            "gateway processes sharing the port (uvicorn `--workers`; see Gateway workers)",
+            ge=1,
+        ),
+    ] = 1
     # Security and limits (docs/security.md).
     api_tokens: Annotated[
         Secrets,
