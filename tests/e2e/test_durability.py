@@ -115,9 +115,8 @@ def test_component_killed_mid_stream(stack: Stack, api: httpx.Client, component:
         what="task under way",
     )
 
-    store = Store(
-        f"sqlite:///{stack.home / 'data' / 'metastream.db'}", stack.home / "data" / "events"
-    )
+    url = stack.env.get("METASTREAM_DB_URL") or f"sqlite:///{stack.home / 'data' / 'metastream.db'}"
+    store = Store(url, stack.home / "data" / "events")
     received: list[int] = []
 
     async def scenario():  # type: ignore[no-untyped-def]
