@@ -11,7 +11,9 @@ from pathlib import Path
 import anyio
 import zmq.asyncio
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -24,7 +26,9 @@ from core import settings as settings_mod
 from core.metrics import Registry
 from core.settings import Settings
 from gateway import api, files, readiness, ws
+from gateway.browser import BrowserGuardMiddleware
 from gateway.control import ControlClient, SupervisorUnavailable
+from gateway.frames import MsgpackCache
 from gateway.hub import Hub
 from gateway.leases import LeaseKeeper
 from gateway.limits import ConnectionCounter, LimitsMiddleware
@@ -54,7 +58,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         leases = LeaseKeeper(publisher, hub, cfg.lease_ttl)
         probe = readiness.BusProbe(publisher)
         hub.on_system(probe.topic, probe.heard)
-        hub.on_bad_frame = metrics.bus_bad_frames.inc
+        hub.on_bad_frame = metrics.bad_frame
         background = [
             asyncio.create_task(hub.run()),
             asyncio.create_task(leases.run()),
@@ -68,6 +72,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         app.state.settings = cfg
         app.state.store = store
         app.state.log_reader = LogReader(store, cfg.replay_page)
+        app.state.frame_cache = MsgpackCache()  # log rows as MessagePack, shared (frames.py)
         app.state.hub = hub
         app.state.control = control
         try:
@@ -92,8 +97,8 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     app.state.ws_clients = ConnectionCounter(cfg.ws_max_per_client)
     metrics = GatewayMetrics(Registry(cfg.metrics))
     app.state.metrics = metrics
-    # The last added runs first: CORS answers preflights, then auth, then the input limits (so
-    # that unauthenticated requests never spend a client's task-creation budget).
+    # The last added runs first: Host/Origin checks, CORS answers preflights, then auth, then
+    # the input limits (so unauthenticated requests never spend a client's creation budget).
     app.add_middleware(LimitsMiddleware, cfg=cfg, counters=counters)
     app.add_middleware(AuthMiddleware, guard=guard)
     if cfg.allowed_origins:
@@ -104,6 +109,8 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
+    # Outermost: a rebinding page or a cross-site form gets nothing, not even a preflight.
+    app.add_middleware(BrowserGuardMiddleware, cfg=cfg, guard=guard, counters=counters)
     app.include_router(api.router, responses=COMMON_RESPONSES)
     app.include_router(files.router, responses=COMMON_RESPONSES)
     app.include_router(ws.router)
@@ -164,6 +171,17 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             if methods:
                 exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        """FastAPI's 422, but one whose echoed input cannot be written (NaN, a lone
+        surrogate) is dropped instead of turning the answer into a 500."""
+        errors = jsonable_encoder(exc.errors())
+        try:
+            return JSONResponse({"detail": errors}, status_code=422)
+        except (ValueError, UnicodeEncodeError):
+            safe = [{k: v for k, v in e.items() if k not in ("input", "ctx")} for e in errors]
+            return JSONResponse({"detail": safe}, status_code=422)
 
     if STATIC_DIR.is_dir():
         # The live web view: static files, no build step (mounted last: API routes win).

@@ -51,6 +51,7 @@ def main(argv: list[str]) -> int:
         first_event_id=max(row.last_event_id, store.last_event_id(task_id)) + 1,
         state=msgspec.structs.replace(state_of(row), status="RUNNING"),
         heartbeat_interval=cfg.heartbeat_interval,
+        max_log_bytes=cfg.task_max_log_bytes,
     )
 
     def ask_to_stop(signum: int, _frame: Any) -> None:
@@ -68,12 +69,15 @@ def main(argv: list[str]) -> int:
         outbox.record(exit_code=EXIT_OK)
     except Cancelled:
         code = EXIT_CANCELLED
+        # Recorded, not only returned: a re-adopted task's exit status is not its
+        # supervisor's to get (it is not its child), so the row is where it learns it.
+        outbox.record(exit_code=EXIT_CANCELLED)
     except Exception as exc:  # any failure of the workload ends the task FAILED, with its reason
         code = EXIT_FAILED
         reason = f"{type(exc).__name__}: {exc}"
         log.error("task failed: %s", reason, exc_info=True)
         outbox.emit("System", "ERROR", {"message": reason, "error_type": type(exc).__name__})
-        outbox.record(error=reason[:2000])
+        outbox.record(error=reason[:2000], exit_code=EXIT_FAILED)
     finally:
         outbox.close()
         publisher.close()

@@ -12,7 +12,7 @@ import pytest
 import websockets
 
 from metastream.stack import Stack
-from tests.helpers import collect, create_task, poll_for, wait_status
+from tests.helpers import WORKERS, collect, create_task, poll_for, wait_status
 
 FAST = {
     "METASTREAM_HEARTBEAT_INTERVAL": "0.5",
@@ -32,8 +32,9 @@ def _event_time(api: httpx.Client, task_id: str, event_id: int) -> float:
 
 
 @pytest.fixture
-def fast_stack(stack_factory) -> Stack:  # type: ignore[no-untyped-def]
-    return stack_factory(env={**FAST, "METASTREAM_TASK_MEMORY_MB": "600"})
+def fast_stack(stack_factory, workers: int) -> Stack:  # type: ignore[no-untyped-def]
+    env = {**FAST, "METASTREAM_TASK_MEMORY_MB": "600", "METASTREAM_GATEWAY_WORKERS": str(workers)}
+    return stack_factory(env=env)
 
 
 @pytest.fixture
@@ -116,6 +117,7 @@ def _grown(leader: psutil.Process, n: int) -> list[psutil.Process] | None:
     return kids if len(kids) >= n else None
 
 
+@WORKERS
 def test_disconnect_policies(fast_stack: Stack, fapi: httpx.Client) -> None:
     def watch_briefly(task_id: str, events: int) -> None:
         asyncio.run(collect(fast_stack.ws_url, task_id, stop_after_events=events, timeout=20))
@@ -146,6 +148,7 @@ def test_disconnect_policies(fast_stack: Stack, fapi: httpx.Client) -> None:
     )
 
 
+@WORKERS
 def test_kill_policy_holds_when_the_gateway_dies(fast_stack: Stack, fapi: httpx.Client) -> None:
     task = create_task(fapi, synthetic={"events": 10_000, "rate": 100}, disconnect_policy="kill")
 
@@ -202,6 +205,20 @@ def test_supervisor_killed_and_restarted(fast_stack: Stack, fapi: httpx.Client) 
     # Re-adopted: the task process kept running and its end is still recorded.
     final = wait_status(fapi, task["id"], {"COMPLETED", "FAILED", "CANCELLED"}, timeout=30)
     assert final["status"] == "COMPLETED" and final["last_event_id"] == 400
+    assert final["exit_code"] == 0  # what the task recorded (its exit status is not ours)
+
+    # One that fails while adopted: its recorded exit code too, not None.
+    failing = create_task(
+        fapi, synthetic={"events": 1000, "rate": 100, "exit_after": 150, "crash": "exception"}
+    )
+    fapi.post(f"/api/tasks/{failing['id']}/run")
+    poll_for(lambda: fapi.get(f"/api/tasks/{failing['id']}").json()["last_event_id"] > 20, 20)
+    fast_stack.kill("supervisor")
+    fast_stack.start_component("supervisor")
+    fast_stack.wait_healthy()
+    final = wait_status(fapi, failing["id"], {"COMPLETED", "FAILED", "CANCELLED"}, timeout=30)
+    assert final["status"] == "FAILED" and "synthetic failure" in final["last_message"]
+    assert final["exit_code"] == 1
 
     lost = create_task(fapi, synthetic={"events": 100_000, "rate": 100})
     fapi.post(f"/api/tasks/{lost['id']}/run")
