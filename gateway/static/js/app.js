@@ -58,11 +58,22 @@ function openTask(id) {
   current = { id, stream: null, status: null, startedAt: null, completedAt: null, cost: null, tokens: null, conn: "idle" };
   ui.empty.hidden = true;
   ui.view.hidden = false;
+  // Nothing of the previously open task may show through: every field starts blank, and the
+  // status and Cancel wait for the server to confirm the task exists.
+  ui.view.dataset.state = "loading";
   ui.id.textContent = id;
   ui.requirement.textContent = "…";
+  ui.requirement.title = "";
   ui.llm.textContent = "";
   ui.lastMessage.textContent = "";
+  ui.events.textContent = "0";
+  ui.cost.textContent = "—";
+  ui.tokens.textContent = "—";
+  ui.elapsed.textContent = "—";
   applyState({ status: "PENDING", progress: 0, current_agent: null });
+  ui.status.textContent = "…";
+  ui.status.dataset.status = "";
+  ui.cancel.disabled = true;
   timeline.reset();
   files.reset(id);
   tasks.select(id);
@@ -70,10 +81,19 @@ function openTask(id) {
   const mine = current;
   api
     .getTask(id)
-    .then((t) => mine === current && applyTask(t))
+    .then((t) => {
+      if (mine !== current) return;
+      ui.view.dataset.state = "ok";
+      applyTask(t);
+    })
     .catch((err) => {
       if (mine !== current) return;
-      ui.requirement.textContent = err.status === 404 ? "Task not found" : `Could not load the task: ${err.message}`;
+      if (err.status === 404) {
+        showNotFound(mine);
+        return;
+      }
+      ui.view.dataset.state = "error";
+      ui.requirement.textContent = `Could not load the task: ${err.message}`;
     });
   files.refresh();
   current.stream = new TaskStream(id, {
@@ -85,9 +105,23 @@ function openTask(id) {
       // Only the stream's final state comes after the last event; the REST copy may not.
       if (TERMINAL.has(s.status)) timeline.finish();
     },
-    onConn: (c, detail) => mine === current && setConn(c, detail),
+    onConn: (c, detail) => {
+      if (mine !== current) return;
+      setConn(c, detail);
+      if (c === "not found") showNotFound(mine);
+    },
     onError: (m) => mine === current && toast(m, "error"),
   }).start();
+}
+
+/** An unknown (or garbage) id: only "Task not found", nothing to watch or cancel. */
+function showNotFound(mine) {
+  ui.view.dataset.state = "missing";
+  ui.requirement.textContent = "Task not found";
+  ui.lastMessage.textContent = "";
+  ui.cancel.disabled = true;
+  if (mine.stream) mine.stream.stop();
+  timeline.reset();
 }
 
 function closeTask() {
@@ -105,6 +139,7 @@ function applyTask(t) {
   ui.llm.dataset.llm = t.llm || "";
   // The stream's state is fresher; only fill what it has not said yet.
   if (!current.status || current.status === "PENDING") applyState(t);
+  else ui.cancel.disabled = TERMINAL.has(current.status);
 }
 
 function applyState(s) {
@@ -123,7 +158,7 @@ function applyState(s) {
   ui.agent.textContent = done ? "—" : s.current_agent || "—";
   if (s.last_message) ui.lastMessage.textContent = s.last_message;
   timeline.setActive(done ? null : s.current_agent || null);
-  ui.cancel.disabled = done;
+  ui.cancel.disabled = done || ui.view.dataset.state !== "ok";
   ui.cancel.textContent = done ? "Finished" : "Cancel task";
   if (done) {
     files.refresh();
@@ -187,6 +222,9 @@ setInterval(tickElapsed, 1000);
 ui.cancel.addEventListener("click", async () => {
   if (!current) return;
   const mine = current;
+  // Cancelling stops the task's processes for good: ask first.
+  const what = ui.requirement.textContent || mine.id;
+  if (!window.confirm(`Cancel this task?\n\n${what.slice(0, 200)}\n\nIts agents stop and it cannot be resumed.`)) return;
   ui.cancel.disabled = true;
   ui.cancel.textContent = "Cancelling…";
   try {
@@ -219,6 +257,10 @@ function showFile(path) {
 setupCreateForm($("#create-form"), (task) => {
   tasks.refresh();
   location.hash = `#/task/${task.id}`;
+  // On a narrow screen the task view is below the form and the list: bring it into view.
+  if (window.matchMedia("(max-width: 900px)").matches) {
+    requestAnimationFrame(() => ui.view.scrollIntoView({ block: "start" }));
+  }
 });
 
 function route() {
