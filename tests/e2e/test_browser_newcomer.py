@@ -6,6 +6,7 @@ Real stack, headless Chromium (see browser_support); screenshots in ``test-artif
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -151,3 +152,35 @@ def test_phone_layout(stack: Stack, browser: Any) -> None:  # noqa: F811
 
 def test_artifacts_dir_exists() -> None:
     assert bs.artifacts_dir().is_dir()
+
+
+def test_download_a_file_and_the_whole_workspace(
+    stack: Stack, api: httpx.Client, page: Page
+) -> None:
+    import io
+    import zipfile
+
+    task = create_task(api, requirement="downloads", synthetic={"events": 5})
+    api.post(f"/api/tasks/{task['id']}/run")
+    wait_status(api, task["id"], {"COMPLETED"})
+    ws = stack.home / "tasks" / task["id"]
+    (ws / "proj" / "pkg").mkdir(parents=True)
+    (ws / "proj" / "pkg" / "game.py").write_text("print('snake')\n")
+    (ws / "proj" / "README.md").write_text("# snake\n")
+    pg = page.page
+    pg.goto(f"{stack.url}/#/task/{task['id']}")
+    page.wait_js("i && i.status === 'COMPLETED'")
+    pg.click(".tabs [data-tab=files]")
+    pg.click('.tree button.file[data-path="proj/pkg/game.py"]')
+    pg.wait_for_selector("#file-download:visible")
+    with pg.expect_download() as one:
+        pg.click("#file-download")
+    assert one.value.suggested_filename == "game.py"
+    assert Path(one.value.path()).read_text() == "print('snake')\n"
+    with pg.expect_download() as whole:
+        pg.click("#zip-download")
+    assert whole.value.suggested_filename == f"task-{task['id'][:8]}.zip"
+    zf = zipfile.ZipFile(io.BytesIO(Path(whole.value.path()).read_bytes()))
+    assert sorted(zf.namelist()) == ["proj/README.md", "proj/pkg/game.py"]
+    page.shot("browser-downloads")
+    assert not page.errors, page.errors

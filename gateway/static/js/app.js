@@ -44,6 +44,7 @@ const files = new FilesView({
   path: $("#file-path"),
   size: $("#file-size"),
   count: $("#files-count"),
+  download: $("#file-download"),
 });
 const tasks = new TaskList($("#task-list"), $("#task-total"), $("#more-tasks")).start();
 
@@ -246,6 +247,13 @@ function selectTab(name) {
   if (name === "files") files.refresh();
 }
 for (const b of document.querySelectorAll(".tabs [data-tab]")) b.addEventListener("click", () => selectTab(b.dataset.tab));
+
+$("#file-download").addEventListener("click", () => {
+  if (current && files.selected) api.downloadFile(current.id, files.selected).catch((err) => toast(`Download failed: ${err.message}`, "error"));
+});
+$("#zip-download").addEventListener("click", () => {
+  if (current) api.downloadArchive(current.id).catch((err) => toast(`Download failed: ${err.message}`, "error"));
+});
 
 function showFile(path) {
   selectTab("files");
