@@ -5,6 +5,7 @@ Real stack, headless Chromium (see browser_support); screenshots in ``test-artif
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,4 +184,39 @@ def test_download_a_file_and_the_whole_workspace(
     zf = zipfile.ZipFile(io.BytesIO(Path(whole.value.path()).read_bytes()))
     assert sorted(zf.namelist()) == ["proj/README.md", "proj/pkg/game.py"]
     page.shot("browser-downloads")
+    assert not page.errors, page.errors
+
+
+@pytest.mark.metagpt
+@pytest.mark.timeout(240)
+def test_chronological_view_and_folded_internal_warnings(
+    stack: Stack, api: httpx.Client, page: Page
+) -> None:
+    task = create_task(api, requirement="a snake game", test_mode=True)
+    pg = page.page
+    pg.goto(f"{stack.url}/#/task/{task['id']}")
+    page.wait_js("i && i.status === 'COMPLETED' && i.conn === 'ended'", timeout=200)
+    last = page.info()["lastId"]
+    pg.evaluate("window.__metastream.expandAll()")
+
+    # MetaGPT's "Message no recipients" is folded: a closed box, its text not even in the DOM.
+    internal = pg.locator("#timeline .ev.internal")
+    assert internal.count() >= 1
+    assert "MetaGPT internal warning" in (internal.first.text_content() or "")
+    assert internal.first.locator("details[open]").count() == 0
+    assert "sent_from" not in (pg.text_content("#timeline") or "")
+
+    # The chronological view: every event once, in id order, agents interleaved.
+    pg.click("#view-chrono")
+    assert pg.is_visible("#chrono") and not pg.is_visible("#timeline")
+    chunks = pg.eval_on_selector_all("#chrono [data-ids]", "els => els.map(e => e.dataset.ids)")
+    ids = [int(x) for chunk in chunks for x in chunk.split()]
+    assert ids == list(range(1, last + 1))
+    roles = pg.eval_on_selector_all("#chrono .ev", "els => els.map(e => e.dataset.role)")
+    assert {"ProductManager", "Architect", "ProjectManager", "Engineer"} <= set(roles)
+    switches = sum(1 for a, b in itertools.pairwise(roles) if a != b)
+    assert switches >= 4
+    page.shot("browser-chronological")
+    pg.click("#view-agents")
+    assert pg.is_visible("#timeline") and not pg.is_visible("#chrono")
     assert not page.errors, page.errors

@@ -2,6 +2,7 @@
 
 import { api, getToken, onAuthError, setToken } from "./api.js";
 import { $, fmtCost, fmtDuration, fmtInt, TERMINAL, toast } from "./dom.js";
+import { Chrono } from "./chrono.js";
 import { FilesView } from "./files.js";
 import { TaskStream } from "./stream.js";
 import { llmText, setupCreateForm, TaskList } from "./tasks.js";
@@ -38,6 +39,25 @@ const ui = {
 };
 
 const timeline = new Timeline($("#timeline"), $("#agent-strip"), { openFile: (p) => showFile(p) });
+const chrono = new Chrono($("#chrono"), { openFile: (p) => showFile(p) });
+function selectView(name) {
+  const chron = name === "chrono";
+  $("#chrono").hidden = !chron;
+  $("#timeline").hidden = chron;
+  $("#agent-strip").hidden = chron;
+  $("#view-chrono").classList.toggle("active", chron);
+  $("#view-agents").classList.toggle("active", !chron);
+  $("#view-chrono").setAttribute("aria-pressed", String(chron));
+  $("#view-agents").setAttribute("aria-pressed", String(!chron));
+  try {
+    localStorage.setItem("metastream.view", name);
+  } catch {
+    /* not persisted */
+  }
+}
+$("#view-agents").addEventListener("click", () => selectView("agents"));
+$("#view-chrono").addEventListener("click", () => selectView("chrono"));
+selectView(localStorage.getItem("metastream.view") === "chrono" ? "chrono" : "agents");
 const files = new FilesView({
   tree: $("#file-tree"),
   code: $("#file-code"),
@@ -76,6 +96,7 @@ function openTask(id) {
   ui.status.dataset.status = "";
   ui.cancel.disabled = true;
   timeline.reset();
+  chrono.reset();
   files.reset(id);
   tasks.select(id);
   selectTab("timeline");
@@ -123,6 +144,7 @@ function showNotFound(mine) {
   ui.cancel.disabled = true;
   if (mine.stream) mine.stream.stop();
   timeline.reset();
+  chrono.reset();
 }
 
 function closeTask() {
@@ -170,6 +192,7 @@ function applyState(s) {
 
 function onEvents(evs) {
   timeline.push(evs);
+  chrono.push(evs);
   for (const ev of evs) {
     const p = ev.payload || {};
     switch (ev.event_type) {
