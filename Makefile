@@ -6,7 +6,7 @@ STAMP := $(VENV)/.metastream-installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test test-postgres lint bench clean
 
 setup: $(STAMP)
 
@@ -19,8 +19,14 @@ run: setup
 	@$(BIN)/honcho start
 
 test: setup
-	@echo "==> running the test suite"
-	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@echo "==> running the test suite (the PostgreSQL runs: make test-postgres)"
+	@$(BIN)/python -m pytest -m "not postgres" $(PYTEST_ARGS)
+
+# The store, event-log, log-reader, outbox and end-to-end tests again on a real PostgreSQL
+# server the session starts itself (kept apart so that `make test` stays under ~20 minutes).
+test-postgres: setup
+	@echo "==> running the PostgreSQL tests"
+	@$(BIN)/python -m pytest -m postgres $(PYTEST_ARGS)
 
 lint: setup
 	@$(BIN)/ruff format --check .

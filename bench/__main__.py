@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import persistence, scenarios, startup
+from bench import persistence, postgres, scenarios, startup
 from bench.common import Ctx
 from bench.table import Row, render, write_json
 
@@ -31,6 +31,8 @@ SCENARIOS: dict[str, Callable[[Ctx, list[Row]], None]] = {
     "start": startup.s4_start,
     "memory": startup.s5_memory,
     "persistence": persistence.s_persistence,
+    "pg-persistence": postgres.s_pg_persistence,
+    "pg-stack": postgres.s_pg_stack,
 }
 DEFAULT_JSON = Path(__file__).parent / "results" / "latest.json"
 

@@ -27,6 +27,8 @@ from store import Store
 class NullStore:
     """Accepts every write and keeps nothing (the 'persistence off' baseline)."""
 
+    local_commits = True
+
     def open_events(self, *_a: Any, **_k: Any) -> None:
         return None
 

@@ -43,7 +43,8 @@ class Row:
     baseline_name: str = ""
     baseline: Stat | None = None
     # ("min", 0.5) = ratio value/baseline must be >= 0.5; ("max", 2.0) = <= 2.0;
-    # ("abs_max", 200) = the value itself must be <= 200 (in ``unit``); None = informational.
+    # ("abs_max", 200) = the value itself must be <= 200 (in ``unit``), "abs_min" >=;
+    # None = informational.
     target: tuple[str, float] | None = None
     note: str = ""
 
@@ -60,16 +61,23 @@ class Row:
         if self.target is None:
             return "-"
         kind, x = self.target
-        return {"min": f">= {x:g}x", "max": f"<= {x:g}x", "abs_max": f"<= {x:g} {self.unit}"}[kind]
+        return {
+            "min": f">= {x:g}x",
+            "max": f"<= {x:g}x",
+            "abs_max": f"<= {x:g} {self.unit}",
+            "abs_min": f">= {x:g} {self.unit}",
+        }[kind]
 
     @property
     def met(self) -> bool | None:
         if self.target is None:
             return None
         kind, x = self.target
-        if kind == "abs_max":
+        if kind in ("abs_max", "abs_min"):
             v = self.value.median
-            return None if v is None else v <= x
+            if v is None:
+                return None
+            return v <= x if kind == "abs_max" else v >= x
         r = self.ratio
         if r is None:
             return None

@@ -85,10 +85,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         str,
         env(
             "METASTREAM_DB_URL",
-            "the store (SQLAlchemy URL)",
+            "the store: `sqlite:///PATH` or `postgresql://USER:PASSWORD@HOST:PORT/DB` (see "
+            "Running on PostgreSQL)",
             shown="sqlite:///$METASTREAM_HOME/data/metastream.db",
         ),
     ] = ""
+    db_migrate: Annotated[
+        bool,
+        env(
+            "METASTREAM_DB_MIGRATE",
+            "`1`: gateways and supervisors migrate the store's schema at start-up (under a "
+            "lock); `0`: they refuse an unmigrated database, naming `metastream db upgrade`",
+        ),
+    ] = True
     bus_pub: Annotated[
         str,
         env(
@@ -299,6 +308,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     create_burst: Annotated[
         int, env("METASTREAM_CREATE_BURST", "burst of task creations per client address", ge=1)
     ] = 100
+    allowed_hosts: Annotated[
+        tuple[str, ...],
+        env(
+            "METASTREAM_ALLOWED_HOSTS",
+            "`Host` names served besides loopback ones (comma-separated, `*.example.com` for "
+            "subdomains; others get `400`: DNS rebinding protection)",
+        ),
+    ] = ()
+    trusted_proxies: Annotated[
+        tuple[str, ...],
+        env(
+            "METASTREAM_TRUSTED_PROXIES",
+            "proxies whose `X-Forwarded-For` is believed (comma-separated; default none)",
+        ),
+    ] = ()
+    head_timeout: Annotated[
+        float,
+        env(
+            "METASTREAM_HEAD_TIMEOUT",
+            "seconds a request head may take to arrive, else `408` and close (slowloris; 0 = off)",
+            ge=0,
+        ),
+    ] = 5.0
     curve_dir: Annotated[
         str,
         env(

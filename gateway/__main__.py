@@ -12,7 +12,9 @@ from bus.curve import InsecureEndpoint, check_endpoints
 from core import logs, settings
 from gateway.banner import banner
 from gateway.security import bind_problem, describe
+from gateway.slowloris import http_protocol
 from gateway.wsprotocol import WS_PROTOCOL
+from store import Store, StoreError, migrate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,6 +40,20 @@ def main(argv: list[str] | None = None) -> None:
     if problem:
         print(f"gateway: {problem}", file=sys.stderr, flush=True)
         raise SystemExit(2)
+    cfg.ensure_dirs()
+    try:
+        # Checked (and migrated) before uvicorn starts: a bad database is one line, not a
+        # lifespan traceback.
+        store = Store(cfg.db_url, cfg.events_dir, migrate=cfg.db_migrate)
+        try:
+            migrated = store.create_schema()
+        finally:
+            store.close()
+    except StoreError as exc:
+        print(f"gateway: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    if migrated:
+        logs.announce(f"gateway: migrated the database schema from {migrated} to {migrate.head()}")
     logs.announce(f"gateway: {describe(cfg, cfg.host)}", stream=sys.stderr)
     port = settings.gateway_port(cfg)
     for line in banner(cfg, port).splitlines():
@@ -48,11 +64,16 @@ def main(argv: list[str] | None = None) -> None:
         host=cfg.host,
         port=port,
         ws=WS_PROTOCOL,
+        http=http_protocol(cfg.head_timeout),
         ws_ping_interval=cfg.ws_ping_interval,
         ws_ping_timeout=cfg.ws_ping_timeout,
         # Clients have nothing big to send; a larger frame closes the socket with 1009.
         ws_max_size=cfg.ws_max_message_bytes,
         log_level="info",
+        # X-Forwarded-For is believed only from configured proxies (none by default): from
+        # anyone else it would let one client pose as many and dodge per-address limits.
+        proxy_headers=bool(cfg.trusted_proxies),
+        forwarded_allow_ips=list(cfg.trusted_proxies) or None,
         # uvicorn's records go through the root handler of core.logs: one format for
         # every process, and tickets in logged URLs are redacted.
         log_config=None,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from bus.messages import CancelTask, StartTask, new_task_id, utcnow
 from core.settings import Settings
@@ -26,6 +27,9 @@ from store import Store, TaskRow
 
 router = APIRouter(prefix="/api")
 MAX_PAGE = 10_000
+PAGE_BYTES = 8 << 20  # an events page stops after the event that reaches this size
+READ_BYTES = 1 << 20  # rows read from the log at once, about
+MAX_EVENT_ID = 2**63 - 1  # SQLite's INTEGER: beyond it the driver raises (was a 500)
 
 
 def store_of(request: Request) -> Store:
@@ -122,21 +126,41 @@ async def cancel_task(
 async def task_events(
     task_id: str,
     store: StoreDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
 ) -> Response:
+    """Up to ``limit`` events after ``after``, and at most about PAGE_BYTES of them."""
     await _task_or_404(store, task_id)
-    rows = await anyio.to_thread.run_sync(store.read_events, task_id, after, limit + 1)
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    # The log holds each event's JSON already: splice it, don't decode and re-encode.
-    body = b'{"task_id":"%s","events":[%s],"next_after":%d,"has_more":%s}' % (
-        task_id.encode(),
-        b",".join(d for _, d in rows),
-        rows[-1][0] if rows else after,
-        b"true" if has_more else b"false",
+    return StreamingResponse(
+        _event_page(store, task_id, after, limit), media_type="application/json"
     )
-    return Response(content=body, media_type="application/json")
+
+
+async def _event_page(store: Store, task_id: str, after: int, limit: int) -> AsyncIterator[bytes]:
+    """The page's JSON, streamed a read at a time: memory is a read's worth, not a page's.
+
+    The log holds each event's JSON already: it is spliced, never decoded and re-encoded.
+    """
+    yield b'{"task_id":"%s","events":[' % task_id.encode()
+    last, count, size, row_size, more = after, 0, 0, 0, True
+    while count < limit and size < PAGE_BYTES:
+        want = limit - count
+        # Until the size of this log's rows is known, a few (they may be a megabyte each).
+        want = max(1, min(want, READ_BYTES // row_size if row_size else 4))
+        rows = await anyio.to_thread.run_sync(store.read_events, task_id, last, want)
+        if rows:
+            chunk = b",".join(d for _, d in rows)
+            yield (b"," if count else b"") + chunk
+            count += len(rows)
+            size += len(chunk)
+            row_size = max(1, len(chunk) // len(rows))
+            last = rows[-1][0]
+        if len(rows) < want:
+            more = False  # the log's end
+            break
+    if more:
+        more = bool(await anyio.to_thread.run_sync(store.read_events, task_id, last, 1))
+    yield b'],"next_after":%d,"has_more":%s}' % (last, b"true" if more else b"false")
 
 
 @router.post("/tasks/{task_id}/ticket", response_model=TicketOut)

@@ -11,7 +11,9 @@ from pathlib import Path
 import anyio
 import zmq.asyncio
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -24,6 +26,7 @@ from core import settings as settings_mod
 from core.metrics import Registry
 from core.settings import Settings
 from gateway import api, archive, files, readiness, ws
+from gateway.browser import BrowserGuardMiddleware
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.hub import Hub
 from gateway.leases import LeaseKeeper
@@ -44,7 +47,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cfg.ensure_dirs()
-        store = Store(cfg.db_url, cfg.events_dir)
+        store = Store(cfg.db_url, cfg.events_dir, migrate=cfg.db_migrate)
         await anyio.to_thread.run_sync(store.create_schema)
         ctx = zmq.asyncio.Context()
         hub = Hub(cfg.bus_sub, ctx, cfg.ws_queue_size)
@@ -60,15 +63,10 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             asyncio.create_task(leases.run()),
             asyncio.create_task(probe.run()),
         ]
-        unregister = metrics.collect_from(
-            GatewayState(
-                store.status_counts,
-                app.state.ws_clients.total,
-                lambda: len(hub.watched()),
-                counters,
-                probe.ok,
-            )
+        app.state.metrics_state = GatewayState(
+            app.state.ws_clients.total, lambda: len(hub.watched()), counters, probe.ok
         )
+        unregister = metrics.collect_from(app.state.metrics_state)
         app.state.bus_probe = probe
         app.state.settings = cfg
         app.state.store = store
@@ -97,8 +95,8 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     app.state.ws_clients = ConnectionCounter(cfg.ws_max_per_client)
     metrics = GatewayMetrics(Registry(cfg.metrics))
     app.state.metrics = metrics
-    # The last added runs first: CORS answers preflights, then auth, then the input limits (so
-    # that unauthenticated requests never spend a client's task-creation budget).
+    # The last added runs first: Host/Origin checks, CORS answers preflights, then auth, then
+    # the input limits (so unauthenticated requests never spend a client's creation budget).
     app.add_middleware(LimitsMiddleware, cfg=cfg, counters=counters)
     app.add_middleware(AuthMiddleware, guard=guard)
     if cfg.allowed_origins:
@@ -109,6 +107,8 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
+    # Outermost: a rebinding page or a cross-site form gets nothing, not even a preflight.
+    app.add_middleware(BrowserGuardMiddleware, cfg=cfg, guard=guard, counters=counters)
     app.include_router(api.router, responses=COMMON_RESPONSES)
     app.include_router(files.router, responses=COMMON_RESPONSES)
     app.include_router(archive.router, responses=COMMON_RESPONSES)
@@ -145,13 +145,13 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics_endpoint() -> Response:
+    async def metrics_endpoint(request: Request) -> Response:
         """Prometheus metrics (behind the API token when one is set)."""
         if not metrics.registry.enabled:
             return JSONResponse({"detail": "Metrics are off (METASTREAM_METRICS=0)"}, 404)
-        # Collectors read the store: off the event loop.
-        body = await anyio.to_thread.run_sync(metrics.exposition)
-        return Response(body, media_type=CONTENT_TYPE)
+        state: GatewayState = request.app.state.metrics_state
+        state.status_counts = await anyio.to_thread.run_sync(request.app.state.store.status_counts)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     # (path pattern, methods) of the REST routes, for honest 405 answers.
     method_table = [
@@ -170,6 +170,17 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             if methods:
                 exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        """FastAPI's 422, but one whose echoed input cannot be written (NaN, a lone
+        surrogate) is dropped instead of turning the answer into a 500."""
+        errors = jsonable_encoder(exc.errors())
+        try:
+            return JSONResponse({"detail": errors}, status_code=422)
+        except (ValueError, UnicodeEncodeError):
+            safe = [{k: v for k, v in e.items() if k not in ("input", "ctx")} for e in errors]
+            return JSONResponse({"detail": safe}, status_code=422)
 
     if STATIC_DIR.is_dir():
         # The live web view: static files, no build step (mounted last: API routes win).

@@ -21,12 +21,11 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from gateway.api import SettingsDep, StoreDep, _task_or_404
+from gateway.files import _DIR_FLAGS, _FILE_FLAGS, _servable
 
 router = APIRouter(prefix="/api")
 MAX_FILES = 5_000
 CHUNK = 64 * 1024
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class _Sink:
@@ -55,7 +54,9 @@ class _Sink:
         return out
 
 
-def _walk(dir_fd: int, prefix: str, budget: list[int]) -> Iterator[tuple[str, int, os.stat_result]]:
+def _walk(
+    dir_fd: int, prefix: str, budget: list[int], root_dev: int
+) -> Iterator[tuple[str, int, os.stat_result]]:
     """(path, open file descriptor, its stat) for each regular single-link file, sorted."""
     for name in sorted(os.listdir(dir_fd)):
         if name.startswith(".") or budget[0] <= 0:
@@ -70,7 +71,7 @@ def _walk(dir_fd: int, prefix: str, budget: list[int]) -> Iterator[tuple[str, in
             except OSError:
                 continue  # replaced by a link or gone: not ours to follow
             try:
-                yield from _walk(sub, f"{prefix}{name}/", budget)
+                yield from _walk(sub, f"{prefix}{name}/", budget, root_dev)
             finally:
                 os.close(sub)
         elif stat.S_ISREG(st.st_mode):
@@ -79,8 +80,9 @@ def _walk(dir_fd: int, prefix: str, budget: list[int]) -> Iterator[tuple[str, in
             except OSError:
                 continue
             opened = os.fstat(fd)
-            # What we opened must still be a regular file with one name (no hard link).
-            if not stat.S_ISREG(opened.st_mode) or opened.st_nlink != 1:
+            # What we opened must be what GET /files serves: a regular file with one name (no
+            # hard link), on the workspace's device.
+            if not _servable(opened, root_dev):
                 os.close(fd)
                 continue
             budget[0] -= 1
@@ -97,7 +99,8 @@ def zip_stream(root: Path) -> Iterator[bytes]:
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         if root_fd is not None:
             try:
-                for path, fd, st in _walk(root_fd, "", [MAX_FILES]):
+                root_dev = os.fstat(root_fd).st_dev
+                for path, fd, st in _walk(root_fd, "", [MAX_FILES], root_dev):
                     with contextlib.closing(os.fdopen(fd, "rb")) as src:
                         info = zipfile.ZipInfo(path, time.localtime(st.st_mtime)[:6])
                         info.compress_type = zipfile.ZIP_DEFLATED

@@ -5,12 +5,14 @@ full (they are small: ``METASTREAM_MAX_BODY_BYTES``) so that the size and the JS
 are checked before anything parses them: ``json.loads`` on a deeply nested body raises
 RecursionError, which would otherwise be a 500.
 
-Rates and connection counts are per gateway process and per client address (as uvicorn reports
-it, i.e. after its proxy-headers handling): several gateways each apply their own limit.
+Rates and connection counts are per gateway process and per client address (the peer address;
+``X-Forwarded-For`` only from ``METASTREAM_TRUSTED_PROXIES``): several gateways each apply
+their own limit.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -18,6 +20,7 @@ from collections import Counter
 from collections.abc import MutableMapping
 from typing import Any
 
+import anyio
 from starlette.responses import JSONResponse
 
 from core.settings import Settings
@@ -49,6 +52,59 @@ def json_depth_exceeds(body: bytes, limit: int) -> bool:
             return rounds + brackets.count(b"[") > limit
         brackets = peeled
     return True
+
+
+MAX_INT_DIGITS = 100  # no field takes more; Python refuses > 4300 digits with a ValueError
+
+
+class _NotJson(ValueError):
+    """Valid for Python's ``json`` but not RFC 8259 JSON the API can take."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON number (RFC 8259); send a finite number")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _NotJson(f"integer with more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJson(f"number {text[:40]} is out of range (not a finite double)")
+    return value
+
+
+def json_problem(body: bytes) -> str | None:
+    """Why ``body`` is not JSON the API takes (a 422), or None (also for an empty body).
+
+    Python's ``json`` accepts ``NaN``/``Infinity``, lone UTF-16 surrogates (``"\\ud800"``,
+    which no UTF-8 encoder can write back, so even the 422 renderer crashed on them) and
+    integers of any length (over 4,300 digits it raises ValueError: a 400). All of these are
+    refused here, once, before any route sees the body. Malformed JSON is left to FastAPI.
+    """
+    if not body.strip():
+        return None
+    try:
+        value = json.loads(
+            body,
+            parse_constant=_no_constant,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+        )
+    except _NotJson as exc:
+        return str(exc)
+    except ValueError:
+        return None  # malformed: FastAPI's own 422 says where
+    try:
+        # C speed: only a string with a lone surrogate fails to encode.
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return "string with a lone UTF-16 surrogate (e.g. \\ud800): not valid Unicode"
+    return None
 
 
 def client_address(scope: Scope) -> str:
@@ -94,8 +150,9 @@ class ConnectionCounter:
         self.limit = limit
         self._open: Counter[str] = Counter()
 
-    def acquire(self, client: str) -> bool:
-        if self.limit > 0 and self._open[client] >= self.limit:
+    def acquire(self, client: str, limited: bool = True) -> bool:
+        """Count one more connection of ``client``; False (not counted) if over the limit."""
+        if limited and self.limit > 0 and self._open[client] >= self.limit:
             return False
         self._open[client] += 1
         return True
@@ -163,6 +220,11 @@ class LimitsMiddleware:
             # FastAPI would answer 400; every invalid body is a 422 (CONTRACT).
             await _invalid_body(scope, receive, send, "json_invalid", "body is not UTF-8 JSON")
             return
+        problem = await _off_loop(json_problem, bytes(body)) if body else None
+        if problem:
+            self.counters["json_invalid"] += 1
+            await _invalid_body(scope, receive, send, "json_invalid", problem)
+            return
         await self.app(scope, _replay(bytes(body), receive), send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -174,6 +236,13 @@ class LimitsMiddleware:
             413,
             f"Request body larger than {self.max_body} bytes (METASTREAM_MAX_BODY_BYTES)",
         )
+
+
+async def _off_loop(fn: Any, body: bytes) -> Any:
+    # Parsing up to METASTREAM_MAX_BODY_BYTES takes milliseconds: not on the event loop.
+    if len(body) < 4096:
+        return fn(body)
+    return await anyio.to_thread.run_sync(fn, body)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -25,6 +25,7 @@ from store import Store
 
 Row = tuple[int, bytes]  # (event_id, the event's WebSocket message as UTF-8)
 _event_id = itemgetter(0)
+FIRST_READ = 4  # rows asked for before a task's row size is known (they may be 1 MB each)
 
 
 @dataclass(slots=True)
@@ -44,13 +45,30 @@ class _Block:
 
 
 class LogReader:
-    """Reads task event logs as ready frames, in blocks shared by every connection."""
+    """Reads task event logs as ready frames, in blocks shared by every connection.
 
-    def __init__(self, store: Store, block: int = 2000, budget_bytes: int = 64 << 20) -> None:
+    A block holds at most ``block`` events and about ``block_bytes`` of frames: one that
+    reaches the byte size while being read is cut there, and the next block starts where it
+    ends. Each database read asks for as many rows as should fit (from the sizes seen so far),
+    so a log of megabyte events is read a few events at a time, never 2,000 megabytes at once.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        block: int = 2000,
+        budget_bytes: int = 64 << 20,
+        block_bytes: int = 2 << 20,
+        first_read: int = FIRST_READ,
+    ) -> None:
         self.store = store
         self.block = block
         self.budget = budget_bytes
+        self.block_bytes = block_bytes
+        self.first_read = first_read
         self._blocks: collections.OrderedDict[tuple[str, int], _Block] = collections.OrderedDict()
+        self._starts: dict[str, list[int]] = {}  # per task, the sorted starts of its blocks
+        self._row_size: dict[str, int] = {}  # per task, the average frame size last read
         self._size = 0
         self.db_reads = 0  # how many database reads were made (the sharing, seen by tests)
 
@@ -60,27 +78,36 @@ class LogReader:
         Empty when the log has nothing newer yet. Raises what the database raises.
         """
         while True:
-            blk = self._get(task_id, after // self.block)
+            blk = self._get(task_id, after)
             i = bisect.bisect_right(blk.rows, after, key=_event_id)
-            if i == len(blk.rows) and not blk.complete:
+            while i == len(blk.rows) and not blk.complete:
+                covered = blk.covered
                 await self._fill(task_id, blk)
                 i = bisect.bisect_right(blk.rows, after, key=_event_id)
+                if blk.covered == covered:
+                    break  # the log's end, for now
             if i < len(blk.rows):
                 if blk.complete:  # a reader moving through the log: have the next one ready
-                    self._prefetch(task_id, blk.end // self.block)
+                    self._prefetch(task_id, blk.end)
                 return blk.rows[i:]
             if not blk.complete:
                 return []  # nothing newer logged yet
             after = blk.end  # ids skip the rest of this block (a gap): the next one
 
-    def _get(self, task_id: str, index: int) -> _Block:
-        key = (task_id, index)
-        blk = self._blocks.get(key)
-        if blk is None:
-            start = index * self.block
-            blk = self._blocks[key] = _Block(start, start + self.block, start)
-        else:
-            self._blocks.move_to_end(key)
+    def _get(self, task_id: str, after: int) -> _Block:
+        """The block holding the events just after ``after``, made if there is none."""
+        starts = self._starts.setdefault(task_id, [])
+        i = bisect.bisect_right(starts, after)
+        if i:
+            blk = self._blocks[(task_id, starts[i - 1])]
+            if after < blk.end:
+                self._blocks.move_to_end((task_id, blk.start))
+                return blk
+        end = after + self.block
+        if i < len(starts):
+            end = min(end, starts[i])  # up to the next block
+        blk = self._blocks[(task_id, after)] = _Block(after, end, after)
+        starts.insert(i, after)
         return blk
 
     async def _fill(self, task_id: str, blk: _Block) -> None:
@@ -90,27 +117,38 @@ class LogReader:
         # Shielded: a connection that leaves must not cancel the read others wait for.
         await asyncio.shield(blk.reading)
 
-    def _prefetch(self, task_id: str, index: int) -> None:
-        nxt = self._get(task_id, index)
+    def _prefetch(self, task_id: str, after: int) -> None:
+        nxt = self._get(task_id, after)
         if nxt.reading is None and not nxt.rows and not nxt.complete:
             nxt.reading = asyncio.ensure_future(self._read_into(task_id, nxt))
             # Nobody may wait for it: a failure is raised again by the next read, not lost.
             nxt.reading.add_done_callback(_retrieve)
 
+    def _rows_that_fit(self, task_id: str, blk: _Block) -> int:
+        limit = blk.end - blk.covered
+        seen = self._row_size.get(task_id)
+        room = max(self.block_bytes - blk.size, 1)
+        fit = -(-room // seen) if seen else self.first_read  # rounded up: one read fills it
+        return max(1, min(limit, fit))
+
     async def _read_into(self, task_id: str, blk: _Block) -> None:
         try:
-            after, limit = blk.covered, blk.end - blk.covered
+            after, limit = blk.covered, self._rows_that_fit(task_id, blk)
             self.db_reads += 1
             rows = await anyio.to_thread.run_sync(self.store.read_events, task_id, after, limit)
             frames = [(i, ws_frame("event", data)) for i, data in rows if i <= blk.end]
+            del rows[: len(frames)]  # the raw rows are not kept alongside their frames
             blk.rows += frames
             added = sum(len(f) for _, f in frames) + 64 * len(frames)
             blk.size += added
             self._size += added
+            if frames:
+                self._row_size[task_id] = max(1, added // len(frames))
+                blk.covered = frames[-1][0]
             if rows:
-                # Everything up to the last row read is known (a short read: the log's end,
-                # for now); a row past the block's end means the rest of it is a gap.
-                blk.covered = min(blk.end, rows[-1][0])
+                blk.covered = blk.end  # a row past the block's end: the rest of it is a gap
+            if blk.size >= self.block_bytes and not blk.complete:
+                blk.end = blk.covered  # full by bytes: the next block starts here
             self._evict()
         finally:
             blk.reading = None
@@ -123,6 +161,11 @@ class LogReader:
             if blk.reading is not None:
                 continue  # being read: others wait for it
             del self._blocks[key]
+            starts = self._starts[key[0]]
+            del starts[bisect.bisect_left(starts, key[1])]
+            if not starts:
+                del self._starts[key[0]]
+                self._row_size.pop(key[0], None)
             self._size -= blk.size
             if self._size <= self.budget:
                 return

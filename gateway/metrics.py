@@ -87,7 +87,8 @@ class GatewayMetrics:
         return remove
 
     def exposition(self) -> bytes:
-        """The text format (runs the collectors: call it off the event loop)."""
+        """The text format. Runs the collectors: call it on the event loop, which owns what
+        they read (connections, the hub's tables); the store is read before, in a thread."""
         return generate_latest(self.registry.registry)
 
 
@@ -96,13 +97,13 @@ class GatewayState(Collector):
 
     def __init__(
         self,
-        status_counts: Callable[[], list[tuple[str, str | None, int]]],
         connections: Callable[[], int],
         watched_tasks: Callable[[], int],
         rejections: Counter[str],
         bus_connected: Callable[[], bool],
     ) -> None:
-        self._status_counts = status_counts
+        # Tasks by (status, node), read from the store just before each scrape (off the loop).
+        self.status_counts: list[tuple[str, str | None, int]] = []
         self._connections = connections
         self._watched = watched_tasks
         self._rejections = rejections
@@ -113,7 +114,7 @@ class GatewayState(Collector):
             "metastream_tasks", "Tasks in the store by status and node", labels=["status", "node"]
         )
         seen: set[tuple[str, str]] = set()
-        for status, node, count in self._status_counts():
+        for status, node, count in self.status_counts:
             key = (status, node or "")
             seen.add(key)
             tasks.add_metric(list(key), count)

@@ -173,6 +173,8 @@ class ErrorOut(BaseModel):
 # Answers any route may give besides its own (documented so that clients and the schema fuzz
 # test know them): auth, body size and creation rate come from middleware.
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "Host not allowed (METASTREAM_ALLOWED_HOSTS)"},
+    403: {"model": ErrorOut, "description": "state change from a foreign Origin"},
     401: {"model": ErrorOut, "description": "missing or invalid API token"},
     404: {"model": ErrorOut, "description": "unknown task (or file)"},
     413: {"model": ErrorOut, "description": "request body too large (METASTREAM_MAX_BODY_BYTES)"},

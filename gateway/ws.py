@@ -3,8 +3,9 @@
 Every check happens before the task is looked up, so a client that fails one learns nothing
 about the task (not even whether it exists). A rejected client is accepted, told why in one
 ``error`` message, and closed with a code (browsers cannot see an HTTP status on a failed
-upgrade): 4403 foreign Origin, 4401 no valid token or ticket, 4429 too many connections from
-its address. Frames from clients are capped by uvicorn (``ws_max_size``, close code 1009).
+upgrade): 4403 foreign Origin, 4401 no valid token or ticket, 4400 a bad query parameter,
+4429 too many connections from its address. Frames from clients are capped by uvicorn
+(``ws_max_size``, close code 1009).
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, WebSocket
 
+from gateway.api import MAX_EVENT_ID
 from gateway.limits import client_address
-from gateway.security import Guard
+from gateway.security import Guard, is_loopback
 from gateway.stream import CLOSE_TOO_MANY, TaskStream
 
 router = APIRouter()
+CLOSE_BAD_REQUEST = 4400
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True}
+_BOOLS |= {"false": False, "0": False, "no": False, "off": False}
 
 
 async def _reject(websocket: WebSocket, code: int, message: str) -> None:
@@ -30,13 +35,38 @@ async def _reject(websocket: WebSocket, code: int, message: str) -> None:
         await websocket.close(code, reason=message[:120])
 
 
+def _parse_params(last_event_id: str | None, start: str | None) -> tuple[int, bool, str]:
+    """``(last_event_id, start, "")``, or a message naming the bad parameter."""
+    resume = 0
+    if last_event_id is not None:
+        text = last_event_id.strip()
+        if not text.isdigit() or len(text) > 19 or int(text) > MAX_EVENT_ID:
+            return (
+                0,
+                True,
+                (
+                    f"Invalid last_event_id {last_event_id[:40]!r}: "
+                    f"an integer from 0 to {MAX_EVENT_ID} is required"
+                ),
+            )
+        resume = int(text)
+    if start is None:
+        return resume, True, ""
+    flag = start.strip().lower()
+    if flag not in _BOOLS:
+        return resume, True, f"Invalid start {start[:40]!r}: true or false is required"
+    return resume, _BOOLS[flag], ""
+
+
 @router.websocket("/ws/tasks/{task_id}")
 async def task_stream(
     websocket: WebSocket,
     task_id: str,
-    last_event_id: Annotated[int, Query(ge=0)] = 0,
-    ticket: Annotated[str | None, Query(max_length=200)] = None,
-    start: Annotated[bool, Query(description="auto-start a PENDING/FAILED task")] = True,
+    # Parsed here, not by FastAPI: its validation failure on a WebSocket is a bare 403 at the
+    # handshake (or, out of range, a 1006 later), which tells the client nothing.
+    last_event_id: Annotated[str | None, Query(description=f"0..{2**63 - 1}")] = None,
+    ticket: str | None = None,
+    start: Annotated[str | None, Query(description="auto-start a PENDING/FAILED task")] = None,
 ) -> None:
     state = websocket.app.state
     guard: Guard = state.guard
@@ -44,8 +74,16 @@ async def task_stream(
     if code:
         await _reject(websocket, code, message)
         return
+    resume, autostart, problem = _parse_params(last_event_id, start)
+    if problem:
+        state.counters["ws_bad_request"] += 1
+        await _reject(websocket, CLOSE_BAD_REQUEST, problem)
+        return
     address = client_address(websocket.scope)
-    if not state.ws_clients.acquire(address):
+    # Without a token every loopback client is the one local user: a per-address count would
+    # only let one of the user's programs lock the others out (the per-task limit still holds).
+    limited = guard.enabled or not is_loopback(address)
+    if not state.ws_clients.acquire(address, limited):
         state.counters["ws_per_client_rejected"] += 1
         limit = state.ws_clients.limit
         await _reject(
@@ -58,13 +96,13 @@ async def task_stream(
         stream = TaskStream(
             websocket,
             task_id,
-            last_event_id,
+            resume,
             store=state.store,
             log=state.log_reader,
             hub=state.hub,
             control=state.control,
             cfg=state.settings,
-            autostart=start,
+            autostart=autostart,
             metrics=state.metrics,
         )
         await stream.run()

@@ -2,8 +2,8 @@
 
 Exit codes: 0 success / task COMPLETED, 1 task FAILED, 2 task CANCELLED, 3 gateway unreachable,
 gave up reconnecting or timed out, 4 task or file not found, 5 other gateway error (including
-authentication and refused requests), 6 nothing to cancel (the task had already finished),
-64 usage error, 130 interrupted.
+authentication and refused requests), 6 database error (`metastream db`), 7 nothing to cancel
+(the task had already finished), 64 usage error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -260,6 +260,10 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metastream`` command."""
     args = build_parser().parse_args(argv)
+    if args.command == "db":  # straight on the database: no gateway involved
+        from metastream.cli_db import cmd_db
+
+        return cmd_db(args)
     args.url = getattr(args, "url", None) or default_url()
     args.token = getattr(args, "token", None) or os.environ.get("METASTREAM_API_TOKEN") or None
     args.json = getattr(args, "json", False)

@@ -10,8 +10,8 @@ from metastream.cli_api import EXIT_USAGE
 
 EPILOG = (
     "exit codes: 0 success / COMPLETED, 1 FAILED, 2 CANCELLED, 3 gateway unreachable or timed "
-    "out, 4 not found, 5 other gateway error or refused request, 6 cancel: the task had already "
-    "finished, 64 usage error, 130 interrupted"
+    "out, 4 not found, 5 other gateway error or refused request, 6 database error (db), "
+    "7 cancel: the task had already finished, 64 usage error, 130 interrupted"
 )
 
 
@@ -136,4 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("path", help="path as listed by `metastream files`")
     get.add_argument("-o", "--output", help="write to this file instead of stdout")
     get.set_defaults(command="get")
+
+    from metastream import cli_db
+
+    cli_db.add_parser(sub)
     return parser

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 
 import zmq.asyncio
@@ -17,7 +18,7 @@ from core import logs, settings
 from core.metrics import Registry, Server
 from runner.control import ControlServer
 from runner.supervisor import Supervisor
-from store import Store
+from store import Store, StoreError, migrate
 
 log = logging.getLogger("metastream.supervisor")
 
@@ -31,8 +32,16 @@ async def main() -> None:
 
     if not become_subreaper():
         log.warning("could not become a child subreaper: orphans of tasks are reaped by init")
-    store = Store(cfg.db_url, cfg.events_dir)
-    store.create_schema()
+    try:
+        store = Store(cfg.db_url, cfg.events_dir, migrate=cfg.db_migrate)
+        migrated = store.create_schema()
+    except StoreError as exc:
+        print(f"supervisor: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    if migrated:
+        logs.announce(
+            f"supervisor: migrated the database schema from {migrated} to {migrate.head()}"
+        )
     ctx = zmq.asyncio.Context()
     publisher = Publisher(cfg.bus_pub, ctx=zmq.Context.instance())
     registry = Registry(cfg.metrics)

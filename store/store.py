@@ -1,28 +1,34 @@
-"""The store: one small interface over tasks and the event log.
+"""The store: one small interface over tasks and the event log, on SQLite or PostgreSQL.
 
 Every method is synchronous and short; asyncio callers run them in a worker thread. Writes use
 ``BEGIN IMMEDIATE`` on SQLite so concurrent writers (gateway, supervisor, task processes) queue
-on the busy timeout instead of failing on a lock upgrade.
+on the busy timeout instead of failing on a lock upgrade. On PostgreSQL (see :mod:`store.pg`)
+pools are bounded, statements time out, and calls are retried while the server is away.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from sqlalchemy import Connection, create_engine, event, func, insert, select, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 
 from core.options import TaskOptions
 from core.status import INITIAL, TaskStatus, TransitionError, check, sources
 from core.task import TaskRow
+from store import migrate, pg
+from store.dburl import StoreError, is_sqlite, redact, scrub
 from store.eventlog import TaskLogs
 from store.rowwriter import RowWriter
-from store.schema import events, metadata, tasks
+from store.schema import events, tasks
+
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -40,8 +46,6 @@ def _row(r: Any) -> TaskRow:
 
 def _engine(url: str, begin: str) -> Engine:
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-    if not url.startswith("sqlite"):
-        return engine
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -64,20 +68,81 @@ def _engine(url: str, begin: str) -> Engine:
 class Store:
     """Tasks and their event log."""
 
-    def __init__(self, url: str, events_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        events_dir: Path | None = None,
+        *,
+        pool_size: int = 5,
+        max_overflow: int = 5,
+        migrate: bool = True,
+    ) -> None:
+        """Nothing connects yet; :meth:`create_schema` checks the database at start-up.
+
+        ``pool_size`` and ``max_overflow`` bound the connections a process holds on a server
+        database (a task process needs two: its event writer and its row writer).
+        """
         self.url = url
+        self._migrate = migrate
+        self._sqlite = is_sqlite(url)
         # Per-task log files when embedded (see store.eventlog); a server keeps one table.
-        self._logs = TaskLogs(events_dir) if events_dir and url.startswith("sqlite") else None
-        self._write = _engine(url, "BEGIN IMMEDIATE")
-        self._read = _engine(url, "BEGIN")
-        database = make_url(url).database if url.startswith("sqlite") else None
-        # A file database's running-task rows go through plain sqlite3 (see store.rowwriter).
-        self._rows = (
-            RowWriter(database, BUSY_TIMEOUT_MS) if database not in (None, "", ":memory:") else None
+        self._logs = TaskLogs(events_dir) if events_dir and self._sqlite else None
+        self._table: pg.EventTable | None = None
+        self._rows: RowWriter | None = None
+        if self._sqlite:
+            self._write = _engine(url, "BEGIN IMMEDIATE")
+            self._read = _engine(url, "BEGIN")
+            database = make_url(url).database
+            # A file database's running-task rows go through plain sqlite3 (store.rowwriter).
+            if database not in (None, "", ":memory:"):
+                self._rows = RowWriter(database, BUSY_TIMEOUT_MS)
+        else:
+            # One engine: PostgreSQL needs no separate writer to order its transactions.
+            self._write = self._read = pg.make_engine(url, pool_size, max_overflow)
+            self._table = pg.EventTable(self._write, url)
+
+    @property
+    def local_commits(self) -> bool:
+        """Whether a commit is local and cheap (embedded SQLite), not a server round trip."""
+        return self._sqlite
+
+    def create_schema(self) -> str | None:
+        """Check the database at start-up and bring its schema up to date (store.migrate).
+
+        Returns the revision it migrated from ("nothing" for an empty database), if it did.
+        Raises :class:`StoreError` (one line, no password) when the database cannot be
+        reached or its schema cannot be used.
+        """
+        try:
+            return migrate.ensure_schema(self._write, self.url, migrate=self._migrate)
+        except sa_exc.DBAPIError as exc:
+            raise self.unavailable(exc) from None
+
+    def upgrade_schema(self) -> str | None:
+        """Migrate to the newest schema (``metastream db upgrade``); the revision it left."""
+        try:
+            return migrate.upgrade(self._write, self.url)
+        except sa_exc.DBAPIError as exc:
+            raise self.unavailable(exc) from None
+
+    def schema_version(self) -> str | None:
+        """The database's schema revision (None when empty)."""
+        try:
+            with self._read.connect() as c:
+                return migrate.current(c)
+        except sa_exc.DBAPIError as exc:
+            raise self.unavailable(exc) from None
+
+    def unavailable(self, exc: BaseException) -> StoreError:
+        """A one-line error for ``exc``, naming the database without its password."""
+        orig = getattr(exc, "orig", None) or exc
+        return StoreError(
+            f"cannot use the database {redact(self.url)}: {scrub(str(orig), self.url)}"
         )
 
-    def create_schema(self) -> None:
-        metadata.create_all(self._write)
+    def _retry(self, fn: Callable[[], T]) -> T:
+        """``fn()``; on PostgreSQL, again with backoff while the server is unreachable."""
+        return fn() if self._sqlite else pg.retrying(self.url, fn)
 
     def close(self) -> None:
         if self._logs is not None:
@@ -92,45 +157,61 @@ class Store:
         with self._write.begin() as conn:
             yield conn
 
+    def _in_tx(self, fn: Callable[[Connection], T]) -> T:
+        """``fn`` in one write transaction (retried as a whole on PostgreSQL)."""
+
+        def once() -> T:
+            with self._tx() as c:
+                return fn(c)
+
+        return self._retry(once)
+
+    def _reading(self, fn: Callable[[Connection], T]) -> T:
+        def once() -> T:
+            with self._read.connect() as c:
+                return fn(c)
+
+        return self._retry(once)
+
     # --- tasks ---------------------------------------------------------------------------
 
     def create_task(
         self, task_id: str, requirement: str, test_mode: bool, options: dict[str, Any], now: str
     ) -> TaskRow:
         TaskOptions.of(options)  # unknown or mistyped options are refused, naming the key
-        with self._tx() as c:
-            c.execute(
-                insert(tasks).values(
-                    id=task_id,
-                    requirement=requirement,
-                    test_mode=test_mode,
-                    options=_json.encode(options).decode(),
-                    status=INITIAL.value,
-                    progress=0.0,
-                    created_at=now,
-                    created_ns=time.time_ns(),
-                    last_event_id=0,
-                    state_version=0,
-                    run_count=0,
-                )
-            )
+        values = {
+            "id": task_id,
+            "requirement": requirement,
+            "test_mode": test_mode,
+            "options": _json.encode(options).decode(),
+            "status": INITIAL.value,
+            "progress": 0.0,
+            "created_at": now,
+            "created_ns": time.time_ns(),
+            "last_event_id": 0,
+            "state_version": 0,
+            "run_count": 0,
+        }
+        self._in_tx(lambda c: c.execute(insert(tasks).values(**values)))
         row = self.get_task(task_id)
         assert row is not None
         return row
 
     def get_task(self, task_id: str) -> TaskRow | None:
-        with self._read.connect() as c:
-            r = c.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
+        r = self._reading(
+            lambda c: c.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
+        )
         return _row(r) if r else None
 
     def list_tasks(self, limit: int, offset: int) -> tuple[list[TaskRow], int]:
-        with self._read.connect() as c:
+        def read(c: Connection) -> tuple[list[TaskRow], int]:
             rows = c.execute(
                 select(tasks).order_by(tasks.c.created_ns.desc()).limit(limit).offset(offset)
             ).mappings()
             found = [_row(r) for r in rows]
-            total = c.execute(select(func.count()).select_from(tasks)).scalar_one()
-        return found, total
+            return found, c.execute(select(func.count()).select_from(tasks)).scalar_one()
+
+        return self._reading(read)
 
     def ping(self) -> None:
         """Raise unless the database answers (readiness checks)."""
@@ -139,13 +220,10 @@ class Store:
 
     def status_counts(self) -> list[tuple[str, str | None, int]]:
         """How many tasks are in each (status, node) (metrics)."""
-        with self._read.connect() as c:
-            rows = c.execute(
-                select(tasks.c.status, tasks.c.node, func.count()).group_by(
-                    tasks.c.status, tasks.c.node
-                )
-            )
-            return [(status, node, int(n)) for status, node, n in rows]
+        q = select(tasks.c.status, tasks.c.node, func.count()).group_by(
+            tasks.c.status, tasks.c.node
+        )
+        return self._reading(lambda c: [(st, node, int(n)) for st, node, n in c.execute(q)])
 
     def tasks_with_status(self, statuses: Iterable[str], node: str | None = None) -> list[TaskRow]:
         """Tasks in the given statuses, oldest first (queue order)."""
@@ -153,8 +231,7 @@ class Store:
         if node is not None:
             q = q.where(tasks.c.node == node)
         q = q.order_by(tasks.c.queued_at, tasks.c.created_ns)
-        with self._read.connect() as c:
-            return [_row(r) for r in c.execute(q).mappings()]
+        return self._reading(lambda c: [_row(r) for r in c.execute(q).mappings()])
 
     def transition(
         self, task_id: str, to: str, expected: Iterable[str] | None = None, **values: Any
@@ -168,28 +245,33 @@ class Store:
         """
         target = TaskStatus(to)
         allowed = check(task_id, expected if expected is not None else sources(target), target)
-        with self._tx() as c:
+
+        def change(c: Connection) -> tuple[int, Any]:
             res = c.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id, tasks.c.status.in_([s.value for s in allowed]))
                 .values(status=target.value, state_version=tasks.c.state_version + 1, **values)
             )
             r = c.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
+            return res.rowcount, r
+
+        changed, r = self._in_tx(change)
         if r is None:
             raise KeyError(task_id)
         row = _row(r)
-        if res.rowcount == 0:
+        if changed == 0:
             raise TransitionError(task_id, allowed, row.status, target)
         return row
 
     def set_process(self, task_id: str, pid: int | None, create_time: float | None) -> None:
         """Record the task's process (not a state change: the version stays)."""
-        with self._tx() as c:
-            c.execute(
+        self._in_tx(
+            lambda c: c.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id)
                 .values(pid=pid, pid_create_time=create_time)
             )
+        )
 
     # --- events --------------------------------------------------------------------------
 
@@ -204,47 +286,57 @@ class Store:
             return
         if self._logs is not None:
             self._logs.append(task_id, batch)
-            return
-        with self._tx() as c:
-            c.execute(
-                insert(events),
-                [{"task_id": task_id, "event_id": i, "data": d} for i, d in batch],
-            )
-            c.execute(update(tasks).where(tasks.c.id == task_id).values(last_event_id=batch[-1][0]))
+        elif self._table is not None:
+            self._table.append(task_id, batch)
+        else:  # an embedded database without log files (:memory:, tests)
+
+            def add(c: Connection) -> None:
+                rows = [{"task_id": task_id, "event_id": i, "data": d} for i, d in batch]
+                c.execute(insert(events), rows)
+                c.execute(
+                    update(tasks).where(tasks.c.id == task_id).values(last_event_id=batch[-1][0])
+                )
+
+            self._in_tx(add)
 
     def save_state(self, task_id: str, columns: Mapping[str, Any]) -> None:
         """Store the running task's own row columns (progress, version, last event id...).
 
-        With per-task log files the row's ``last_event_id`` advances only here, so it may lag
-        the log between states; :meth:`last_event_id` is exact.
+        The row's ``last_event_id`` advances only here, so it may lag the log between states;
+        :meth:`last_event_id` is exact.
         """
         if "status" in columns:
             raise ValueError("a status changes only through Store.transition")
         if self._rows is not None:
             self._rows.update(task_id, columns)
             return
-        with self._tx() as c:
-            c.execute(update(tasks).where(tasks.c.id == task_id).values(**columns))
+        self._in_tx(
+            lambda c: c.execute(update(tasks).where(tasks.c.id == task_id).values(**columns))
+        )
 
     def last_event_id(self, task_id: str) -> int:
         """The id of the task's last persisted event (exact, from the log itself)."""
         if self._logs is not None:
             return self._logs.last_id(task_id)
-        with self._read.connect() as c:
-            found = c.execute(
+        found = self._reading(
+            lambda c: c.execute(
                 select(func.max(events.c.event_id)).where(events.c.task_id == task_id)
             ).scalar_one_or_none()
+        )
         return int(found or 0)
 
     def read_events(self, task_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` events with ``event_id > after``, in order."""
         if self._logs is not None:
             return self._logs.read(task_id, after, limit)
-        with self._read.connect() as c:
-            found = c.execute(
-                select(events.c.event_id, events.c.data)
-                .where(events.c.task_id == task_id, events.c.event_id > after)
-                .order_by(events.c.event_id)
-                .limit(limit)
-            )
-            return [(int(i), bytes(d)) for i, d in found]
+        return self._reading(
+            lambda c: [
+                (int(i), bytes(d))
+                for i, d in c.execute(
+                    select(events.c.event_id, events.c.data)
+                    .where(events.c.task_id == task_id, events.c.event_id > after)
+                    .order_by(events.c.event_id)
+                    .limit(limit)
+                )
+            ]
+        )

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from metastream.stack import Stack
+from tests.pgserver import PgServer, pg_bin
 
 # Every test stack starts a fork server; pre-importing MetaGPT there costs ~8 s of CPU per
 # stack, which only tests/runner/test_forkserver.py needs (it turns it back on). Synthetic
@@ -40,3 +41,37 @@ def stack(stack_factory: Callable[..., Stack]) -> Stack:
 def api(stack: Stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.url, timeout=30) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL server for the whole session (skipped when PostgreSQL is missing)."""
+    bindir = pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (scripts/setup.sh installs it)")
+    server = PgServer(bindir).init()
+    server.start()
+    yield server
+    server.close()
+
+
+# Tests that take a backend run once per store; the PostgreSQL runs carry the `postgres` mark.
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh empty database on each backend: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/db.sqlite"
+    server: PgServer = request.getfixturevalue("pg_server")
+    return server.create_database()
+
+
+@pytest.fixture(params=BACKENDS)
+def stack_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """A stack's environment for each backend (SQLite in its home, or a new PostgreSQL database)."""
+    if request.param == "sqlite":
+        return {}
+    server: PgServer = request.getfixturevalue("pg_server")
+    return {"METASTREAM_DB_URL": server.create_database()}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import msgspec
+from sqlalchemy.exc import DBAPIError
 
 from bus.client import Publisher
 from bus.messages import state_of
@@ -33,8 +34,13 @@ def main(argv: list[str]) -> int:
     task_id = argv[0]
     logs.setup("task", task_id=task_id)  # here, not at import: forks of the zygote come here too
     cfg = settings.load()
-    store = Store(cfg.db_url, cfg.events_dir)
-    row = store.get_task(task_id)
+    # Two connections at most: the event writer and the task-row writer (README: sizing).
+    store = Store(cfg.db_url, cfg.events_dir, pool_size=2, max_overflow=0)
+    try:
+        row = store.get_task(task_id)
+    except DBAPIError as exc:
+        print(f"task {task_id}: {store.unavailable(exc)}", file=sys.stderr)
+        return 2
     if row is None:
         print(f"task {task_id} not found", file=sys.stderr)
         return 2
@@ -63,12 +69,15 @@ def main(argv: list[str]) -> int:
         outbox.record(exit_code=EXIT_OK)
     except Cancelled:
         code = EXIT_CANCELLED
+        # Recorded, not only returned: a re-adopted task's exit status is not its
+        # supervisor's to get (it is not its child), so the row is where it learns it.
+        outbox.record(exit_code=EXIT_CANCELLED)
     except Exception as exc:  # any failure of the workload ends the task FAILED, with its reason
         code = EXIT_FAILED
         reason = f"{type(exc).__name__}: {exc}"
         log.error("task failed: %s", reason, exc_info=True)
         outbox.emit("System", "ERROR", {"message": reason, "error_type": type(exc).__name__})
-        outbox.record(error=reason[:2000])
+        outbox.record(error=reason[:2000], exit_code=EXIT_FAILED)
     finally:
         outbox.close()
         publisher.close()

@@ -11,6 +11,12 @@ Why the emitters write their own batches: a separate writer thread, committing w
 workload keeps emitting, waits for the GIL each time SQLite or ZeroMQ hands it back (every
 statement, every send), up to the interpreter's 5 ms switch interval: a 4,000-event commit
 took 90 ms, 5-9 us per event instead of about 1.5.
+
+On a server database (PostgreSQL) a commit is a round trip of a millisecond or more, during
+which the GIL is free: there a run's batches are committed by the writer thread while the
+emitters go on (group commit), and emitters write only paced events themselves. An emitter
+writing each batch itself would stop emitting for every commit, and each next event would
+look paced: one commit per event.
 """
 
 from __future__ import annotations
@@ -104,6 +110,8 @@ class Outbox:
         self._busy = False
         self._last_emit = 0.0
         self._oldest = 0.0  # when the oldest pending event was emitted
+        # Whether a run's emitters commit their own batches (cheap local commits, SQLite).
+        self._emitter_batches = store.local_commits
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         # The task row (progress, last message, version) is written by a thread of its own:
         # that write (~1 ms on the shared database) must not hold back the next events.
@@ -161,13 +169,18 @@ class Outbox:
                 # Someone is writing (a heartbeat, a state, another thread's batch: short);
                 # after it, this event still goes at once instead of after the writer's wait.
                 self._progress.wait(0.1)
-            mine = not self._busy and (paced or now - self._oldest >= MAX_DELAY)
+            batch_due = self._emitter_batches and now - self._oldest >= MAX_DELAY
+            mine = not self._busy and (paced or batch_due)
             if mine:
                 claim = self._take(events=True)
             elif len(self._pending) == 1:
                 self._work.notify()
         if mine:
             self._write(claim)
+            if not self._emitter_batches:
+                # The pause before the next event starts now, not before this one's commit.
+                with self._lock:
+                    self._last_emit = time.monotonic()
         return event_id
 
     def set_state(
@@ -311,7 +324,11 @@ class Outbox:
             with self._lock:
                 while True:
                     now = time.monotonic()
-                    quiet = self._stopping or now - self._last_emit >= INLINE_AFTER
+                    quiet = (
+                        self._stopping
+                        or not self._emitter_batches
+                        or now - self._last_emit >= INLINE_AFTER
+                    )
                     if not self._busy:
                         if self._stopping and not (self._pending or self._state_dirty):
                             return

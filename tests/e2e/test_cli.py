@@ -329,7 +329,7 @@ def test_cancel_of_a_finished_task_says_so(stack: Stack, api: httpx.Client) -> N
     api.post(f"/api/tasks/{task['id']}/run")
     wait_status(api, task["id"], {"COMPLETED"})
     r = cli(stack, "cancel", task["id"])
-    assert r.returncode == 6, (r.returncode, r.stderr)
+    assert r.returncode == 7, (r.returncode, r.stderr)
     assert f"task {task['id']} had already finished: COMPLETED" in r.stderr
     assert api.get(f"/api/tasks/{task['id']}").json()["status"] == "COMPLETED"
 

@@ -14,6 +14,12 @@ from store import Store
 from tests.helpers import collect, create_task, follow, log_events, poll_for, wait_status
 
 
+@pytest.fixture
+def stack(stack_factory: Callable[..., Stack], stack_env: dict[str, str]) -> Stack:
+    """A stack on each store backend (tests/conftest.py: stack_env)."""
+    return stack_factory(stack_env)
+
+
 async def until(fn: Callable[[], object], what: str, timeout: float = 30) -> None:
     """Poll ``fn`` on the loop (the client runs on it) until truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

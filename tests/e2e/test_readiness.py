@@ -5,9 +5,10 @@ from __future__ import annotations
 import signal
 
 import httpx
+import pytest
 
-from metastream.stack import Stack
-from tests.helpers import poll_for
+from metastream.stack import Stack, free_port
+from tests.helpers import create_task, poll_for, wait_status
 
 
 def _readyz(s: Stack) -> httpx.Response:
@@ -44,3 +45,18 @@ def test_not_ready_without_a_supervisor(stack: Stack) -> None:
     down = poll_for(lambda: (r := _readyz(stack)).status_code == 503 and r, 15)
     assert down.json()["checks"]["supervisor"].startswith("unavailable")
     assert down.json()["checks"]["bus"] == "ok"  # the gateway's own beacon still comes back
+
+
+def test_metrics_off_serves_no_metrics_and_runs_tasks_all_the_same(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    s: Stack = stack_factory(
+        env={"METASTREAM_METRICS": "0", "METASTREAM_SUPERVISOR_METRICS_PORT": str(port)}
+    )
+    r = httpx.get(f"{s.url}/metrics", timeout=10)
+    assert r.status_code == 404 and "METASTREAM_METRICS=0" in r.json()["detail"]
+    with httpx.Client(base_url=s.url, timeout=30) as api:
+        t = create_task(api, synthetic={"events": 30})
+        api.post(f"/api/tasks/{t['id']}/run").raise_for_status()
+        wait_status(api, t["id"], {"COMPLETED"})
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)

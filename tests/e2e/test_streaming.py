@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import httpx
+import pytest
 
 from metastream.stack import Stack
 from tests.helpers import collect, create_task, wait_status
@@ -19,6 +21,12 @@ STATE_KEYS = {
     "started_at",
     "completed_at",
 }
+
+
+@pytest.fixture
+def stack(stack_factory: Callable[..., Stack], stack_env: dict[str, str]) -> Stack:
+    """A stack on each store backend (tests/conftest.py: stack_env)."""
+    return stack_factory(stack_env)
 
 
 def test_task_streams_in_seed_format(stack: Stack, api: httpx.Client) -> None:

@@ -202,6 +202,20 @@ def test_supervisor_killed_and_restarted(fast_stack: Stack, fapi: httpx.Client) 
     # Re-adopted: the task process kept running and its end is still recorded.
     final = wait_status(fapi, task["id"], {"COMPLETED", "FAILED", "CANCELLED"}, timeout=30)
     assert final["status"] == "COMPLETED" and final["last_event_id"] == 400
+    assert final["exit_code"] == 0  # what the task recorded (its exit status is not ours)
+
+    # One that fails while adopted: its recorded exit code too, not None.
+    failing = create_task(
+        fapi, synthetic={"events": 1000, "rate": 100, "exit_after": 150, "crash": "exception"}
+    )
+    fapi.post(f"/api/tasks/{failing['id']}/run")
+    poll_for(lambda: fapi.get(f"/api/tasks/{failing['id']}").json()["last_event_id"] > 20, 20)
+    fast_stack.kill("supervisor")
+    fast_stack.start_component("supervisor")
+    fast_stack.wait_healthy()
+    final = wait_status(fapi, failing["id"], {"COMPLETED", "FAILED", "CANCELLED"}, timeout=30)
+    assert final["status"] == "FAILED" and "synthetic failure" in final["last_message"]
+    assert final["exit_code"] == 1
 
     lost = create_task(fapi, synthetic={"events": 100_000, "rate": 100})
     fapi.post(f"/api/tasks/{lost['id']}/run")

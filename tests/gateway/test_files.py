@@ -45,12 +45,18 @@ def test_files_list_and_fetch_and_refuse_escapes(stack: Stack, api: httpx.Client
     assert api.get("/api/tasks/nope/files").status_code == 404
 
 
-def test_resolve_inside_unit(tmp_path: Path) -> None:
-    from gateway.files import resolve_inside
+def test_open_inside_unit(tmp_path: Path) -> None:
+    from gateway.files import open_inside
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "b.txt").write_text("x")
-    assert resolve_inside(tmp_path, "a/b.txt") == (tmp_path / "a" / "b.txt").resolve()
-    assert resolve_inside(tmp_path, "a/../a/b.txt") is None
-    assert resolve_inside(tmp_path, "") is None
-    assert resolve_inside(tmp_path, "a") is None  # a directory is not a file
+    opened = open_inside(tmp_path, "a/b.txt")
+    assert opened is not None and opened[1] == 1
+    assert os.read(opened[0], 10) == b"x"
+    os.close(opened[0])
+    assert open_inside(tmp_path, "a/../a/b.txt") is None
+    assert open_inside(tmp_path, "") is None
+    assert open_inside(tmp_path, "a") is None  # a directory is not a file
+    assert open_inside(tmp_path, "a/b.txt/c") is None
+    os.mkfifo(tmp_path / "a" / "fifo")
+    assert open_inside(tmp_path, "a/fifo") is None  # opened without blocking, then refused

@@ -1,4 +1,4 @@
-"""The gateway's shared log reader, over a real per-task SQLite log."""
+"""The gateway's shared log reader, over a real event log: per-task SQLite files and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import ProgrammingError
 
 from bus.messages import ws_frame
 from gateway.logreader import LogReader
@@ -26,8 +28,8 @@ def frame(i: int) -> bytes:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path}/db.sqlite", tmp_path / "events")
+def store(db_url: str, tmp_path: Path) -> Iterator[Store]:
+    s = Store(db_url, tmp_path / "events")
     s.create_schema()
     yield s
     s.close()
@@ -47,7 +49,7 @@ async def read_all(reader: LogReader, after: int = 0) -> list[int]:
 
 def test_follows_a_growing_log_block_by_block(store: Store) -> None:
     async def main() -> None:
-        reader = LogReader(store, block=10)
+        reader = LogReader(store, block=10, first_read=10)
         assert await reader.read(TASK, 0) == []  # no log yet
         append(store, range(1, 8))
         rows = await reader.read(TASK, 0)
@@ -63,7 +65,7 @@ def test_connections_on_one_task_share_each_database_read(store: Store) -> None:
     append(store, range(1, 101))
 
     async def main() -> None:
-        reader = LogReader(store, block=50)
+        reader = LogReader(store, block=50, first_read=50)
         results = await asyncio.gather(*(read_all(reader) for _ in range(20)))
         assert all(r == list(range(1, 101)) for r in results)
         # 2 full blocks and the empty third (the tail), each read once for all 20 readers.
@@ -82,7 +84,7 @@ def test_a_gap_in_ids_is_skipped_not_taken_for_the_end(store: Store) -> None:
     store.append_events(TASK, [(i, data(i)) for i in (27, 28)])
 
     async def main() -> None:
-        reader = LogReader(store, block=10)
+        reader = LogReader(store, block=10, first_read=10)
         assert await read_all(reader) == [1, 2, 3, 4, 27, 28]
 
     asyncio.run(main())
@@ -92,7 +94,7 @@ def test_a_reader_that_leaves_does_not_cancel_the_read_others_wait_for(store: St
     append(store, range(1, 31))
 
     async def main() -> None:
-        reader = LogReader(store, block=100)
+        reader = LogReader(store, block=100, first_read=100)
         leaver = asyncio.create_task(reader.read(TASK, 0))
         stayer = asyncio.create_task(reader.read(TASK, 10))
         await asyncio.sleep(0)  # both are waiting on the one read now
@@ -108,7 +110,9 @@ def test_memory_stays_within_budget_and_evicted_blocks_are_read_again(store: Sto
     append(store, range(1, 1001))
 
     async def main() -> None:
-        reader = LogReader(store, block=100, budget_bytes=30_000)  # ~2 blocks of ~130-char rows
+        reader = LogReader(
+            store, block=100, budget_bytes=30_000, first_read=100
+        )  # ~2 blocks of ~130-char rows
         assert await read_all(reader) == list(range(1, 1001))
         assert reader._size <= 30_000 + 100 * 200  # the block being read may exceed it
         before = reader.db_reads
@@ -119,14 +123,42 @@ def test_memory_stays_within_budget_and_evicted_blocks_are_read_again(store: Sto
 
 
 def test_an_unreadable_log_raises_to_every_waiting_reader(store: Store, tmp_path: Path) -> None:
-    (tmp_path / "events").mkdir(exist_ok=True)
-    (tmp_path / "events" / f"{TASK}.db").write_bytes(b"not a database" * 100)
+    expected: type[Exception]
+    if store.url.startswith("sqlite"):
+        (tmp_path / "events").mkdir(exist_ok=True)
+        (tmp_path / "events" / f"{TASK}.db").write_bytes(b"not a database" * 100)
+        expected = sqlite3.DatabaseError
+    else:  # the table is gone: an error, never "no events"
+        with store._write.begin() as c:
+            c.execute(text("DROP TABLE events"))
+        expected = ProgrammingError
 
     async def main() -> None:
-        reader = LogReader(store, block=10)
+        reader = LogReader(store, block=10, first_read=10)
         results = await asyncio.gather(
             reader.read(TASK, 0), reader.read(TASK, 3), return_exceptions=True
         )
-        assert all(isinstance(r, sqlite3.DatabaseError) for r in results), results
+        assert all(isinstance(r, expected) for r in results), results
+
+    asyncio.run(main())
+
+
+def test_blocks_are_bounded_by_bytes_and_reads_by_the_row_size(store: Store) -> None:
+    big = b"z" * 100_000
+    store.append_events(TASK, [(i, b'{"event_id":%d,"x":"%s"}' % (i, big)) for i in range(1, 101)])
+
+    async def main() -> None:
+        reader = LogReader(store, block=2000, block_bytes=500_000, budget_bytes=1_000_000)
+        sizes: list[int] = []
+        after = 0
+        while rows := await reader.read(TASK, after):
+            sizes.append(sum(len(f) for _, f in rows))
+            assert [i for i, _ in rows] == list(range(after + 1, after + 1 + len(rows)))
+            after = rows[-1][0]
+            assert reader._size <= 1_000_000 + 500_000 + 100_200  # budget, one block, one row
+        assert after == 100
+        assert max(sizes) <= 500_000 + 100_200  # a block stops at the row reaching its size
+        # A few rows first (their size unknown), then as many as fit: ~20 reads, not 100.
+        assert reader.db_reads < 40, reader.db_reads
 
     asyncio.run(main())

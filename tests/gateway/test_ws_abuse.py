@@ -72,7 +72,7 @@ def test_garbage_and_huge_frames_close_only_their_sender(stack_factory) -> None:
 
 
 def test_a_thousand_connections_from_one_address(stack_factory) -> None:  # type: ignore[no-untyped-def]
-    # Defaults: 100 per task, 256 per address.
+    # Defaults: 100 per task; 256 per address, not applied to loopback without a token.
     s: Stack = stack_factory()
     n = 400
     with httpx.Client(base_url=s.url, timeout=30) as api:
@@ -112,9 +112,8 @@ def test_a_thousand_connections_from_one_address(stack_factory) -> None:  # type
     assert good.event_ids == list(range(1, n + 1)) and good.close_code == 1000
     assert outcomes["accepted"] == 99, outcomes  # the per-task limit, less the good client
     rejected = {k: v for k, v in outcomes.items() if k != "accepted"}
-    assert set(rejected) <= {
-        "4429: Too many connections to this task (limit 100)",
-        "4429: Too many connections from your address (limit 256, METASTREAM_WS_MAX_PER_CLIENT)",
-    }, rejected
-    assert sum(rejected.values()) == 901
-    assert health["counters"]["ws_per_client_rejected"] > 0
+    # Single-user mode (no token, loopback): the per-address limit would only lock the user
+    # out of their own stack, so the per-task limit is what holds (with a token it applies:
+    # tests/gateway/test_browser_attacks.py).
+    assert rejected == {"4429: Too many connections to this task (limit 100)": 901}, rejected
+    assert health["counters"].get("ws_per_client_rejected", 0) == 0

@@ -1,4 +1,4 @@
-"""The outbox on a real SQLite log and a real bus: inline writes, batches, many emitters."""
+"""The outbox on a real event log (SQLite, PostgreSQL) and a real bus: inline writes, batches."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class Rig:
-    def __init__(self, tmp_path: Path) -> None:
-        self.store = Store(f"sqlite:///{tmp_path}/db.sqlite", tmp_path / "events")
+    def __init__(self, tmp_path: Path, db_url: str) -> None:
+        self.store = Store(db_url, tmp_path / "events")
         self.store.create_schema()
         self.task_id = new_task_id()
         self.store.create_task(self.task_id, "test", True, {}, utcnow())
@@ -68,8 +68,8 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path)
+def rig(tmp_path: Path, db_url: str) -> Iterator[Rig]:
+    r = Rig(tmp_path, db_url)
     yield r
     r.close()
 
@@ -163,9 +163,13 @@ def test_a_fast_run_is_written_by_its_emitter_in_batches_and_its_tail_after_it(
     finally:
         box.close()
     by_emitter = sum(n for name, n in writes if name == "MainThread")
-    # The run pays for most of its own writes (no GIL ping-pong with a writer thread), in
-    # batches; generous, as a loaded machine deschedules the emitter (bench/ has the figures).
-    assert by_emitter >= total * 0.5, writes[:20]
+    if rig.store.local_commits:
+        # The run pays for most of its own writes (no GIL ping-pong with a writer thread), in
+        # batches; generous, as a loaded machine deschedules the emitter (bench/ has the figures).
+        assert by_emitter >= total * 0.5, writes[:20]
+    else:
+        # A server's commit is a round trip: the writer thread commits while the run goes on.
+        assert by_emitter <= total * 0.1, writes[:20]
     assert len(writes) < total / 5, f"{len(writes)} commits for {total} events"
 
 

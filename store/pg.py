@@ -1,0 +1,134 @@
+"""PostgreSQL specifics: bounded engines, retries across a server restart, the events table.
+
+A server database can restart under a running stack. Every store call on PostgreSQL is retried
+with backoff while the *connection* is what failed (refused, reset, the server shutting
+down), for up to ``RETRY_SECONDS``; an error of the statement itself (a timeout, a constraint)
+is raised at once. Each task appends its events with ``COPY``, one transaction per batch;
+a batch whose commit was lost with the connection is found by its ids before it is sent
+again, so a retry never duplicates nor loses an event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import psycopg
+from sqlalchemy import create_engine
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
+
+from store.dburl import engine_url, redact
+
+T = TypeVar("T")
+log = logging.getLogger("metastream.store")
+
+# Nothing waits forever on the server: a statement, a lock, an idle transaction, a connect.
+STATEMENT_TIMEOUT_MS = 30_000
+LOCK_TIMEOUT_MS = 10_000
+IDLE_TX_TIMEOUT_MS = 60_000
+CONNECT_TIMEOUT_S = 5
+POOL_TIMEOUT_S = 30  # waiting for a pooled connection
+RETRY_SECONDS = 30.0  # how long a lost server is waited for before the call fails
+_BACKOFF = (0.05, 0.1, 0.2, 0.4, 0.8)  # then 1 s between tries
+_CONNECTION_STATES = ("57P01", "57P02", "57P03")  # admin/crash shutdown, cannot connect now
+
+
+def make_engine(url: str, pool_size: int, max_overflow: int) -> Engine:
+    """A bounded engine whose connections time out statements, locks and idle transactions."""
+    options = (
+        f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS} "
+        f"-c idle_in_transaction_session_timeout={IDLE_TX_TIMEOUT_MS}"
+    )
+    return create_engine(
+        engine_url(url),
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=POOL_TIMEOUT_S,
+        pool_pre_ping=True,  # a connection from before a server restart is replaced, not used
+        connect_args={
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "options": options,
+            "application_name": "metastream",
+        },
+    )
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server or the connection went away (worth a retry)."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig if exc.orig is not None else exc
+    if isinstance(exc, psycopg.OperationalError):
+        state = exc.sqlstate
+        return state is None or state.startswith("08") or state in _CONNECTION_STATES
+    return isinstance(exc, psycopg.InterfaceError)
+
+
+def retrying(url: str, fn: Callable[[], T], *, sleep: Callable[[float], None] = time.sleep) -> T:
+    """``fn()``, called again with backoff while the connection is what fails."""
+    deadline = time.monotonic() + RETRY_SECONDS
+    tries = 0
+    while True:
+        try:
+            return fn()
+        except (sa_exc.DBAPIError, psycopg.Error) as exc:
+            if not connection_lost(exc) or time.monotonic() >= deadline:
+                raise
+            pause = _BACKOFF[tries] if tries < len(_BACKOFF) else 1.0
+            if tries == 0:
+                log.warning("database %s unreachable, retrying: %s", redact(url), _first(exc))
+            tries += 1
+            sleep(pause)
+
+
+def _first(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return " ".join(str(orig).split())[:200]
+
+
+class EventTable:
+    """The ``events`` table of a server database: COPY in, ordered reads out."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self._engine = engine
+        self._url = url
+
+    def append(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None:
+        """Commit a batch of ``(event_id, data)`` exactly once, through server restarts."""
+        first = batch[0][0]
+        resent = False
+
+        def attempt() -> None:
+            nonlocal resent
+            conn = self._engine.raw_connection()
+            try:
+                pg = conn.driver_connection
+                assert isinstance(pg, psycopg.Connection)
+                with pg.cursor() as cur:
+                    if resent:  # the last try's commit may have reached the server
+                        cur.execute(
+                            "SELECT max(event_id) FROM events WHERE task_id = %s", (task_id,)
+                        )
+                        row = cur.fetchone()
+                        if row is not None and row[0] is not None and row[0] >= first:
+                            pg.commit()
+                            return
+                    resent = True
+                    with cur.copy("COPY events (task_id, event_id, data) FROM STDIN") as copy:
+                        for event_id, data in batch:
+                            copy.write_row((task_id, event_id, data))
+                pg.commit()
+            except psycopg.Error as exc:
+                if connection_lost(exc):
+                    conn.invalidate(exc)
+                else:
+                    conn.rollback()
+                raise
+            finally:
+                conn.close()
+
+        retrying(self._url, attempt)
