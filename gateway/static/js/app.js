@@ -68,6 +68,7 @@ const files = new FilesView({
 });
 const tasks = new TaskList($("#task-list"), $("#task-total"), $("#more-tasks")).start();
 
+let revealOnOpen = false; // scroll to the task view when it opens (after "Create & watch")
 let current = null; // the open task: {id, stream, status, startedAt, completedAt, cost, tokens}
 let headerQueued = false;
 
@@ -101,12 +102,16 @@ function openTask(id) {
   tasks.select(id);
   selectTab("timeline");
   const mine = current;
+  const revealing = revealOnOpen;
+  revealOnOpen = false;
+  if (revealing) reveal();
   api
     .getTask(id)
     .then((t) => {
       if (mine !== current) return;
       ui.view.dataset.state = "ok";
       applyTask(t);
+      if (revealing) tasks.refresh().finally(reveal);
     })
     .catch((err) => {
       if (mine !== current) return;
@@ -287,12 +292,15 @@ function showFile(path) {
 
 setupCreateForm($("#create-form"), (task) => {
   tasks.refresh();
+  // On a narrow screen the task view is below the form and the list: bring it into view
+  // once it is open (and again once it is filled in, as the list above may have grown).
+  revealOnOpen = window.matchMedia("(max-width: 900px)").matches;
   location.hash = `#/task/${task.id}`;
-  // On a narrow screen the task view is below the form and the list: bring it into view.
-  if (window.matchMedia("(max-width: 900px)").matches) {
-    requestAnimationFrame(() => ui.view.scrollIntoView({ block: "start" }));
-  }
 });
+
+function reveal() {
+  requestAnimationFrame(() => ui.view.scrollIntoView({ block: "start" }));
+}
 
 function route() {
   const m = location.hash.match(/^#\/task\/([^/?#]+)/);
