@@ -28,6 +28,7 @@ from core.settings import Settings
 from gateway import api, archive, files, readiness, ws
 from gateway.browser import BrowserGuardMiddleware
 from gateway.control import ControlClient, SupervisorUnavailable
+from gateway.frames import MsgpackCache
 from gateway.hub import Hub
 from gateway.leases import LeaseKeeper
 from gateway.limits import ConnectionCounter, LimitsMiddleware
@@ -57,7 +58,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         leases = LeaseKeeper(publisher, hub, cfg.lease_ttl)
         probe = readiness.BusProbe(publisher)
         hub.on_system(probe.topic, probe.heard)
-        hub.on_bad_frame = metrics.bus_bad_frames.inc
+        hub.on_bad_frame = metrics.bad_frame
         background = [
             asyncio.create_task(hub.run()),
             asyncio.create_task(leases.run()),
@@ -71,6 +72,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         app.state.settings = cfg
         app.state.store = store
         app.state.log_reader = LogReader(store, cfg.replay_page)
+        app.state.frame_cache = MsgpackCache()  # log rows as MessagePack, shared (frames.py)
         app.state.hub = hub
         app.state.control = control
         try:
