@@ -26,7 +26,7 @@ from bus.messages import Ping
 from core import settings as settings_mod
 from core.metrics import Registry
 from core.settings import Settings
-from gateway import api, files, readiness, ws
+from gateway import api, archive, files, readiness, ws
 from gateway.browser import BrowserGuardMiddleware
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.frames import MsgpackCache
@@ -117,6 +117,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     app.add_middleware(BrowserGuardMiddleware, cfg=cfg, guard=guard, counters=counters)
     app.include_router(api.router, responses=COMMON_RESPONSES)
     app.include_router(files.router, responses=COMMON_RESPONSES)
+    app.include_router(archive.router, responses=COMMON_RESPONSES)
     app.include_router(ws.router)
 
     @app.get("/healthz")
@@ -161,7 +162,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     # (path pattern, methods) of the REST routes, for honest 405 answers.
     method_table = [
         (r.path_regex, r.methods or set())
-        for router in (api.router, files.router)
+        for router in (api.router, files.router, archive.router)
         for r in router.routes
         if isinstance(r, APIRoute)
     ]

@@ -5,12 +5,13 @@ Exit codes: 0 completed, 1 failed (reason stored in the task's ``error``), 3 can
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -106,5 +107,19 @@ def _run_workload(spec: task_spec.TaskSpec, workspace: Path, out: Outbox) -> Non
     metagpt_task.run(spec.requirement, spec.test_mode, options, workspace, out)
 
 
+def _exit_now(code: int) -> NoReturn:
+    """Exit without the interpreter's finalisation, as a forked task does.
+
+    Everything of the task is committed and published by now. A cold interpreter that
+    imported MetaGPT then spends seconds joining its library threads and freeing its heap,
+    with heartbeats already stopped: the supervisor judged a completed task unresponsive.
+    """
+    logging.shutdown()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _exit_now(main(sys.argv[1:]))
