@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import metrics_ab, persistence, postgres, scenarios, startup
+from bench import curves, metrics_ab, persistence, postgres, scenarios, startup
 from bench.common import Ctx
 from bench.table import Row, render, write_json
 
@@ -31,10 +31,14 @@ SCENARIOS: dict[str, Callable[[Ctx, list[Row]], None]] = {
     "start": startup.s4_start,
     "memory": startup.s5_memory,
     "persistence": persistence.s_persistence,
+    "curves": curves.s_curves,  # its own table and plots (bench/results/curves.md)
     "pg-persistence": postgres.s_pg_persistence,
     "pg-stack": postgres.s_pg_stack,
     "metrics": metrics_ab.s1_metrics,  # scenario 1, metrics on vs off
 }
+# Minutes even at small sizes: --quick leaves them out unless named (python -m bench.curves
+# --quick is their own smoke test).
+NOT_QUICK = {"curves"}
 DEFAULT_JSON = Path(__file__).parent / "results" / "latest.json"
 
 
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     reps = args.reps or (1 if args.quick else 3)
-    names = args.only or list(SCENARIOS)
+    names = args.only or [n for n in SCENARIOS if not (args.quick and n in NOT_QUICK)]
     rows: list[Row] = []
     started = time.monotonic()
     load_before = os.getloadavg()[0]

@@ -23,12 +23,40 @@ from pathlib import Path
 from typing import Any
 
 EVENT_PREFIX = '{"type":"event"'
+MSGPACK_EVENT = b"\xa4kind\xa5event"  # how a MessagePack event map starts (fixstr key, value)
+# The frame formats a client may ask for (gateway/frames.py), by subprotocol.
+SUBPROTOCOLS = {
+    "json": None,
+    "batch": "metastream.batch.v1",
+    "msgpack": "metastream.msgpack.v1",
+    "msgpack-batch": "metastream.msgpack.batch.v1",
+}
+
+
+def _emit_times(msg: str | bytes, fmt: str) -> list[float]:
+    """The payload ``"t"`` of every event in one frame (latency mode only)."""
+    if isinstance(msg, bytes):
+        import msgspec
+
+        obj = msgspec.msgpack.decode(msg)
+        maps = obj if isinstance(obj, list) else [obj]
+        return [m["payload"]["t"] for m in maps if m.get("kind") == "event"]
+    out = []
+    at = msg.find(EVENT_PREFIX)
+    while at >= 0:
+        i = msg.find('"t":', at + 40) + 4
+        j = msg.find(",", i)
+        out.append(float(msg[i : j if j > 0 else msg.find("}", i)]))
+        at = msg.find(EVENT_PREFIX, i)
+    return out
 
 
 async def _one(url: str, spec: dict[str, Any], on_ready: Any) -> dict[str, Any]:
     from websockets.asyncio.client import connect
 
     expect, latency = spec["expect"], spec["latency"]
+    fmt = spec.get("format", "json")
+    sub = SUBPROTOCOLS[fmt]
     res: dict[str, Any] = {"events": 0, "first": None, "last": None, "ready": None, "error": None}
     emit: list[float] = []
     recv: list[float] = []
@@ -40,23 +68,33 @@ async def _one(url: str, spec: dict[str, Any], on_ready: Any) -> dict[str, Any]:
             ping_interval=None,
             open_timeout=30,
             compression="deflate" if spec.get("deflate") else None,
+            subprotocols=[sub] if sub else None,  # type: ignore[list-item]
         ) as ws:
+            if ws.subprotocol != sub:
+                raise RuntimeError(f"asked for {sub}, got {ws.subprotocol}")
             await ws.recv()  # "connected": the subscription is live
             res["ready"] = time.time()
             on_ready()
             async for msg in ws:
-                if not msg.startswith(EVENT_PREFIX):
+                if fmt == "json":
+                    if not msg.startswith(EVENT_PREFIX):
+                        continue
+                    k = 1
+                elif isinstance(msg, bytes):
+                    k = msg.count(MSGPACK_EVENT)
+                else:
+                    k = msg.count(EVENT_PREFIX)
+                if not k:
                     continue
                 now = time.time()
-                n += 1
-                if n == 1:
+                if n == 0:
                     res["first"] = now
+                n += k
                 res["last"] = now
                 if latency:
-                    i = msg.find('"t":', 40) + 4
-                    j = msg.find(",", i)
-                    emit.append(float(msg[i : j if j > 0 else msg.find("}", i)]))
-                    recv.append(now)
+                    times = _emit_times(msg, fmt)
+                    emit += times
+                    recv += [now] * len(times)
                 if n >= expect:
                     break
     except Exception as exc:  # a failed connection is reported, not fatal to the others
@@ -114,6 +152,7 @@ class ClientGroup:
         procs: int = 1,
         timeout: float = 60.0,
         deflate: bool = False,
+        fmt: str = "json",
     ) -> None:
         self.timeout = timeout
         self._procs: list[subprocess.Popen[str]] = []
@@ -128,6 +167,7 @@ class ClientGroup:
                 "latency": latency,
                 "timeout": timeout,
                 "deflate": deflate,
+                "format": fmt,
                 "out": str(self._outs[k]),
             }
             p = subprocess.Popen(

@@ -48,12 +48,21 @@ class Ctx:
         timeout: float = 60.0,
         after_ready: Callable[[], None] | None = None,
         until_closed: bool = False,
+        fmt: str = "json",
+        deflate: bool | None = None,
+        ready_timeout: float = 30.0,
     ) -> list[dict[str, Any]]:
         """Connect, wait until all are live, run ``after_ready``, return every result."""
         with ClientGroup(
-            urls, expect, latency=latency, procs=procs, timeout=timeout, deflate=self.deflate
+            urls,
+            expect,
+            latency=latency,
+            procs=procs,
+            timeout=timeout,
+            deflate=self.deflate if deflate is None else deflate,
+            fmt=fmt,
         ) as group:
-            group.wait_ready(30)
+            group.wait_ready(ready_timeout)
             if after_ready is not None:
                 after_ready()
             results = group.results()

@@ -12,7 +12,7 @@ from bus.curve import InsecureEndpoint, check_endpoints
 from core import logs, settings
 from gateway.banner import banner
 from gateway.security import bind_problem, describe
-from gateway.slowloris import http_protocol
+from gateway.slowloris import HTTP_PROTOCOL
 from gateway.wsprotocol import WS_PROTOCOL
 from store import Store, StoreError, migrate
 
@@ -64,12 +64,15 @@ def main(argv: list[str] | None = None) -> None:
         host=cfg.host,
         port=port,
         ws=WS_PROTOCOL,
-        http=http_protocol(cfg.head_timeout),
+        http=HTTP_PROTOCOL,  # an import path: workers import it themselves
         ws_ping_interval=cfg.ws_ping_interval,
         ws_ping_timeout=cfg.ws_ping_timeout,
         # Clients have nothing big to send; a larger frame closes the socket with 1009.
         ws_max_size=cfg.ws_max_message_bytes,
         log_level="info",
+        # Several processes on one listening socket, each a whole gateway (its own bus
+        # subscription, leases under its own id, log cache): see README "Gateway workers".
+        workers=cfg.gateway_workers if cfg.gateway_workers > 1 else None,
         # X-Forwarded-For is believed only from configured proxies (none by default): from
         # anyone else it would let one client pose as many and dodge per-address limits.
         proxy_headers=bool(cfg.trusted_proxies),

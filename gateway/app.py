@@ -28,6 +28,7 @@ from core.settings import Settings
 from gateway import api, files, readiness, ws
 from gateway.browser import BrowserGuardMiddleware
 from gateway.control import ControlClient, SupervisorUnavailable
+from gateway.frames import MsgpackCache
 from gateway.hub import Hub
 from gateway.leases import LeaseKeeper
 from gateway.limits import ConnectionCounter, LimitsMiddleware
@@ -71,6 +72,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         app.state.settings = cfg
         app.state.store = store
         app.state.log_reader = LogReader(store, cfg.replay_page)
+        app.state.frame_cache = MsgpackCache()  # log rows as MessagePack, shared (frames.py)
         app.state.hub = hub
         app.state.control = control
         try:

@@ -36,6 +36,7 @@ log = logging.getLogger("metastream.hub")
 class LiveEvent:
     event_id: int
     frame: bytes  # the WebSocket message, UTF-8
+    body: bytes = b""  # the bus body as received (MessagePack), for binary-format clients
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +208,7 @@ class Hub:
         item: Item
         match msg:
             case Event():
-                item = LiveEvent(msg.event_id, ws_frame("event", event_data_json(msg)))
+                item = LiveEvent(msg.event_id, ws_frame("event", event_data_json(msg)), frames[1])
             case State():
                 data = json_encoder.encode(state_data(msg))
                 item = LiveState(msg, ws_frame("state", data))

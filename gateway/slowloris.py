@@ -10,58 +10,78 @@ closes the connection. A complete head cancels the timer; WebSocket upgrades are
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+HTTP_PROTOCOL = "gateway.slowloris:HeadTimeoutProtocol"  # what uvicorn.run(http=...) takes
+
+
+@functools.cache
+def _configured_timeout() -> float:
+    from core import settings  # once per process: uvicorn builds a protocol per connection
+
+    return settings.load().head_timeout
+
+
+class HeadTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for each request head.
+
+    A module-level class (``HTTP_PROTOCOL`` names it for uvicorn), so that gateway workers,
+    which uvicorn starts by pickling its configuration, can import it; the timeout is the
+    stack's ``METASTREAM_HEAD_TIMEOUT`` unless a subclass sets ``head_timeout``.
+    """
+
+    head_timeout: float | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        timeout = _configured_timeout() if self.head_timeout is None else self.head_timeout
+        if self._head_timer is None and timeout > 0:
+            self._head_timer = self.loop.call_later(timeout, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        # Idle time between requests is uvicorn's keep-alive timeout's business.
+        self._disarm()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.write(REQUEST_TIMEOUT)
+        self.transport.close()
+
 
 def http_protocol(head_timeout: float) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol with a deadline for each request head."""
-
-    class HeadTimeoutProtocol(HttpToolsProtocol):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._head_timer: asyncio.TimerHandle | None = None
-
-        def _arm(self) -> None:
-            if self._head_timer is None and head_timeout > 0:
-                self._head_timer = self.loop.call_later(head_timeout, self._head_timed_out)
-
-        def _disarm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._arm()
-
-        def on_headers_complete(self) -> None:
-            self._disarm()
-            super().on_headers_complete()
-
-        def on_response_complete(self) -> None:
-            # Idle time between requests is uvicorn's keep-alive timeout's business.
-            self._disarm()
-            super().on_response_complete()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _head_timed_out(self) -> None:
-            self._head_timer = None
-            if self.transport.is_closing():
-                return
-            if self.cycle is None or self.cycle.response_complete:
-                self.transport.write(REQUEST_TIMEOUT)
-            self.transport.close()
-
-    return HeadTimeoutProtocol
+    """The protocol with a fixed head timeout (tests; one process)."""
+    return type("FixedHeadTimeoutProtocol", (HeadTimeoutProtocol,), {"head_timeout": head_timeout})
 
 
 _BODY = b"Request head not complete in time"

@@ -29,10 +29,10 @@ from bus.messages import (
 from core.metrics import Registry
 from core.settings import Settings
 from gateway.control import ControlClient, SupervisorUnavailable
+from gateway.frames import Format, FrameWriter, MsgpackCache
 from gateway.hub import Hub, Item, Listener, LiveBeat, LiveEvent, LiveState
 from gateway.logreader import LogReader
 from gateway.metrics import GatewayMetrics
-from gateway.wsprotocol import SEND_TEXTS
 from store import Store
 
 log = logging.getLogger("metastream.stream")
@@ -87,6 +87,9 @@ class TaskStream:
         cfg: Settings,
         autostart: bool = True,
         metrics: GatewayMetrics | None = None,
+        fmt: Format = Format.JSON,
+        subprotocol: str | None = None,
+        frame_cache: MsgpackCache | None = None,
     ) -> None:
         self.ws = ws
         self.task_id = task_id
@@ -100,11 +103,12 @@ class TaskStream:
         self.metrics = metrics or GatewayMetrics(Registry(enabled=False))
         self.phase = Phase.CONNECTING
         self._last_state: dict[str, Any] | None = None
+        self._ended = False  # the final state was sent
         self._last_state_version = -1
         self._last_send = time.monotonic()
-        # Many frames per call, framed by the server itself (see gateway.wsprotocol).
-        ext = ws.scope.get("extensions") or {}
-        self._send_texts = (ext.get(SEND_TEXTS) or {}).get("send_texts")
+        # Frames in the format the client asked for (gateway.frames; the seed's by default).
+        self.out = FrameWriter(ws, fmt, frame_cache)
+        self._subprotocol = subprotocol
 
     def _move(self, new: Phase) -> None:
         if new not in MOVES[self.phase]:
@@ -118,16 +122,9 @@ class TaskStream:
     async def _send(self, frame: bytes) -> None:
         await self._send_many([frame])
 
-    async def _send_many(self, frames: list[bytes]) -> None:
-        """Send WebSocket text messages given as UTF-8."""
-        if self._send_texts is None:  # a server without the extension (a test client)
-            for frame in frames:
-                await self.ws.send_text(frame.decode())
-        else:
-            try:
-                await self._send_texts(frames)
-            except OSError as exc:  # uvicorn's ClientDisconnected, as Starlette reports it
-                raise WebSocketDisconnect(code=1006) from exc
+    async def _send_many(self, frames: list[bytes], bodies: list[bytes] | None = None) -> None:
+        """Send seed messages given as UTF-8 JSON (``bodies``: the same as bus bodies)."""
+        await self.out.send(frames, bodies)
         self._last_send = time.monotonic()
         self.metrics.ws_sent += len(frames)
 
@@ -144,7 +141,7 @@ class TaskStream:
             self._move(Phase.CLOSED)
 
     async def _serve(self) -> None:
-        await self.ws.accept()
+        await self.ws.accept(subprotocol=self._subprotocol)
         self.metrics.ws_opened += 1
         row = await self._db(self.store.get_task, self.task_id)
         if row is None:
@@ -198,6 +195,10 @@ class TaskStream:
             self.metrics.ws_closed["client_left"] += 1  # the task goes on (policy may not)
         finally:
             self.hub.detach(listener)
+            if self._ended and not self.hub.watchers(self.task_id):
+                # The task is over and nobody follows it: its cached log blocks would only
+                # pile up, one ended task after another (a soak grew ~70 KB per task).
+                self.log.forget(self.task_id)
 
     async def _fail_start(self, why: str) -> None:
         await self._send_json("error", {"message": f"Task start failed: {why}"})
@@ -206,6 +207,7 @@ class TaskStream:
     async def _close(self, code: int) -> None:
         self._move(Phase.CLOSING)
         self.metrics.closed(code)
+        await self.out.flush()  # what a batched format still holds goes before the close
         with contextlib.suppress(RuntimeError):  # the client closed first
             await self.ws.close(code)
 
@@ -252,24 +254,27 @@ class TaskStream:
                                 return
                         continue
                 next_poll = time.monotonic() + QUIET_POLL
-                # Drain what is queued; stop at an overflow (reset drops the rest).
+                # Drain what is queued; stop at an overflow (reset drops the rest). What it
+                # sends leaves together: in one batch frame, for clients that asked for those.
+                self.out.hold()
                 while items and not listener.overflowed:
                     if await self._handle(items.popleft()):
                         return
+                await self.out.flush()
         finally:
             scope.cancel()
 
     async def _handle(self, item: Item) -> bool:
         """Send one live item; True once the stream has ended."""
         match item:
-            case LiveEvent(event_id=event_id, frame=frame):
+            case LiveEvent(event_id=event_id, frame=frame, body=body):
                 if event_id < self.next_id:
                     return False  # already sent (replayed from the log)
                 if event_id > self.next_id:
                     self.metrics.ws_gap_refills += event_id - self.next_id
                     await self._catch_up(event_id - 1)  # a gap: refill from the log
                 if event_id == self.next_id:
-                    await self._send(frame)
+                    await self._send_many([frame], [body] if body else None)
                     self.next_id += 1
             case LiveState(state=state):
                 if state.status in TERMINAL_STATUSES:
@@ -345,4 +350,5 @@ class TaskStream:
             await self._catch_up(final.last_event_id)
         self._last_state_version = -1
         await self._offer_state(final)
+        self._ended = True
         await self._close(CLOSE_NORMAL)

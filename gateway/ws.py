@@ -3,8 +3,9 @@
 Every check happens before the task is looked up, so a client that fails one learns nothing
 about the task (not even whether it exists). A rejected client is accepted, told why in one
 ``error`` message, and closed with a code (browsers cannot see an HTTP status on a failed
-upgrade): 4403 foreign Origin, 4401 no valid token or ticket, 4400 a bad query parameter,
-4429 too many connections from its address. Frames from clients are capped by uvicorn
+upgrade): 4403 foreign Origin, 4401 no valid token or ticket, 4400 a bad query parameter
+(an unknown ``?format=`` too), 4429 too many connections from its address. Frames from
+clients are capped by uvicorn
 (``ws_max_size``, close code 1009).
 """
 
@@ -16,6 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, WebSocket
 
 from gateway.api import MAX_EVENT_ID
+from gateway.frames import BadFormat, negotiate
 from gateway.limits import client_address
 from gateway.security import Guard, is_loopback
 from gateway.stream import CLOSE_TOO_MANY, TaskStream
@@ -67,6 +69,7 @@ async def task_stream(
     last_event_id: Annotated[str | None, Query(description=f"0..{2**63 - 1}")] = None,
     ticket: str | None = None,
     start: Annotated[str | None, Query(description="auto-start a PENDING/FAILED task")] = None,
+    format_: Annotated[str | None, Query(alias="format", description="frame format")] = None,
 ) -> None:
     state = websocket.app.state
     guard: Guard = state.guard
@@ -78,6 +81,13 @@ async def task_stream(
     if problem:
         state.counters["ws_bad_request"] += 1
         await _reject(websocket, CLOSE_BAD_REQUEST, problem)
+        return
+    # Opt-in frame formats (gateway.frames); rejections above and here use the default one.
+    try:
+        fmt, subprotocol = negotiate(websocket.scope.get("subprotocols") or [], format_)
+    except BadFormat as exc:
+        state.counters["ws_bad_request"] += 1
+        await _reject(websocket, CLOSE_BAD_REQUEST, str(exc))
         return
     address = client_address(websocket.scope)
     # Without a token every loopback client is the one local user: a per-address count would
@@ -104,6 +114,9 @@ async def task_stream(
             cfg=state.settings,
             autostart=autostart,
             metrics=state.metrics,
+            fmt=fmt,
+            subprotocol=subprotocol,
+            frame_cache=state.frame_cache,
         )
         await stream.run()
     finally:

@@ -1,16 +1,16 @@
 """uvicorn's sans-I/O WebSocket protocol, plus many text frames per call and per write.
 
-uvicorn writes every ``websocket.send`` to the socket at once: one ``send()`` system call,
-and on loopback one wake-up of the reader, per frame; and going through Starlette, uvicorn
-and the websockets library costs ~3 us per frame, most of the gateway's time per event. So
-applications may send many text frames in one call, through the ASGI scope extension
-``metastream.websocket.send_texts`` (``{"send_texts": async callable(list[bytes])}``, each
-item one message's UTF-8 text). An uncompressed server frame (unmasked, RFC 6455 5.2) is its
-2-10 byte header and the text, queued on the protocol's own output buffer; the first call of
-a loop turn is written at once, the rest of that turn's frames together when it ends (or
-every 64 KiB). At low rates that is one write per call, with no added latency. The gateway's
-event path (gateway/stream.py) sends everything this way; plain ``websocket.send`` is
-uvicorn's own, unchanged.
+uvicorn writes every ``websocket.send`` to the socket at once: one ``send()`` system call, and
+on loopback one wake-up of the reader, per frame; and going through Starlette, uvicorn and the
+websockets library costs ~3 us per frame, most of the gateway's time per event. So applications
+may send many text frames in one call, through the ASGI scope extension
+``metastream.websocket.send_texts`` (``{"send_texts": async callable(list[bytes])}``, each item
+one message's UTF-8 text; ``"send_binaries"`` likewise for binary frames). An uncompressed
+server frame (unmasked, RFC 6455 5.2) is its 2-10 byte header and the text, queued on the
+protocol's own output buffer; the first call of a loop turn is written at once, the rest of
+that turn's frames together when it ends (or every 64 KiB). At low rates that is one write per
+call, with no added latency. The gateway's event path (gateway/stream.py) sends everything this
+way; plain ``websocket.send`` is uvicorn's own, unchanged.
 
 Everything else is uvicorn's: back-pressure (``send_texts`` waits while the transport is
 paused), close, keepalive pings. Those write whatever the protocol has framed so far, so
@@ -24,6 +24,7 @@ tests/gateway/test_wsprotocol_canary.py fails by name if an upgrade removes one.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 
 from uvicorn.protocols.utils import ClientDisconnected
@@ -38,11 +39,19 @@ FRAME_OVERHEAD = 10
 SEND_TEXTS = "metastream.websocket.send_texts"  # the scope extension offering send_texts
 
 
+@functools.cache
+def deflate_min_bytes() -> int:
+    """Messages shorter than this go uncompressed even with permessage-deflate (settings)."""
+    from core import settings  # once per process: uvicorn builds a protocol per connection
+
+    return settings.load().ws_deflate_min_bytes
+
+
 # Every attribute of uvicorn's protocol (and of its websockets connection, ``conn``) used
 # here: the canary test checks each on the installed versions.
 INTERNALS = {
     "protocol": ("conn", "loop", "transport", "writable", "disconnected", "close_sent"),
-    "conn": ("writes", "extensions", "state", "send_text", "data_to_send"),
+    "conn": ("writes", "extensions", "state", "send_text", "send_binary", "data_to_send"),
 }
 
 
@@ -56,11 +65,24 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         scope = getattr(self, "scope", None)  # absent when the handshake was refused
         if scope is not None:
-            scope["extensions"][SEND_TEXTS] = {"send_texts": self.send_texts}
+            scope["extensions"][SEND_TEXTS] = {
+                "send_texts": self.send_texts,
+                "send_binaries": self.send_binaries,
+            }
 
     async def send_texts(self, texts: Sequence[bytes]) -> None:
         """Send text frames (given as UTF-8) in order, FLUSH_BYTES at most per write."""
-        deflate = bool(self.conn.extensions)  # negotiated compression: websockets frames
+        await self._send_many(texts, 0x81)
+
+    async def send_binaries(self, frames: Sequence[bytes]) -> None:
+        """Send binary frames in order, as :meth:`send_texts` sends text ones."""
+        await self._send_many(frames, 0x82)
+
+    async def _send_many(self, texts: Sequence[bytes], first: int) -> None:
+        # With compression negotiated, websockets compresses what is long enough to gain
+        # from it; shorter messages go as they are (RFC 7692 6.1: RSV1 clear, uncompressed).
+        deflate_from = deflate_min_bytes() if self.conn.extensions else 1 << 62
+        send = self.conn.send_text if first == 0x81 else self.conn.send_binary
         for text in texts:
             if self._pending >= FLUSH_BYTES:
                 self._write()
@@ -70,16 +92,16 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
                 raise ClientDisconnected()
             data = text
             n = len(data)
-            if deflate:
-                self.conn.send_text(data)
+            if n >= deflate_from:
+                send(data)
             else:
-                # FIN + text opcode, then the payload length in 7, 7+16 or 7+64 bits.
+                # FIN + opcode (text or binary), then the payload length in 7, 7+16 or 7+64 bits.
                 if n < 126:
-                    head = bytes((0x81, n))
+                    head = bytes((first, n))
                 elif n < 65536:
-                    head = b"\x81\x7e" + n.to_bytes(2, "big")
+                    head = bytes((first, 0x7E)) + n.to_bytes(2, "big")
                 else:
-                    head = b"\x81\x7f" + n.to_bytes(8, "big")
+                    head = bytes((first, 0x7F)) + n.to_bytes(8, "big")
                 # The protocol's own output buffer: frames of every path stay in order.
                 self.conn.writes += (head, data)
             self._pending += FRAME_OVERHEAD + n

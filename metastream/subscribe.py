@@ -187,6 +187,36 @@ async def subscribe(
 # --- the WebSocket ---------------------------------------------------------------------------
 
 
+# The gateway's opt-in frame formats (gateway/frames.py, docs/subscribers.md), fastest first.
+MSGPACK_BATCH = "metastream.msgpack.batch.v1"
+MSGPACK = "metastream.msgpack.v1"
+JSON_BATCH = "metastream.batch.v1"
+FASTEST = (MSGPACK_BATCH, JSON_BATCH)
+_msgpack = msgspec.msgpack.Decoder()
+
+
+def decode_frame(raw: str | bytes, subprotocol: str | None) -> list[dict[str, Any]]:
+    """The seed messages ``{"type", "data"}`` in one frame of the negotiated format."""
+    if subprotocol in (MSGPACK_BATCH, MSGPACK):
+        if not isinstance(raw, bytes):
+            raise _Reconnect(f"a text frame in format {subprotocol}")
+        try:
+            obj = _msgpack.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise _Reconnect(f"undecodable frame: {exc}") from exc
+        maps = obj if subprotocol == MSGPACK_BATCH else [obj]
+        out = []
+        for m in maps:
+            kind = m.pop("kind", None)
+            if kind == "state":  # bus-only extras: the seed's state has neither
+                m.pop("last_event_id", None)
+                m.pop("version", None)
+            out.append({"type": kind, "data": m})
+        return out
+    msg = json.loads(raw)
+    return msg if subprotocol == JSON_BATCH else [msg]
+
+
 class _Reconnect(Exception):
     """Internal: drop this connection and resume from the last event."""
 
@@ -227,6 +257,7 @@ async def stream(
     open_timeout: float = 10.0,
     http_timeout: float = 10.0,
     on_status: Callable[[str, str], None] | None = None,
+    subprotocols: tuple[str, ...] = FASTEST,
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Yield a task's WebSocket messages (``{"type", "data"}``), resuming after failures.
 
@@ -236,7 +267,9 @@ async def stream(
     ``retries`` consecutive failed attempts it raises :class:`GatewayUnreachable`. A task that
     has already ended is read from the REST event log instead, so following a ``FAILED`` task
     never restarts it (a WebSocket connection would). ``on_status(state, detail)`` hears
-    ``"connecting"``, ``"live"`` and ``"reconnecting"``.
+    ``"connecting"``, ``"live"`` and ``"reconnecting"``. ``subprotocols`` are the frame
+    formats to offer, fastest first (``()``: the seed's JSON); what the gateway picks is
+    decoded back into the same messages, and a gateway that knows none sends the seed's.
     """
     url = (url or default_url()).rstrip("/")
     notify = on_status or (lambda _state, _detail: None)
@@ -262,6 +295,7 @@ async def stream(
                     additional_headers=headers,
                     open_timeout=open_timeout,
                     max_size=None,
+                    subprotocols=[websockets.Subprotocol(p) for p in subprotocols] or None,
                 ) as ws:
                     live = False
                     while True:
@@ -270,28 +304,29 @@ async def stream(
                                 raw = await ws.recv()
                         except TimeoutError as exc:
                             raise _Reconnect(f"nothing received for {idle_timeout:g} s") from exc
-                        msg = json.loads(raw)
-                        kind = msg.get("type")
-                        data = msg.get("data") or {}
-                        if kind == "connected" and not live:
-                            live = True
-                            notify("live", url)
-                        if kind == "event":
-                            event_id = data["event_id"]
-                            if event_id <= last:
-                                continue  # already yielded before a reconnect
-                            if event_id != last + 1:
-                                raise _Reconnect(f"gap: event {event_id} after {last}")
-                            last = event_id
-                        if kind in ("event", "heartbeat"):
-                            # Only progress (or the server's idle beat) proves the link works:
-                            # a handshake followed by an error must not reset the retry budget.
-                            failures = 0
-                        elif kind == "error" and data.get("message") == "Task not found":
-                            raise TaskNotFound("Task not found")
-                        yield msg
-                        if kind == "state" and data.get("status") in TERMINAL_STATUSES:
-                            return
+                        for msg in decode_frame(raw, ws.subprotocol):
+                            kind = msg.get("type")
+                            data = msg.get("data") or {}
+                            if kind == "connected" and not live:
+                                live = True
+                                notify("live", f"{url} ({ws.subprotocol or 'json'} frames)")
+                            if kind == "event":
+                                event_id = data["event_id"]
+                                if event_id <= last:
+                                    continue  # already yielded before a reconnect
+                                if event_id != last + 1:
+                                    raise _Reconnect(f"gap: event {event_id} after {last}")
+                                last = event_id
+                            if kind in ("event", "heartbeat"):
+                                # Only progress (or the server's idle beat) proves the link
+                                # works: a handshake followed by an error must not reset the
+                                # retry budget.
+                                failures = 0
+                            elif kind == "error" and data.get("message") == "Task not found":
+                                raise TaskNotFound("Task not found")
+                            yield msg
+                            if kind == "state" and data.get("status") in TERMINAL_STATUSES:
+                                return
             except websockets.ConnectionClosed as exc:
                 code, reason = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
                 if code == CLOSE_NOT_FOUND:

@@ -33,8 +33,15 @@ def stack_factory(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
 
 
 @pytest.fixture
-def stack(stack_factory: Callable[..., Stack]) -> Stack:
-    return stack_factory()
+def workers(request: pytest.FixtureRequest) -> int:
+    """Gateway processes on the stack's port: 1, or an indirect parameter (helpers.WORKERS)."""
+    return int(getattr(request, "param", 1))
+
+
+@pytest.fixture
+def stack(stack_factory: Callable[..., Stack], workers: int) -> Stack:
+    env = {"METASTREAM_GATEWAY_WORKERS": str(workers)} if workers > 1 else None
+    return stack_factory(env=env)
 
 
 @pytest.fixture

@@ -10,9 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
+import msgspec
+import pytest
 import websockets
 
 T = TypeVar("T")
+
+# Runs a test against one gateway process and against two gateway workers on one port (the
+# ``workers`` fixture in conftest.py, which the stack fixtures read).
+WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["1gw", "2workers"], indirect=True)
 
 
 def poll_for(fn: Callable[[], T], timeout: float, interval: float = 0.05, what: str = "") -> T:
@@ -42,12 +48,50 @@ def wait_status(api: httpx.Client, task_id: str, statuses: set[str], timeout: fl
     return poll_for(check, timeout, what=f"task {task_id} in {statuses}")
 
 
+# The opt-in frame formats (gateway/frames.py), by the subprotocol that asks for each.
+SUBPROTOCOLS = {
+    "json": None,
+    "batch": "metastream.batch.v1",
+    "msgpack": "metastream.msgpack.v1",
+    "msgpack-batch": "metastream.msgpack.batch.v1",
+}
+
+
+def decode_frame(raw: str | bytes, fmt: str) -> list[dict[str, Any]]:
+    """The seed messages ``{"type", "data"}`` in one frame of format ``fmt``.
+
+    Written apart from the client library on purpose: the tests check the wire format.
+    """
+    if fmt in ("json", "batch"):
+        assert isinstance(raw, str), f"{fmt}: expected a text frame, got {type(raw).__name__}"
+        msg = json.loads(raw)
+        if fmt == "json":
+            assert isinstance(msg, dict), raw[:200]
+            return [msg]
+        assert isinstance(msg, list) and msg, raw[:200]
+        return msg
+    assert isinstance(raw, bytes), f"{fmt}: expected a binary frame, got {type(raw).__name__}"
+    obj = msgspec.msgpack.decode(raw)
+    maps = obj if fmt == "msgpack-batch" else [obj]
+    assert isinstance(maps, list) and maps and all(isinstance(m, dict) for m in maps), obj
+    out = []
+    for m in maps:
+        kind = m.pop("kind")
+        if kind == "state":  # the bus's extras may ride along; the seed's fields are the rest
+            m.pop("last_event_id", None)
+            m.pop("version", None)
+        out.append({"type": kind, "data": m})
+    return out
+
+
 @dataclass
 class Received:
     """Everything one WebSocket client got."""
 
     messages: list[dict[str, Any]] = field(default_factory=list)
     close_code: int | None = None
+    frames: int = 0  # WebSocket messages received (fewer than ``messages`` when batched)
+    subprotocol: str | None = None  # what the server chose in the handshake (last connection)
 
     def of(self, msg_type: str) -> list[dict[str, Any]]:
         return [m["data"] for m in self.messages if m["type"] == msg_type]
@@ -65,19 +109,26 @@ async def collect(
     stop_after_events: int | None = None,
     delay: float = 0.0,
     delay_every: int = 1,
+    fmt: str = "json",
 ) -> Received:
-    """Read a task's stream until the server closes (or ``stop_after_events`` events)."""
+    """Read a task's stream until the server closes (or ``stop_after_events`` events).
+
+    ``fmt`` names the frame format to ask for by subprotocol (see ``SUBPROTOCOLS``).
+    """
     url = f"{ws_url}/ws/tasks/{task_id}"
     if last_event_id is not None:
         url += f"?last_event_id={last_event_id}"
     got = Received()
     async with asyncio.timeout(timeout):
-        async with websockets.connect(url, max_size=None, ping_interval=None) as ws:
+        async with _connect(url, fmt) as ws:
+            got.subprotocol = ws.subprotocol
             try:
                 async for raw in ws:
-                    got.messages.append(json.loads(raw))
-                    if delay and len(got.messages) % delay_every == 0:
-                        await asyncio.sleep(delay)
+                    got.frames += 1
+                    for msg in decode_frame(raw, fmt):
+                        got.messages.append(msg)
+                        if delay and len(got.messages) % delay_every == 0:
+                            await asyncio.sleep(delay)
                     if stop_after_events is not None and len(got.event_ids) >= stop_after_events:
                         break
             except websockets.ConnectionClosed:
@@ -86,12 +137,24 @@ async def collect(
     return got
 
 
+def _connect(url: str, fmt: str, **kw: Any) -> Any:
+    sub = SUBPROTOCOLS[fmt]
+    return websockets.connect(
+        url,
+        max_size=None,
+        ping_interval=None,
+        subprotocols=[websockets.Subprotocol(sub)] if sub else None,
+        **kw,
+    )
+
+
 async def follow(
     ws_url: str,
     task_id: str,
     timeout: float = 120,
     drop_every: int | None = None,
     on_events: Callable[[int], None] | None = None,
+    fmt: str = "json",
 ) -> Received:
     """Follow a task to its end like a resilient client: reconnect with ``last_event_id``.
 
@@ -104,20 +167,22 @@ async def follow(
         while True:
             url = f"{ws_url}/ws/tasks/{task_id}?last_event_id={last}"
             try:
-                async with websockets.connect(
-                    url, max_size=None, open_timeout=5, ping_interval=None
-                ) as ws:
+                async with _connect(url, fmt, open_timeout=5) as ws:
+                    got.subprotocol = ws.subprotocol
                     in_this = 0
                     async for raw in ws:
-                        msg = json.loads(raw)
-                        got.messages.append(msg)
-                        if msg["type"] == "event":
-                            last = msg["data"]["event_id"]
-                            in_this += 1
-                            if on_events is not None:
-                                on_events(last)
+                        got.frames += 1
+                        for msg in decode_frame(raw, fmt):
                             if drop_every is not None and in_this >= drop_every:
-                                break
+                                break  # hang up mid-frame: the rest comes again on resume
+                            got.messages.append(msg)
+                            if msg["type"] == "event":
+                                last = msg["data"]["event_id"]
+                                in_this += 1
+                                if on_events is not None:
+                                    on_events(last)
+                        if drop_every is not None and in_this >= drop_every:
+                            break
                     if ws.close_code == 1000 and not (drop_every and in_this >= drop_every):
                         got.close_code = 1000
                         return got

@@ -12,12 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from bus.messages import Event, State
+from bus.messages import STATE_FIELDS, Event, State
 from core import settings
 from metastream.stack import Stack
 from metastream.subscribe import TaskNotFound, stream, subscribe
 from tests.e2e.test_cli import Running
-from tests.helpers import create_task, poll_for, wait_status
+from tests.helpers import create_task, log_events, poll_for, wait_status
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bus_subscriber.py"
 # Runs a script with every project package made unimportable: the example must need only
@@ -123,6 +123,39 @@ def test_stream_resumes_after_last_event_id(stack: Stack, api: httpx.Client) -> 
     ids = [m["data"]["event_id"] for m in got if m["type"] == "event"]
     assert ids == list(range(101, n + 1))
     assert got[-1]["type"] == "state" and got[-1]["data"]["status"] == "COMPLETED"
+
+
+@pytest.mark.parametrize(
+    "offer,chosen",
+    [
+        ((), "json"),
+        (("metastream.batch.v1",), "metastream.batch.v1"),
+        (("metastream.msgpack.v1",), "metastream.msgpack.v1"),
+        (("x.v1", "metastream.msgpack.batch.v1"), "metastream.msgpack.batch.v1"),
+    ],
+)
+def test_stream_decodes_every_frame_format(
+    stack: Stack, api: httpx.Client, offer: tuple[str, ...], chosen: str
+) -> None:
+    n = 300
+    task = create_task(api, synthetic={"events": n, "rate": 3000, "payload_bytes": 50})
+    heard: list[tuple[str, str]] = []
+    got = asyncio.run(
+        _all(task["id"], stack.url, subprotocols=offer, on_status=lambda *a: heard.append(a))
+    )
+    assert ("live", f"{stack.url} ({chosen} frames)") in heard
+    assert [m["data"] for m in got if m["type"] == "event"] == log_events(api, task["id"])
+    assert got[-1]["type"] == "state" and got[-1]["data"]["status"] == "COMPLETED"
+    assert set(got[-1]["data"]) == set(STATE_FIELDS)
+
+
+def test_stream_asks_for_the_fastest_format(stack: Stack, api: httpx.Client) -> None:
+    task = create_task(api, synthetic={"events": 100, "rate": 1000})
+    heard: list[tuple[str, str]] = []
+    got = asyncio.run(_all(task["id"], stack.url, on_status=lambda *a: heard.append(a)))
+    assert ("live", f"{stack.url} (metastream.msgpack.batch.v1 frames)") in heard
+    assert [m["data"]["event_id"] for m in got if m["type"] == "event"] == list(range(1, 101))
+    assert got[-1]["data"]["status"] == "COMPLETED"
 
 
 def test_stream_reads_an_ended_task_from_the_log_without_restarting_it(

@@ -11,7 +11,19 @@ import pytest
 
 from metastream.stack import Stack
 from store import Store
-from tests.helpers import collect, create_task, follow, log_events, poll_for, wait_status
+from tests.helpers import (
+    SUBPROTOCOLS,
+    WORKERS,
+    collect,
+    create_task,
+    follow,
+    log_events,
+    poll_for,
+    wait_status,
+)
+
+# Several gateway workers on one port must behave as one gateway.
+pytestmark = WORKERS
 
 
 @pytest.fixture
@@ -103,9 +115,14 @@ def test_resume_from_last_event_id(stack: Stack, api: httpx.Client) -> None:
     assert beyond.event_ids == [] and beyond.close_code == 1000
 
 
-@pytest.mark.parametrize("component", ["gateway", "bus"])
+@pytest.mark.parametrize(
+    "component,fmt",
+    [("gateway", "json"), ("bus", "json"), ("gateway", "batch"), ("gateway", "msgpack-batch")],
+)
 @pytest.mark.timeout(120)
-def test_component_killed_mid_stream(stack: Stack, api: httpx.Client, component: str) -> None:
+def test_component_killed_mid_stream(
+    stack: Stack, api: httpx.Client, component: str, fmt: str
+) -> None:
     n = 6000
     task = create_task(api, synthetic={"events": n, "rate": 1000})
     api.post(f"/api/tasks/{task['id']}/run")
@@ -122,7 +139,7 @@ def test_component_killed_mid_stream(stack: Stack, api: httpx.Client, component:
 
     async def scenario():  # type: ignore[no-untyped-def]
         watcher = asyncio.create_task(
-            follow(stack.ws_url, task["id"], timeout=90, on_events=received.append)
+            follow(stack.ws_url, task["id"], timeout=90, on_events=received.append, fmt=fmt)
         )
         # The client has live events before the component goes down...
         await until(lambda: len(received) >= 100, "live events")
@@ -138,6 +155,7 @@ def test_component_killed_mid_stream(stack: Stack, api: httpx.Client, component:
         got = asyncio.run(scenario())
     finally:
         store.close()
+    assert got.subprotocol == SUBPROTOCOLS[fmt]
     assert_exactly(got.event_ids, n)
     final = wait_status(api, task["id"], {"COMPLETED", "FAILED", "CANCELLED"})
     assert final["status"] == "COMPLETED"

@@ -12,7 +12,7 @@ import pytest
 import websockets
 
 from metastream.stack import Stack
-from tests.helpers import collect, create_task, poll_for, wait_status
+from tests.helpers import WORKERS, collect, create_task, poll_for, wait_status
 
 FAST = {
     "METASTREAM_HEARTBEAT_INTERVAL": "0.5",
@@ -32,8 +32,9 @@ def _event_time(api: httpx.Client, task_id: str, event_id: int) -> float:
 
 
 @pytest.fixture
-def fast_stack(stack_factory) -> Stack:  # type: ignore[no-untyped-def]
-    return stack_factory(env={**FAST, "METASTREAM_TASK_MEMORY_MB": "600"})
+def fast_stack(stack_factory, workers: int) -> Stack:  # type: ignore[no-untyped-def]
+    env = {**FAST, "METASTREAM_TASK_MEMORY_MB": "600", "METASTREAM_GATEWAY_WORKERS": str(workers)}
+    return stack_factory(env=env)
 
 
 @pytest.fixture
@@ -116,6 +117,7 @@ def _grown(leader: psutil.Process, n: int) -> list[psutil.Process] | None:
     return kids if len(kids) >= n else None
 
 
+@WORKERS
 def test_disconnect_policies(fast_stack: Stack, fapi: httpx.Client) -> None:
     def watch_briefly(task_id: str, events: int) -> None:
         asyncio.run(collect(fast_stack.ws_url, task_id, stop_after_events=events, timeout=20))
@@ -146,6 +148,7 @@ def test_disconnect_policies(fast_stack: Stack, fapi: httpx.Client) -> None:
     )
 
 
+@WORKERS
 def test_kill_policy_holds_when_the_gateway_dies(fast_stack: Stack, fapi: httpx.Client) -> None:
     task = create_task(fapi, synthetic={"events": 10_000, "rate": 100}, disconnect_policy="kill")
 

@@ -41,7 +41,7 @@ class Client:
         self.close_code: int | None = None
         self.gone = asyncio.Event()
 
-    async def accept(self) -> None:
+    async def accept(self, subprotocol: str | None = None) -> None:
         pass
 
     async def send_text(self, text: str) -> None:

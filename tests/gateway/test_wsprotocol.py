@@ -64,7 +64,7 @@ def test_a_burst_arrives_whole_in_order_before_the_close(server: str) -> None:
 class RawClient:
     """A WebSocket client on a bare socket with a small receive buffer: it reads only when told."""
 
-    def __init__(self, server: str, path: str) -> None:
+    def __init__(self, server: str, path: str, headers: str = "") -> None:
         host, port = server.split(":")
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
@@ -74,13 +74,15 @@ class RawClient:
         self.sock.sendall(
             f"GET {path} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            f"Sec-WebSocket-Version: 13\r\n{headers}\r\n".encode()
         )
         self.buf = b""
         while b"\r\n\r\n" not in self.buf:
             self.buf += self.sock.recv(4096)
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 101"), head
+        self.head = head.decode()
+        self.rsv1: list[bool] = []  # per frame: compressed (permessage-deflate)
 
     def _need(self, n: int) -> None:
         while len(self.buf) < n:
@@ -93,6 +95,7 @@ class RawClient:
         while True:
             self._need(2)
             opcode, length = self.buf[0] & 0x0F, self.buf[1] & 0x7F
+            self.rsv1.append(bool(self.buf[0] & 0x40))
             start = 2
             if length == 126:
                 self._need(4)
@@ -150,9 +153,10 @@ def test_sending_to_a_gone_client_raises_instead_of_buffering(server: str, via: 
     assert status(server)["sent"] < 10_000_000
 
 
+@pytest.mark.parametrize("binary", [False, True])
 @pytest.mark.parametrize("compression", [None, "deflate"])
 def test_pages_of_frames_keep_their_order_with_single_sends(
-    server: str, compression: str | None
+    server: str, compression: str | None, binary: bool
 ) -> None:
     """send_texts frames every length encoding itself, or through websockets when compressed."""
     from tests.gateway.wsapp import mixed_frame
@@ -162,7 +166,7 @@ def test_pages_of_frames_keep_their_order_with_single_sends(
     async def scenario() -> tuple[list[str | bytes], int | None]:
         got: list[str | bytes] = []
         async with websockets.connect(
-            f"ws://{server}/ws/mixed?pages={pages}",
+            f"ws://{server}/ws/mixed?pages={pages}{'&binary=1' if binary else ''}",
             open_timeout=10,
             max_size=None,
             compression=compression,
@@ -177,6 +181,26 @@ def test_pages_of_frames_keep_their_order_with_single_sends(
     got, code = asyncio.run(scenario())
     want: list[str | bytes] = []
     for page in range(pages):
-        want += [mixed_frame(page, k).decode() for k in range(10)] + [f"page {page} done"]
-    assert got == want  # text frames (str), whole, in order among the ordinary sends
+        frames = [mixed_frame(page, k) for k in range(10)]
+        want += [f if binary else f.decode() for f in frames] + [f"page {page} done"]
+    assert got == want  # text (str) or binary frames, whole, in order among the ordinary sends
     assert code == 1000
+
+
+def test_deflate_compresses_only_messages_above_the_threshold(server: str) -> None:
+    from gateway.wsprotocol import deflate_min_bytes
+    from tests.gateway.wsapp import mixed_frame
+
+    client = RawClient(
+        server, "/ws/mixed?pages=2", "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+    )
+    try:
+        assert "permessage-deflate" in client.head
+        frames = list(client.frames())
+    finally:
+        client.close()
+    sizes = [len(mixed_frame(0, k)) for k in range(10)]
+    # (the server's own "page N done" sends go through websockets: compressed whatever size)
+    compressed = [c for c, (op, _) in zip(client.rsv1, frames, strict=True) if op != 8][:10]
+    assert compressed == [n >= deflate_min_bytes() for n in sizes]
+    assert any(compressed) and not all(compressed)

@@ -40,7 +40,8 @@ def mixed_frame(page: int, k: int) -> bytes:
 
 async def mixed(ws: WebSocket) -> None:
     await ws.accept()
-    send_texts = ws.scope["extensions"][SEND_TEXTS]["send_texts"]
+    ext = ws.scope["extensions"][SEND_TEXTS]
+    send_texts = ext["send_binaries" if ws.query_params.get("binary") else "send_texts"]
     for page in range(int(ws.query_params["pages"])):
         await send_texts([mixed_frame(page, k) for k in range(10)])
         await ws.send_text(f"page {page} done")

@@ -1,0 +1,226 @@
+"""Opt-in WebSocket frame formats: negotiation, batching, and MessagePack passthrough.
+
+The seed's format (one JSON text frame per message) is the default and stays exactly as it
+was. A client may ask for one of three others, preferably by WebSocket subprotocol (the
+server names the one it chose in its handshake answer, so the client knows for certain which
+format follows; a server that does not know the subprotocol names none, and the client gets
+the default), or by ``?format=`` for clients that cannot set ``Sec-WebSocket-Protocol``:
+
+========================  =================  ===============================================
+subprotocol               ``?format=``       frames
+========================  =================  ===============================================
+(none, or unknown ones)   ``json``           text, one seed message ``{"type","data"}`` each
+metastream.batch.v1       ``batch``          text, a JSON array of seed messages, in order
+metastream.msgpack.v1     ``msgpack``        binary, one MessagePack map each (see below)
+metastream.msgpack.batch.v1  ``msgpack-batch``  binary, a MessagePack array of those maps
+========================  =================  ===============================================
+
+A MessagePack message is the bus's own body schema: a map of ``kind`` (the seed's ``type``)
+and the seed's ``data`` fields. Live events are the bus bodies as they arrived, forwarded
+without re-encoding; everything else (logged events, states, ``connected``...) is converted
+from its seed JSON, once per gateway for what many connections send alike (log rows).
+
+Batches form from what is already waiting (the hub's receive batch, a page of the event
+log): no timer holds a message back for one that has not arrived, so at low rates every
+frame holds one message, sent as soon as it would have been in the seed format.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+import msgspec
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from gateway.wsprotocol import SEND_TEXTS
+
+BATCH_BYTES = 64 * 1024  # a batch frame closes before it would pass this (one message: any)
+BATCH_MESSAGES = 1024  # ... or at this many messages
+
+
+class Format(enum.Enum):
+    JSON = "json"
+    BATCH = "batch"
+    MSGPACK = "msgpack"
+    MSGPACK_BATCH = "msgpack-batch"
+
+    @property
+    def batched(self) -> bool:
+        return self in (Format.BATCH, Format.MSGPACK_BATCH)
+
+    @property
+    def binary(self) -> bool:
+        return self in (Format.MSGPACK, Format.MSGPACK_BATCH)
+
+
+SUBPROTOCOLS = {
+    "metastream.batch.v1": Format.BATCH,
+    "metastream.msgpack.v1": Format.MSGPACK,
+    "metastream.msgpack.batch.v1": Format.MSGPACK_BATCH,
+}
+SUBPROTOCOL_OF = {fmt: name for name, fmt in SUBPROTOCOLS.items()}
+FORMAT_NAMES = tuple(f.value for f in Format)
+
+
+class BadFormat(ValueError):
+    """A ``?format=`` the gateway does not know."""
+
+
+def negotiate(offered: Sequence[str], query: str | None) -> tuple[Format, str | None]:
+    """The format to use and the subprotocol to name in the handshake (None: none).
+
+    The first offered subprotocol the gateway knows wins (RFC 6455: the client lists them
+    in its order of preference); unknown ones are ignored. Without one, ``query`` decides.
+    """
+    for name in offered:
+        fmt = SUBPROTOCOLS.get(name)
+        if fmt is not None:
+            return fmt, name
+    if query is None:
+        return Format.JSON, None
+    try:
+        return Format(query), None
+    except ValueError:
+        raise BadFormat(
+            f"Unknown format {query[:40]!r} (one of: {', '.join(FORMAT_NAMES)})"
+        ) from None
+
+
+_json_decoder = msgspec.json.Decoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
+
+
+def seed_to_msgpack(frame: bytes) -> bytes:
+    """A seed message (``{"type","data"}`` as JSON) as a MessagePack bus-schema map."""
+    msg = _json_decoder.decode(frame)
+    return _msgpack_encoder.encode({"kind": msg["type"], **msg["data"]})
+
+
+class MsgpackCache:
+    """Seed JSON frames converted to MessagePack once per gateway, not once per connection.
+
+    Connections catching up read the same log rows (the same ``bytes`` objects, whose hash
+    CPython computes once), so the second reader of a row finds it here. Oldest out first,
+    bounded in bytes.
+    """
+
+    def __init__(self, budget_bytes: int = 32 << 20) -> None:
+        self.budget = budget_bytes
+        self._map: dict[bytes, bytes] = {}
+        self._size = 0
+        self.conversions = 0
+
+    def convert(self, frames: Sequence[bytes]) -> list[bytes]:
+        found = self._map
+        out = []
+        for frame in frames:
+            body = found.get(frame)
+            if body is None:
+                body = found[frame] = seed_to_msgpack(frame)
+                self.conversions += 1
+                self._size += len(frame) + len(body) + 100
+                while self._size > self.budget and found:
+                    old = next(iter(found))
+                    self._size -= len(old) + len(found.pop(old)) + 100
+            out.append(body)
+        return out
+
+
+def msgpack_array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def _json_batch(units: list[bytes]) -> bytes:
+    return b"[" + b",".join(units) + b"]"
+
+
+def _msgpack_batch(units: list[bytes]) -> bytes:
+    return msgpack_array_header(len(units)) + b"".join(units)
+
+
+class FrameWriter:
+    """Writes one connection's messages, given as seed JSON, in its negotiated format.
+
+    Between :meth:`hold` and :meth:`flush` a batched format collects messages (writing full
+    frames as they fill); other formats write at once, exactly as without a writer.
+    """
+
+    def __init__(self, ws: WebSocket, fmt: Format, cache: MsgpackCache | None = None) -> None:
+        self.ws = ws
+        self.fmt = fmt
+        self._convert = (cache or MsgpackCache(1 << 20)).convert
+        ext = (ws.scope.get("extensions") or {}).get(SEND_TEXTS) or {}
+        # Many frames per call, framed by the server itself (see gateway.wsprotocol).
+        self._send_texts = ext.get("send_texts")
+        self._send_binaries = ext.get("send_binaries")
+        self._held = False
+        self._units: list[bytes] = []  # messages in the format's unit, not yet framed
+        self._size = 0
+        self.frames_sent = 0
+
+    async def send(self, frames: Sequence[bytes], bodies: Sequence[bytes] | None = None) -> None:
+        """Send seed messages; ``bodies``, if given, are the same messages as bus bodies."""
+        if self.fmt is Format.JSON:
+            await self._write(list(frames))
+            return
+        if self.fmt.binary:
+            units = list(bodies) if bodies is not None else self._convert(frames)
+        else:
+            units = list(frames)
+        if not self.fmt.batched:
+            await self._write(units)
+            return
+        self._units += units
+        self._size += sum(len(u) + 1 for u in units)
+        if not self._held or self._size >= BATCH_BYTES or len(self._units) >= BATCH_MESSAGES:
+            await self._write_batches(final=not self._held)
+
+    def hold(self) -> None:
+        """Collect what is sent into batch frames until :meth:`flush`."""
+        self._held = True
+
+    async def flush(self) -> None:
+        self._held = False
+        if self._units:
+            await self._write_batches(final=True)
+
+    async def _write_batches(self, final: bool) -> None:
+        """Frame the collected messages; keep a last partial batch unless ``final``."""
+        join = _msgpack_batch if self.fmt.binary else _json_batch
+        out: list[bytes] = []
+        batch: list[bytes] = []
+        size = 0
+        for unit in self._units:
+            if batch and (size + len(unit) > BATCH_BYTES or len(batch) >= BATCH_MESSAGES):
+                out.append(join(batch))
+                batch, size = [], 0
+            batch.append(unit)
+            size += len(unit) + 1
+        if not final and size < BATCH_BYTES and len(batch) < BATCH_MESSAGES:
+            self._units, self._size = batch, size
+        else:
+            out.append(join(batch))
+            self._units, self._size = [], 0
+        if out:
+            await self._write(out)
+
+    async def _write(self, frames: list[bytes]) -> None:
+        """Write whole WebSocket messages (UTF-8 text, or binary in the binary formats)."""
+        self.frames_sent += len(frames)
+        many = self._send_binaries if self.fmt.binary else self._send_texts
+        if many is None:  # a server without the extension (a test client)
+            for frame in frames:
+                if self.fmt.binary:
+                    await self.ws.send_bytes(frame)
+                else:
+                    await self.ws.send_text(frame.decode())
+            return
+        try:
+            await many(frames)
+        except OSError as exc:  # uvicorn's ClientDisconnected, as Starlette reports it
+            raise WebSocketDisconnect(code=1006) from exc
