@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import curves, persistence, postgres, scenarios, startup
+from bench import curves, metrics_ab, persistence, postgres, scenarios, startup
 from bench.common import Ctx
 from bench.table import Row, render, write_json
 
@@ -34,6 +34,7 @@ SCENARIOS: dict[str, Callable[[Ctx, list[Row]], None]] = {
     "curves": curves.s_curves,  # its own table and plots (bench/results/curves.md)
     "pg-persistence": postgres.s_pg_persistence,
     "pg-stack": postgres.s_pg_stack,
+    "metrics": metrics_ab.s1_metrics,  # scenario 1, metrics on vs off
 }
 # Minutes even at small sizes: --quick leaves them out unless named (python -m bench.curves
 # --quick is their own smoke test).

@@ -235,6 +235,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ge=0,
         ),
     ] = 0.0
+    task_max_log_bytes: Annotated[
+        int,
+        env(
+            "METASTREAM_TASK_MAX_LOG_BYTES",
+            "bytes of events one task run may log; past it the task ends `FAILED` naming the "
+            "limit (0 = none)",
+            ge=0,
+        ),
+    ] = 1 << 30
     ws_max_per_task: Annotated[
         int,
         env(
@@ -379,6 +388,28 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = ""
     llm_api_key: Annotated[str, env("METASTREAM_LLM_API_KEY", "that LLM's API key")] = ""
+    llm_timeout: Annotated[
+        float,
+        env(
+            "METASTREAM_LLM_TIMEOUT",
+            "read timeout of one LLM call in seconds (between streamed chunks); connecting "
+            "has `METASTREAM_LLM_CONNECT_TIMEOUT`",
+            gt=0,
+        ),
+    ] = 60.0
+    llm_connect_timeout: Annotated[
+        float,
+        env("METASTREAM_LLM_CONNECT_TIMEOUT", "connect timeout of LLM calls in seconds", gt=0),
+    ] = 5.0
+    llm_stall_timeout: Annotated[
+        float,
+        env(
+            "METASTREAM_LLM_STALL_TIMEOUT",
+            "a task whose LLM makes no progress (no call started, no text streamed, no call "
+            'finished) for this many seconds ends `FAILED` "LLM stalled" (0 = never)',
+            ge=0,
+        ),
+    ] = 180.0
     llm_model: Annotated[str, env("METASTREAM_LLM_MODEL", "that LLM's model name")] = ""
     metagpt_log_level: Annotated[
         str,

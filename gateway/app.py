@@ -58,7 +58,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         leases = LeaseKeeper(publisher, hub, cfg.lease_ttl)
         probe = readiness.BusProbe(publisher)
         hub.on_system(probe.topic, probe.heard)
-        hub.on_bad_frame = metrics.bus_bad_frames.inc
+        hub.on_bad_frame = metrics.bad_frame
         background = [
             asyncio.create_task(hub.run()),
             asyncio.create_task(leases.run()),

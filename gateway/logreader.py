@@ -153,6 +153,22 @@ class LogReader:
         finally:
             blk.reading = None
 
+    def forget(self, task_id: str) -> None:
+        """Drop an ended task's cached blocks (not those being read: others wait on them)."""
+        for start in list(self._starts.get(task_id, ())):
+            blk = self._blocks[(task_id, start)]
+            if blk.reading is None:
+                self._drop((task_id, start))
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        blk = self._blocks.pop(key)
+        starts = self._starts[key[0]]
+        del starts[bisect.bisect_left(starts, key[1])]
+        if not starts:
+            del self._starts[key[0]]
+            self._row_size.pop(key[0], None)
+        self._size -= blk.size
+
     def _evict(self) -> None:
         if self._size <= self.budget:
             return
@@ -160,13 +176,7 @@ class LogReader:
             blk = self._blocks[key]
             if blk.reading is not None:
                 continue  # being read: others wait for it
-            del self._blocks[key]
-            starts = self._starts[key[0]]
-            del starts[bisect.bisect_left(starts, key[1])]
-            if not starts:
-                del self._starts[key[0]]
-                self._row_size.pop(key[0], None)
-            self._size -= blk.size
+            self._drop(key)
             if self._size <= self.budget:
                 return
 

@@ -103,6 +103,7 @@ class TaskStream:
         self.metrics = metrics or GatewayMetrics(Registry(enabled=False))
         self.phase = Phase.CONNECTING
         self._last_state: dict[str, Any] | None = None
+        self._ended = False  # the final state was sent
         self._last_state_version = -1
         self._last_send = time.monotonic()
         # Frames in the format the client asked for (gateway.frames; the seed's by default).
@@ -125,7 +126,7 @@ class TaskStream:
         """Send seed messages given as UTF-8 JSON (``bodies``: the same as bus bodies)."""
         await self.out.send(frames, bodies)
         self._last_send = time.monotonic()
-        self.metrics.ws_sent.inc(len(frames))
+        self.metrics.ws_sent += len(frames)
 
     async def _send_json(self, msg_type: str, data: dict[str, Any]) -> None:
         await self._send(ws_frame(msg_type, json_encoder.encode(data)))
@@ -141,7 +142,7 @@ class TaskStream:
 
     async def _serve(self) -> None:
         await self.ws.accept(subprotocol=self._subprotocol)
-        self.metrics.ws_opened.inc()
+        self.metrics.ws_opened += 1
         row = await self._db(self.store.get_task, self.task_id)
         if row is None:
             await self._send_json("error", {"message": "Task not found"})
@@ -191,9 +192,13 @@ class TaskStream:
                 tg.start_soon(self._read_client, tg.cancel_scope)
                 tg.start_soon(self._forward, listener, tg.cancel_scope)
         except* WebSocketDisconnect:
-            self.metrics.ws_client_left.inc()  # the task goes on (policy decides otherwise)
+            self.metrics.ws_closed["client_left"] += 1  # the task goes on (policy may not)
         finally:
             self.hub.detach(listener)
+            if self._ended and not self.hub.watchers(self.task_id):
+                # The task is over and nobody follows it: its cached log blocks would only
+                # pile up, one ended task after another (a soak grew ~70 KB per task).
+                self.log.forget(self.task_id)
 
     async def _fail_start(self, why: str) -> None:
         await self._send_json("error", {"message": f"Task start failed: {why}"})
@@ -228,7 +233,7 @@ class TaskStream:
                     # cheaper way to follow a fast task), then take live messages again and
                     # read what was logged before they resumed.
                     self._move(Phase.BEHIND)
-                    self.metrics.ws_log_catchups.inc()
+                    self.metrics.ws_log_catchups += 1
                     while await self._catch_up(None) >= LIVE_AGAIN_BELOW:
                         pass
                     listener.reset()
@@ -266,7 +271,7 @@ class TaskStream:
                 if event_id < self.next_id:
                     return False  # already sent (replayed from the log)
                 if event_id > self.next_id:
-                    self.metrics.ws_gap_refills.inc(event_id - self.next_id)
+                    self.metrics.ws_gap_refills += event_id - self.next_id
                     await self._catch_up(event_id - 1)  # a gap: refill from the log
                 if event_id == self.next_id:
                     await self._send_many([frame], [body] if body else None)
@@ -326,7 +331,7 @@ class TaskStream:
             await self._send_many([frame for _, frame in rows])
             self.next_id = rows[-1][0] + 1
             sent += len(rows)
-        self.metrics.ws_log_events.inc(sent)
+        self.metrics.ws_log_events += sent
         return sent
 
     async def _offer_state(self, state: State) -> None:
@@ -345,4 +350,5 @@ class TaskStream:
             await self._catch_up(final.last_event_id)
         self._last_state_version = -1
         await self._offer_state(final)
+        self._ended = True
         await self._close(CLOSE_NORMAL)

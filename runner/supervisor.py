@@ -81,7 +81,7 @@ class Supervisor:
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
         self._pump_lock = asyncio.Lock()
-        self._background: set[asyncio.Task[str]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
         # Set once shutdown begins: slots freed by stopping tasks must not admit queued ones
         # (they would be started only to be killed, and lost with no record).
         self.closing = False
@@ -137,9 +137,21 @@ class Supervisor:
             except TransitionError as exc:  # someone else moved it meanwhile
                 return Reply(ok=True, status=exc.got)
             self._publish(queued)
-        await self.pump()
-        row = await self._db(self.store.get_task, task_id)
-        return Reply(ok=True, status=row.status if row else None)
+        # Admission is recorded: answer now and start it in the background. Waiting for the
+        # pump here made a burst of starts queue behind each other's spawns (cold ones take
+        # long while the zygote loads) and clients gave up after the gateway's 5 s.
+        self._pump_soon()
+        return Reply(ok=True, status=TaskStatus.QUEUED)
+
+    def _pump_soon(self) -> None:
+        task = asyncio.create_task(self.pump())
+        self._background.add(task)
+        task.add_done_callback(self._pumped)
+
+    def _pumped(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("starting queued tasks failed", exc_info=task.exception())
 
     async def cancel(self, task_id: str, reason: str) -> Reply:
         run = self.running.get(task_id)

@@ -30,6 +30,7 @@ from runner.metagpt_flow.events import (
     describe,
     truncate,
 )
+from runner.metagpt_flow.llm_check import host_of
 from runner.metagpt_flow.setup import MINIMAL_CONFIG, build_context, import_metagpt, retarget
 
 SCRIPTED_MODEL = "scripted-metagpt"
@@ -55,6 +56,9 @@ class FlowSpec:
     fast_fail: bool = False
     project_name: str | None = None  # directory under the workspace; derived if None
     pace: str | None = None  # the scripted LLM's streaming speed: None/"fast" or "demo"
+    llm_timeout: float = 60.0  # read timeout of one call (between streamed chunks)
+    llm_connect_timeout: float = 5.0
+    llm_stall_timeout: float = 180.0  # no LLM progress for this long: FAILED (0 = never)
 
     @property
     def scripted(self) -> bool:
@@ -118,7 +122,7 @@ def run_metagpt(spec: FlowSpec, workspace: Path, emitter: Emitter) -> None:
     workspace.mkdir(parents=True, exist_ok=True)
     if not spec.scripted and spec.llm_base_url:
         # Before MetaGPT's import (seconds, when cold): a wrong host fails the task at once.
-        from runner.metagpt_flow.llm_check import check_llm, host_of
+        from runner.metagpt_flow.llm_check import check_llm
 
         emitter.set_state(last_message=f"Checking the LLM at {host_of(spec.llm_base_url)}")
         check_llm(spec.llm_base_url, spec.llm_api_key, spec.llm_model)
@@ -179,13 +183,17 @@ async def _run(
             "use_qa": spec.use_qa,
         },
     )
-    ctx, env = build_context(spec, workspace, project, llm, obs.fast_fail)
+    ctx, env = build_context(spec, workspace, project, llm, obs.fast_fail, _timeouts(spec))
     drive = asyncio.create_task(_drive(spec, env, ctx.cost_manager, obs))
-    ticker = asyncio.create_task(_ticker(obs, drive))
+    stall = Stall(spec.llm_stall_timeout, host_of(llm["base_url"]))
+    obs.llm_progress()
+    ticker = asyncio.create_task(_ticker(obs, drive, stall))
     rounds = 0
     try:
         rounds = await drive
     except asyncio.CancelledError:
+        if stall.reason:
+            raise LLMStalled(stall.reason) from None
         if not obs.cancelled.is_set():
             raise
         raise FlowCancelled("cancelled by request") from None
@@ -253,7 +261,34 @@ def _explain(exc: BaseException, obs: Any) -> FlowError:
     return FlowError(f"MetaGPT flow failed: {describe(exc)}")
 
 
-async def _ticker(obs: Any, drive: asyncio.Task[int]) -> None:
+def _timeouts(spec: FlowSpec) -> tuple[float, float]:
+    """(read, connect) seconds for one LLM call; fault drills fail faster."""
+    read = min(spec.llm_timeout, 60.0) if spec.fast_fail else spec.llm_timeout
+    return read, spec.llm_connect_timeout
+
+
+class LLMStalled(FlowError):
+    """The LLM made no progress for too long (a server that accepts and never answers)."""
+
+
+@dataclass
+class Stall:
+    """The stall watchdog's verdict: set once the LLM has made no progress for ``limit`` s."""
+
+    limit: float
+    host: str
+    reason: str = ""
+
+    def check(self, idle: float) -> bool:
+        if self.limit > 0 and idle >= self.limit:
+            self.reason = (
+                f"LLM stalled: no response from {self.host} for {self.limit:g} s "
+                "(METASTREAM_LLM_STALL_TIMEOUT)"
+            )
+        return bool(self.reason)
+
+
+async def _ticker(obs: Any, drive: asyncio.Task[int], stall: Stall) -> None:
     """Flush coalesced LLM text older than the flush interval; cancel `drive` on request.
 
     Cancelling the task interrupts an LLM call in flight, so a slow model does not delay a
@@ -262,6 +297,6 @@ async def _ticker(obs: Any, drive: asyncio.Task[int]) -> None:
     while not drive.done():
         await asyncio.sleep(STREAM_TICK_S)
         obs.flush_stream(only_due=True)
-        if obs.cancelled.is_set():
+        if obs.cancelled.is_set() or stall.check(obs.llm_idle()):
             drive.cancel()
             return

@@ -64,6 +64,16 @@ class FlowObserver:
         self._stream: dict[str, list[Any]] = {}  # role -> [parts, chars, first_monotonic]
         self._log_events = 0
         self.round = 0
+        self._llm_progress = time.monotonic()
+
+    def llm_progress(self) -> None:
+        """The LLM moved: a call started or finished, or text streamed (not a log line: a
+        retry's warning is no progress)."""
+        self._llm_progress = time.monotonic()
+
+    def llm_idle(self) -> float:
+        """Seconds since the LLM last made progress (the stall watchdog's measure)."""
+        return time.monotonic() - self._llm_progress
 
     # -- plumbing ---------------------------------------------------------------------------
     def emit(self, role: str, event_type: str, payload: dict[str, Any]) -> int:
@@ -101,6 +111,7 @@ class FlowObserver:
             self.advance(stage, role, f"{role}: {_short_name(cause_by)} done")
 
     def on_action_start(self, role: str, action: str, filename: str | None) -> None:
+        self.llm_progress()
         self.flush_stream()
         self.emit(role, ACTION_START, {"action": action, "file": filename, "round": self.round})
         verb = {"WriteCode": "writing", "WriteCodeReview": "reviewing", "WriteTest": "testing"}
@@ -108,6 +119,7 @@ class FlowObserver:
         self.advance(self.progress, role, text or f"{role}: {action}")
 
     def on_action_end(self, role: str, action: str, filename: str | None, dur: float) -> None:
+        self.llm_progress()
         self.flush_stream()
         payload = {"action": action, "file": filename, "ok": True, "duration_ms": int(dur * 1000)}
         self.emit(role, ACTION_END, payload)
@@ -127,6 +139,7 @@ class FlowObserver:
         self.emit(role, ERROR, {"action": action, "file": filename, "error": error})
 
     def on_node_filled(self, role: str, key: str, content: dict[str, Any]) -> None:
+        self.llm_progress()
         if isinstance(content.get("Task list"), list):
             self.task_list = [str(x) for x in content["Task list"]]
         text, meta = truncate(json.dumps(content, ensure_ascii=False, default=str))
@@ -185,11 +198,13 @@ class FlowObserver:
         return "other"
 
     def on_cost(self, role: str, payload: dict[str, Any]) -> None:
+        self.llm_progress()
         self.emit(role, COST, payload)
 
     def on_stream(self, role: str, text: str) -> None:
         if not text:
             return
+        self.llm_progress()
         entry = self._stream.setdefault(role, [[], 0, time.monotonic()])
         if not entry[0]:
             entry[2] = time.monotonic()

@@ -86,7 +86,12 @@ def retarget(root: Path, obs: Any) -> int:
 
 
 def build_context(
-    spec: Any, workspace: Path, project: str, llm: dict[str, Any], fast_fail: bool
+    spec: Any,
+    workspace: Path,
+    project: str,
+    llm: dict[str, Any],
+    fast_fail: bool,
+    timeouts: tuple[float, float] = (600.0, 600.0),
 ) -> tuple[Any, Any]:
     """Config, Context, roles and Environment for one run (nothing read from files)."""
     from metagpt.actions import UserRequirement
@@ -102,7 +107,10 @@ def build_context(
 
     from runner.metagpt_flow.hooks import ObservedCostManager
 
-    llm_config = LLMConfig(**llm, timeout=60 if fast_fail else 600)
+    read = timeouts[0]
+    # MetaGPT passes this to every call (it overrides the client's own timeout); a float
+    # would be the connect timeout too, so the client gets the pair below as well.
+    llm_config = LLMConfig(**llm, timeout=int(max(1, read)))
     config = Config(
         llm=llm_config,
         workspace=WorkspaceConfig(path=workspace),
@@ -115,12 +123,14 @@ def build_context(
     ctx = Context(config=config, cost_manager=cost_manager)
     env = Environment(context=ctx)
     roles = [ProductManager, Architect, ProjectManager]
-    hired = [cls(context=ctx, llm=_new_llm(ctx, fast_fail)) for cls in roles]
+    hired = [cls(context=ctx, llm=_new_llm(ctx, fast_fail, timeouts)) for cls in roles]
     hired.append(
-        Engineer(context=ctx, llm=_new_llm(ctx, fast_fail), n_borg=5, use_code_review=True)
+        Engineer(
+            context=ctx, llm=_new_llm(ctx, fast_fail, timeouts), n_borg=5, use_code_review=True
+        )
     )
     if spec.use_qa:
-        hired.append(QaEngineer(context=ctx, llm=_new_llm(ctx, fast_fail)))
+        hired.append(QaEngineer(context=ctx, llm=_new_llm(ctx, fast_fail, timeouts)))
     env.add_roles(hired)
     env.publish_message(
         Message(
@@ -134,12 +144,18 @@ def build_context(
     return ctx, env
 
 
-def _new_llm(ctx: Any, fast_fail: bool) -> Any:
+def _new_llm(ctx: Any, fast_fail: bool, timeouts: tuple[float, float]) -> Any:
     """A fresh LLM per role (the system prompt is per role) sharing the run's cost manager."""
+    import httpx
+
     llm = ctx.llm_with_cost_manager_from_llm_config(ctx.config.llm)
     llm.cost_manager = ctx.cost_manager
     client = getattr(llm, "aclient", None)
-    if fast_fail and client is not None and hasattr(client, "with_options"):
-        # The OpenAI SDK retries 5xx itself with back-off; MetaGPT retries again on top.
-        llm.aclient = client.with_options(max_retries=0)
+    if client is not None and hasattr(client, "with_options"):
+        read, connect = timeouts
+        options: dict[str, Any] = {"timeout": httpx.Timeout(read, connect=connect)}
+        if fast_fail:
+            # The OpenAI SDK retries 5xx itself with back-off; MetaGPT retries again on top.
+            options["max_retries"] = 0
+        llm.aclient = client.with_options(**options)
     return llm

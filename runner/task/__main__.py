@@ -51,6 +51,7 @@ def main(argv: list[str]) -> int:
         first_event_id=max(row.last_event_id, store.last_event_id(task_id)) + 1,
         state=msgspec.structs.replace(state_of(row), status="RUNNING"),
         heartbeat_interval=cfg.heartbeat_interval,
+        max_log_bytes=cfg.task_max_log_bytes,
     )
 
     def ask_to_stop(signum: int, _frame: Any) -> None:

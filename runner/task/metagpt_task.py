@@ -44,6 +44,9 @@ def flow_spec(requirement: str, test_mode: bool, options: dict[str, Any]) -> Flo
         scripted_fault=options.get("scripted_fault"),
         fast_fail=bool(options.get("fast_fail", options.get("scripted_fault") is not None)),
         pace=options.get("pace"),
+        llm_timeout=cfg.llm_timeout,
+        llm_connect_timeout=cfg.llm_connect_timeout,
+        llm_stall_timeout=cfg.llm_stall_timeout,
     )
     if spec.scripted:
         why = "test mode" if test_mode else "no LLM configured (METASTREAM_LLM_BASE_URL unset)"

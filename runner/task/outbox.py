@@ -56,6 +56,13 @@ INLINE_AFTER = 0.0002  # an event this long after the previous one is written by
 MAX_DELAY = 0.0005
 
 
+LIMIT_SLACK = 64 * 1024  # room left after the limit for the task's error event
+
+
+class LogLimitExceeded(RuntimeError):
+    """The task logged more event bytes than METASTREAM_TASK_MAX_LOG_BYTES allows."""
+
+
 class _Claim(NamedTuple):
     """What one writer took to commit and publish."""
 
@@ -77,8 +84,12 @@ class Outbox:
         first_event_id: int,
         state: State,
         heartbeat_interval: float = 1.0,
+        max_log_bytes: int = 0,
     ) -> None:
         self.task_id = task_id
+        # Bytes of events this run may log (0 = no limit); past it, emit raises.
+        self._max_log_bytes = max_log_bytes
+        self._log_bytes = 0
         self.cancelled = threading.Event()
         self._store = store
         self._pub = publisher
@@ -144,7 +155,6 @@ class Outbox:
                 self._progress.wait(0.5)
             self._raise_if_failed()
             event_id = self._next_id
-            self._next_id += 1
             ev = Event(
                 event_id=event_id,
                 task_id=self.task_id,
@@ -153,11 +163,14 @@ class Outbox:
                 event_type=event_type,
                 payload=payload,
             )
+            row = event_data_json(ev)
+            self._count_log_bytes(len(row))
+            self._next_id += 1
             now = time.monotonic()
             if not self._pending:
                 self._oldest = now
             self._pending.append(ev)
-            self._pending_rows.append((event_id, event_data_json(ev)))
+            self._pending_rows.append((event_id, row))
             # Written here, by the emitting thread, when this event follows a pause (sparing
             # a thread hand-off, the largest part of an event's latency at low rates) or the
             # batch has waited long enough (one commit per event would cap the throughput).
@@ -202,6 +215,17 @@ class Outbox:
             if not self._state_dirty:
                 self._state_dirty = True
                 self._work.notify()
+
+    def _count_log_bytes(self, size: int) -> None:
+        """Raise LogLimitExceeded if logging ``size`` more bytes passes the limit."""
+        limit = self._max_log_bytes
+        if limit > 0 and self._log_bytes + size > limit:
+            # Once: the task's own error report that follows must still fit.
+            self._max_log_bytes = self._log_bytes + LIMIT_SLACK
+            raise LogLimitExceeded(
+                f"event log limit reached: {limit} bytes of events (METASTREAM_TASK_MAX_LOG_BYTES)"
+            )
+        self._log_bytes += size
 
     def record(self, **columns: Any) -> None:
         """Store extra task columns (``error``, ``exit_code``) with the next commit."""

@@ -37,6 +37,8 @@ EXPECTED = [
     ("1pg", "throughput 1 task", ""),
     ("1pg", "throughput on PostgreSQL vs", "same stack on SQLite"),
     ("1pg", "latency p99", "same stack on SQLite"),
+    ("1m", "throughput", "metrics off"),
+    ("1m", "latency p99", "metrics off"),
 ]
 
 

@@ -162,3 +162,18 @@ def test_blocks_are_bounded_by_bytes_and_reads_by_the_row_size(store: Store) -> 
         assert reader.db_reads < 40, reader.db_reads
 
     asyncio.run(main())
+
+
+def test_forget_drops_an_ended_tasks_blocks(store: Store) -> None:
+    append(store, range(1, 301))
+
+    async def main() -> None:
+        reader = LogReader(store, block=100, first_read=100)
+        assert await read_all(reader) == list(range(1, 301))
+        assert reader._size > 0 and reader._starts
+        reader.forget(TASK)
+        assert reader._size == 0 and not reader._blocks and not reader._starts
+        assert not reader._row_size
+        assert await read_all(reader) == list(range(1, 301))  # read again on demand
+
+    asyncio.run(main())
