@@ -200,7 +200,7 @@ def test_time_limit(fapi: httpx.Client) -> None:
 def test_supervisor_killed_and_restarted(fast_stack: Stack, fapi: httpx.Client) -> None:
     task = create_task(fapi, synthetic={"events": 400, "rate": 100})
     fapi.post(f"/api/tasks/{task['id']}/run")
-    poll_for(lambda: fapi.get(f"/api/tasks/{task['id']}").json()["last_event_id"] > 20, 20)
+    poll_for(lambda: fapi.get(f"/api/tasks/{task['id']}").json()["last_event_id"] > 20, 60)
     fast_stack.kill("supervisor")
     fast_stack.start_component("supervisor")
     fast_stack.wait_healthy()
@@ -214,7 +214,7 @@ def test_supervisor_killed_and_restarted(fast_stack: Stack, fapi: httpx.Client) 
         fapi, synthetic={"events": 1000, "rate": 100, "exit_after": 150, "crash": "exception"}
     )
     fapi.post(f"/api/tasks/{failing['id']}/run")
-    poll_for(lambda: fapi.get(f"/api/tasks/{failing['id']}").json()["last_event_id"] > 20, 20)
+    poll_for(lambda: fapi.get(f"/api/tasks/{failing['id']}").json()["last_event_id"] > 20, 60)
     fast_stack.kill("supervisor")
     fast_stack.start_component("supervisor")
     fast_stack.wait_healthy()
@@ -224,7 +224,7 @@ def test_supervisor_killed_and_restarted(fast_stack: Stack, fapi: httpx.Client) 
 
     lost = create_task(fapi, synthetic={"events": 100_000, "rate": 100})
     fapi.post(f"/api/tasks/{lost['id']}/run")
-    poll_for(lambda: fapi.get(f"/api/tasks/{lost['id']}").json()["last_event_id"] > 5, 20)
+    poll_for(lambda: fapi.get(f"/api/tasks/{lost['id']}").json()["last_event_id"] > 5, 60)
     pid = _pid(fast_stack, lost["id"])
     fast_stack.kill("supervisor")
     psutil.Process(pid).kill()  # the task dies while nobody supervises it
