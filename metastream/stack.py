@@ -52,14 +52,20 @@ class Stack:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 90.0) -> Stack:
-        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        # Private like everything under the home (the components' own umask is 077).
+        for d in (self.home, self.home / "logs"):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(d, 0o700)
         for name in COMPONENTS:
             self.start_component(name)
         self.wait_healthy(timeout)
         return self
 
     def start_component(self, name: str) -> None:
-        log = open(self.home / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        fd = os.open(
+            self.home / "logs" / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        )
+        log = open(fd, "ab")  # noqa: SIM115 - owned by the child
         self.procs[name] = subprocess.Popen(
             [sys.executable, *COMPONENTS[name]],
             env=self.env,
