@@ -51,7 +51,7 @@ class Stack:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> Stack:
+    def start(self, timeout: float = 60.0) -> Stack:  # gateway workers start slower
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         for name in COMPONENTS:
             self.start_component(name)

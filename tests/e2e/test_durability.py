@@ -27,9 +27,9 @@ pytestmark = WORKERS
 
 
 @pytest.fixture
-def stack(stack_factory: Callable[..., Stack], stack_env: dict[str, str]) -> Stack:
-    """A stack on each store backend (tests/conftest.py: stack_env)."""
-    return stack_factory(stack_env)
+def stack(stack_factory: Callable[..., Stack], stack_env: dict[str, str], workers: int) -> Stack:
+    """A stack on each store backend (tests/conftest.py: stack_env), with 1 or 2 gateways."""
+    return stack_factory({**stack_env, "METASTREAM_GATEWAY_WORKERS": str(workers)})
 
 
 async def until(fn: Callable[[], object], what: str, timeout: float = 30) -> None:
