@@ -101,11 +101,13 @@ def baseline(kind: str, home: Path) -> Iterator[Baseline]:
 
 @contextlib.contextmanager
 def bus_baseline(home: Path) -> Iterator[tuple[Baseline, str]]:
-    """The project's proxy (``python -m bus``) plus the raw forwarder; yields (server, pub EP)."""
+    """A plain XSUB/XPUB proxy (``zmq.proxy``, no sender checks: the stack's proxy checks
+    every frame's CURVE key) plus the raw forwarder; yields (server, pub EP)."""
     env = {"METASTREAM_HOME": str(home)}
     cfg = settings.load(env)
     cfg.ensure_dirs()
-    proxy = spawn([sys.executable, "-m", "bus"], home / "logs" / "baseline-proxy.log", env)
+    plain = f"from bus.proxy import serve; serve({cfg.bus_pub!r}, {cfg.bus_sub!r})"
+    proxy = spawn([sys.executable, "-c", plain], home / "logs" / "baseline-proxy.log", env)
     try:
         time.sleep(0.3)
         if proxy.poll() is not None:

@@ -8,7 +8,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from bus import curve
+from bus import auth, curve
 from bus.messages import (
     SYSTEM_TOPIC_PREFIX,
     BusMessage,
@@ -45,13 +45,23 @@ class Publisher:
         linger_ms: int = 2000,
         *,
         track_interest: bool = False,
+        keys: auth.BusKeys | None = None,
     ):
         self._ctx = ctx or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.XPUB if track_interest else zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, PUB_HWM)
         # Linger so that what was published just before a clean exit still leaves the process.
         self._sock.setsockopt(zmq.LINGER, linger_ms)
-        curve.connect_securely(self._sock, endpoint)  # CURVE when the bus leaves the host
+        # A stack's proxy believes a frame only from the key of the task its topic names (or a
+        # trusted component's): trusted callers pass theirs, a task has its own in its env.
+        keys = keys or auth.keys_from_env()
+        if keys is not None:
+            self._sock.curve_secretkey = keys.secret
+            self._sock.curve_publickey = keys.public
+            self._sock.curve_serverkey = keys.server
+            self._sock.connect(endpoint)
+        else:
+            curve.connect_securely(self._sock, endpoint)  # CURVE when the bus leaves the host
         self._topics: dict[tuple[str, str], bytes] = {}
         self._interest: set[bytes] | None = set() if track_interest else None
         self._wanted: dict[bytes, bool] = {}  # per topic, while the subscriptions stay the same

@@ -411,6 +411,62 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = 180.0
     llm_model: Annotated[str, env("METASTREAM_LLM_MODEL", "that LLM's model name")] = ""
+    # The task sandbox (runner/sandbox.py, docs/security.md).
+    sandbox: Annotated[
+        Literal["auto", "uid", "landlock", "off"],
+        env(
+            "METASTREAM_SANDBOX",
+            "task sandbox: `uid` (a uid per task; needs root), `landlock`, `off`; `auto` = "
+            "`uid` as root, else `landlock` (see Security model)",
+        ),
+    ] = "auto"
+    sandbox_uid_base: Annotated[
+        int,
+        env(
+            "METASTREAM_SANDBOX_UID_BASE", "first uid (and gid) given to tasks in `uid` mode", ge=1
+        ),
+    ] = 200_000
+    sandbox_uid_count: Annotated[
+        int, env("METASTREAM_SANDBOX_UID_COUNT", "how many uids `uid` mode may use", ge=1)
+    ] = 10_000
+    task_nofile: Annotated[
+        int, env("METASTREAM_TASK_NOFILE", "a task's open files (RLIMIT_NOFILE)", ge=16)
+    ] = 1024
+    task_nproc: Annotated[
+        int,
+        env(
+            "METASTREAM_TASK_NPROC",
+            "a task's processes (RLIMIT_NPROC; `uid` mode only, else it counts the whole user)",
+            ge=1,
+        ),
+    ] = 512
+    task_address_space_mb: Annotated[
+        int,
+        env(
+            "METASTREAM_TASK_ADDRESS_SPACE_MB",
+            "a task's address space in MB (RLIMIT_AS; MetaGPT reserves a few GB; 0 = none)",
+            ge=0,
+        ),
+    ] = 16_384
+    task_cpu_seconds: Annotated[
+        int,
+        env("METASTREAM_TASK_CPU_SECONDS", "a task's CPU seconds (RLIMIT_CPU; 0 = none)", ge=0),
+    ] = 0
+    test_hooks: Annotated[
+        bool,
+        env(
+            "METASTREAM_TEST_HOOKS",
+            "`1` lets a synthetic task run `run_python` code in its process: **tests only**",
+        ),
+    ] = False
+    api_token_file: Annotated[
+        str,
+        env(
+            "METASTREAM_API_TOKEN_FILE",
+            "a file of API tokens (comma- or line-separated), added to `METASTREAM_API_TOKEN`; "
+            "keeps them out of the environment",
+        ),
+    ] = ""
     metagpt_log_level: Annotated[
         str,
         env(
@@ -462,13 +518,38 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def run_dir(self) -> Path:
         return run_dir_for(self.home)
 
+    @property
+    def sandbox_tmp_dir(self) -> Path:
+        """Parent of the task processes' private temporary directories."""
+        return self.home / "tmp"
+
+    @property
+    def sandbox_mode(self) -> str:
+        """The sandbox in force: ``auto`` resolved for this process's uid."""
+        if self.sandbox != "auto":
+            return self.sandbox
+        return "uid" if os.geteuid() == 0 else "landlock"
+
     def task_dir(self, task_id: str) -> Path:
         return self.tasks_dir / task_id
 
     def ensure_dirs(self) -> None:
-        """Create the state directories; the socket directory is private (0700)."""
-        for d in (self.data_dir, self.tasks_dir, self.logs_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        """Create the state directories, private to this user (0700), files 0600 (umask).
+
+        A task with a uid of its own reaches its own directories through its mount namespace
+        (runner/sandbox.py), so nothing here needs to be open to other users.
+        """
+        os.umask(0o077)
+        for d in (
+            self.home,
+            self.data_dir,
+            self.events_dir,
+            self.tasks_dir,
+            self.sandbox_tmp_dir,
+            self.logs_dir,
+        ):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(d, 0o700)
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.run_dir, 0o700)
 
@@ -541,12 +622,30 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     values.setdefault("control", f"ipc://{run / 'control.sock'}")
     values.setdefault("python", sys.executable)
     values.setdefault("node", socket.gethostname())
+    token_file = values.get("api_token_file")
+    if token_file:
+        try:
+            text = Path(token_file).read_text()
+        except OSError as exc:
+            raise ValueError(f"METASTREAM_API_TOKEN_FILE: cannot read {token_file}: {exc}") from exc
+        from_file = _items(text.replace("\n", ","))
+        values["api_tokens"] = Secrets(values.get("api_tokens", Secrets()).values + from_file)
     return Settings(**values)
 
 
 # Server secrets (the settings of type Secrets): never passed to task processes, never logged.
 SECRET_ENV = tuple(
     meta["env"] for _n, hint, meta, _d in declarations() if get_args(hint)[0] is Secrets
+)
+
+
+# Set by the supervisor for one task process, never by users: its own bus key, the proxy's
+# public key, its sandbox plan, its spec file (runner/sandbox.py, runner/task/spec.py).
+INTERNAL_ENV = (
+    "METASTREAM_BUS_SECRET",
+    "METASTREAM_BUS_SERVER_KEY",
+    "METASTREAM_SANDBOX_PLAN",
+    "METASTREAM_TASK_SPEC",
 )
 
 

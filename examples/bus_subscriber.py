@@ -39,6 +39,9 @@ def main() -> int:
     parser.add_argument("task_id", help="the task's id: a 36-character UUID")
     parser.add_argument("--endpoint", default=default_endpoint(), help="the bus's XPUB endpoint")
     parser.add_argument("--timeout", type=float, default=300, help="give up after this long (s)")
+    parser.add_argument(
+        "--ready-timeout", type=float, default=10, help="give up if the bus is silent this long"
+    )
     args = parser.parse_args()
     if len(args.task_id) != 36:
         # Ids all have the same length, so a full id never matches another task's topics.
@@ -48,13 +51,17 @@ def main() -> int:
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVHWM, 100_000)  # the default (1000) drops messages during bursts
+    # connect() succeeds even when nothing listens there: say where we look, and give up
+    # below if not even the supervisor's beacon (twice a second) comes through.
+    print(f"connecting to the bus at {args.endpoint}", file=sys.stderr, flush=True)
     sub.connect(args.endpoint)
     # Topics are "<task_id>/<kind>" (kind: event, state or heartbeat): prefix matching on the
     # task id gets exactly this task's messages. Use f"{task_id}/event" for events only.
     sub.setsockopt(zmq.SUBSCRIBE, args.task_id.encode())
     sub.setsockopt(zmq.SUBSCRIBE, BEACON)
 
-    deadline = time.monotonic() + args.timeout
+    started = time.monotonic()
+    deadline = started + args.timeout
     ready = False
     highest_event = 0
     final_at: float | None = None
@@ -64,8 +71,22 @@ def main() -> int:
             # After the final state, wait briefly for events still in flight from the task
             # process (a different publisher than the supervisor that sent the state).
             until = deadline if final_at is None else min(deadline, final_at + 1.0)
+            if not ready:
+                until = min(until, started + args.ready_timeout)
             wait_ms = max(0, int((until - time.monotonic()) * 1000))
             if not sub.poll(wait_ms):
+                if not ready:
+                    path = args.endpoint.removeprefix("ipc://")
+                    missing = args.endpoint.startswith("ipc://") and not os.path.exists(path)
+                    print(
+                        f"no answer from the bus at {args.endpoint} within "
+                        f"{args.ready_timeout:g} s"
+                        + (
+                            " (the socket does not exist: is the stack running?)" if missing else ""
+                        ),
+                        file=sys.stderr,
+                    )
+                    return 1
                 if final_at is None:
                     print("timed out", file=sys.stderr)
                     return 1

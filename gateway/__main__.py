@@ -10,6 +10,7 @@ import uvicorn
 
 from bus.curve import InsecureEndpoint, check_endpoints
 from core import logs, settings
+from core.harden import harden_trusted
 from gateway.banner import banner
 from gateway.security import bind_problem, describe
 from gateway.slowloris import HTTP_PROTOCOL
@@ -29,9 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.insecure:
         # Through the environment, so the app factory (which loads settings itself) sees it.
         os.environ["METASTREAM_INSECURE"] = "1"
+    harden_trusted()  # umask 077; our environ (tokens) unreadable to same-uid processes
     cfg = settings.load()
     try:
-        # The control channel has no CURVE: it must stay on this machine.
+        # The control channel's keys come from this machine's master: it stays on this machine.
         check_endpoints({"METASTREAM_CONTROL": cfg.control}, None, curve_capable=False)
     except InsecureEndpoint as exc:
         print(f"gateway: {exc}", file=sys.stderr, flush=True)

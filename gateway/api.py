@@ -83,6 +83,16 @@ def _check_length(requirement: str, cfg: Settings) -> None:
 @router.post("/tasks", status_code=201, response_model=TaskOut)
 async def create_task(body: TaskCreate, store: StoreDep, cfg: SettingsDep) -> TaskOut:
     _check_length(body.requirement, cfg)
+    if body.synthetic is not None and body.synthetic.run_python is not None and not cfg.test_hooks:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "test_hook_off",
+                    "loc": ("body", "synthetic", "run_python"),
+                    "msg": "run_python is a test hook, off unless METASTREAM_TEST_HOOKS=1",
+                }
+            ]
+        )
     options = body.model_dump(exclude={"requirement", "test_mode"}, exclude_none=True)
     options["llm"] = llm_mode(body, cfg.llm_base_url)
     row = await anyio.to_thread.run_sync(
@@ -170,23 +180,33 @@ async def task_events(
 ) -> Response:
     """Up to ``limit`` events after ``after``, and at most about PAGE_BYTES of them."""
     await _task_or_404(store, task_id)
+    # The first read before the response starts: a log that cannot be read (a task may damage
+    # its own) is then a clear error answer (502, gateway/app.py), not a cut-off stream.
+    first = await anyio.to_thread.run_sync(store.read_events, task_id, after, min(limit, 4))
     return StreamingResponse(
-        _event_page(store, task_id, after, limit), media_type="application/json"
+        _event_page(store, task_id, after, limit, first), media_type="application/json"
     )
 
 
-async def _event_page(store: Store, task_id: str, after: int, limit: int) -> AsyncIterator[bytes]:
+async def _event_page(
+    store: Store, task_id: str, after: int, limit: int, first: list[tuple[int, bytes]]
+) -> AsyncIterator[bytes]:
     """The page's JSON, streamed a read at a time: memory is a read's worth, not a page's.
 
     The log holds each event's JSON already: it is spliced, never decoded and re-encoded.
+    ``first`` is the page's first read (up to 4 rows), done before the response started.
     """
     yield b'{"task_id":"%s","events":[' % task_id.encode()
     last, count, size, row_size, more = after, 0, 0, 0, True
+    pending: list[tuple[int, bytes]] | None = first
     while count < limit and size < PAGE_BYTES:
         want = limit - count
         # Until the size of this log's rows is known, a few (they may be a megabyte each).
         want = max(1, min(want, READ_BYTES // row_size if row_size else 4))
-        rows = await anyio.to_thread.run_sync(store.read_events, task_id, last, want)
+        if pending is not None:
+            rows, pending = pending, None
+        else:
+            rows = await anyio.to_thread.run_sync(store.read_events, task_id, last, want)
         if rows:
             chunk = b",".join(d for _, d in rows)
             yield (b"," if count else b"") + chunk

@@ -20,12 +20,13 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bus.auth import control_client_keys, load_master, trusted_keys
 from bus.client import Publisher
 from bus.messages import Ping
 from core import settings as settings_mod
 from core.metrics import Registry
 from core.settings import Settings
-from gateway import api, files, readiness, ws
+from gateway import api, archive, files, readiness, ws
 from gateway.browser import BrowserGuardMiddleware
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.frames import MsgpackCache
@@ -37,6 +38,7 @@ from gateway.metrics import CONTENT_TYPE, GatewayMetrics, GatewayState
 from gateway.models import COMMON_RESPONSES
 from gateway.security import AuthMiddleware, Guard
 from store import Store
+from store.eventlog import EventLogUnreadable
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -52,9 +54,11 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         await anyio.to_thread.run_sync(store.create_schema)
         ctx = zmq.asyncio.Context()
         hub = Hub(cfg.bus_sub, ctx, cfg.ws_queue_size)
-        control = ControlClient(cfg.control, ctx)
+        master = load_master(cfg.home)
+        control = ControlClient(cfg.control, ctx, control_client_keys(master))
         control.start()
-        publisher = Publisher(cfg.bus_pub, linger_ms=0)
+        # Leases are _sys/ messages: the proxy takes them from trusted keys only.
+        publisher = Publisher(cfg.bus_pub, linger_ms=0, keys=trusted_keys(master))
         leases = LeaseKeeper(publisher, hub, cfg.lease_ttl)
         probe = readiness.BusProbe(publisher)
         hub.on_system(probe.topic, probe.heard)
@@ -113,6 +117,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     app.add_middleware(BrowserGuardMiddleware, cfg=cfg, guard=guard, counters=counters)
     app.include_router(api.router, responses=COMMON_RESPONSES)
     app.include_router(files.router, responses=COMMON_RESPONSES)
+    app.include_router(archive.router, responses=COMMON_RESPONSES)
     app.include_router(ws.router)
 
     @app.get("/healthz")
@@ -157,7 +162,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     # (path pattern, methods) of the REST routes, for honest 405 answers.
     method_table = [
         (r.path_regex, r.methods or set())
-        for router in (api.router, files.router)
+        for router in (api.router, files.router, archive.router)
         for r in router.routes
         if isinstance(r, APIRoute)
     ]
@@ -182,6 +187,11 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         except (ValueError, UnicodeEncodeError):
             safe = [{k: v for k, v in e.items() if k not in ("input", "ctx")} for e in errors]
             return JSONResponse({"detail": safe}, status_code=422)
+
+    @app.exception_handler(EventLogUnreadable)
+    async def log_unreadable(request: Request, exc: EventLogUnreadable) -> Response:
+        """A task's own log file is damaged (it is the task's to write): that task only."""
+        return JSONResponse({"detail": str(exc)}, status_code=502)
 
     if STATIC_DIR.is_dir():
         # The live web view: static files, no build step (mounted last: API routes win).

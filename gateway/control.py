@@ -9,6 +9,7 @@ import os
 import zmq
 import zmq.asyncio
 
+from bus.auth import BusKeys
 from bus.messages import ControlRequest, Reply, control_encoder, reply_decoder
 
 
@@ -19,9 +20,15 @@ class SupervisorUnavailable(Exception):
 class ControlClient:
     """Sends control requests and awaits the matching reply."""
 
-    def __init__(self, endpoint: str, ctx: zmq.asyncio.Context) -> None:
+    def __init__(
+        self, endpoint: str, ctx: zmq.asyncio.Context, keys: BusKeys | None = None
+    ) -> None:
         self._sock = ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:  # the supervisor admits trusted keys only (runner/control.py)
+            self._sock.curve_secretkey = keys.secret
+            self._sock.curve_publickey = keys.public
+            self._sock.curve_serverkey = keys.server
         # Queue only to a live connection: with no supervisor we fail fast instead of
         # delivering a stale command minutes later.
         self._sock.setsockopt(zmq.IMMEDIATE, 1)

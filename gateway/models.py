@@ -36,6 +36,12 @@ class SyntheticIn(BaseModel):
     hang_after: Annotated[int, Field(ge=0), BeforeValidator(_integral)] | None = None
     spawn_children: JsonInt = Field(0, ge=0, le=16)
     crash: Literal["exception", "segv", "kill", "oom"] | None = None
+    run_python: str | None = Field(
+        None,
+        max_length=100_000,
+        description="TEST HOOK: Python run in the task process after its sandbox; refused "
+        "(422) unless METASTREAM_TEST_HOOKS=1, which only the test suite sets",
+    )
 
 
 class TaskCreate(BaseModel):

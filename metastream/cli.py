@@ -2,7 +2,8 @@
 
 Exit codes: 0 success / task COMPLETED, 1 task FAILED, 2 task CANCELLED, 3 gateway unreachable,
 gave up reconnecting or timed out, 4 task or file not found, 5 other gateway error (including
-authentication), 6 database error (`metastream db`), 64 usage error, 130 interrupted.
+authentication and refused requests), 6 database error (`metastream db`), 7 nothing to cancel
+(the task had already finished), 64 usage error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bus.messages import TERMINAL_STATUSES
 from metastream.cli_api import (
+    EXIT_ALREADY_FINISHED,
     EXIT_GATEWAY,
     EXIT_INTERRUPTED,
     EXIT_NOT_FOUND,
@@ -33,6 +36,7 @@ from metastream.cli_args import build_parser
 from metastream.cli_follow import Display, follow_bus, follow_ws
 from metastream.subscribe import (
     AuthError,
+    BusUnavailable,
     GatewayError,
     GatewayUnreachable,
     TaskNotFound,
@@ -147,7 +151,9 @@ def _follow(args: argparse.Namespace, api: Api, task_id: str, last_event_id: int
     except TaskNotFound as exc:
         raise CliError(f"task {task_id} not found", EXIT_NOT_FOUND) from exc
     except AuthError as exc:
-        raise CliError(f"not authorized: {exc}; pass --token", EXIT_GATEWAY) from exc
+        raise CliError(api.auth_problem(), EXIT_GATEWAY) from exc
+    except BusUnavailable as exc:
+        raise CliError(str(exc), EXIT_UNREACHABLE) from exc
     except GatewayUnreachable as exc:
         raise CliError(f"lost the gateway at {api.url}: {exc}", EXIT_UNREACHABLE) from exc
     except GatewayError as exc:
@@ -211,6 +217,14 @@ def cmd_ls(args: argparse.Namespace, api: Api) -> int:
 
 def cmd_cancel(args: argparse.Namespace, api: Api) -> int:
     task_id = api.task_id(args.task_id)
+    before = api.call("GET", f"/api/tasks/{task_id}", f"task {task_id}").json()
+    if before["status"] in TERMINAL_STATUSES:
+        # Nothing to cancel: said, and told apart from a cancel by its exit code.
+        if args.json:
+            print(json.dumps(before, ensure_ascii=False))
+        raise CliError(
+            f"task {task_id} had already finished: {before['status']}", EXIT_ALREADY_FINISHED
+        )
     task = api.call("POST", f"/api/tasks/{task_id}/cancel", "task").json()
     if args.json:
         print(json.dumps(task, ensure_ascii=False))
@@ -236,6 +250,11 @@ def cmd_files(args: argparse.Namespace, api: Api) -> int:
 def cmd_get(args: argparse.Namespace, api: Api) -> int:
     task_id = api.task_id(args.task_id)
     path = args.path.lstrip("/")
+    if ".." in path.split("/"):
+        # HTTP clients fold "a/../b" before sending: it would reach another endpoint.
+        raise CliError(
+            f"file {args.path!r} not found (outside the task's workspace)", EXIT_NOT_FOUND
+        )
     resp = api.call("GET", f"/api/tasks/{task_id}/files/{path}", f"file {path!r} of the task")
     if args.output:
         try:

@@ -14,6 +14,7 @@ EXIT_OK = 0
 EXIT_UNREACHABLE = 3
 EXIT_NOT_FOUND = 4
 EXIT_GATEWAY = 5
+EXIT_ALREADY_FINISHED = 7
 EXIT_USAGE = 64
 EXIT_INTERRUPTED = 130
 ID_PREFIX = re.compile(r"^[0-9a-f-]{1,35}$")
@@ -35,6 +36,7 @@ class Api:
 
     def __init__(self, url: str, token: str | None, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
+        self.has_token = bool(token)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
@@ -62,13 +64,25 @@ class Api:
             if detail == "Not Found":  # FastAPI's answer for a route it does not have
                 raise CliError(f"this gateway has no {method} {path} endpoint", EXIT_NOT_FOUND)
             raise CliError(f"{what or 'resource'} not found ({detail})", EXIT_NOT_FOUND)
+        if resp.status_code == 404 and "/files/" in path:
+            raise CliError(f"{what or 'file'} not found", EXIT_NOT_FOUND)
         if resp.status_code in (401, 403):
-            raise CliError(
-                f"not authorized (HTTP {resp.status_code}): pass --token or set "
-                "METASTREAM_API_TOKEN",
-                EXIT_GATEWAY,
-            )
+            raise CliError(self.auth_problem(), EXIT_GATEWAY)
+        if resp.status_code == 422:
+            raise CliError(f"invalid request: {_invalid(resp)}", EXIT_GATEWAY)
         raise CliError(f"{method} {path} failed: HTTP {resp.status_code}: {detail}", EXIT_GATEWAY)
+
+    def auth_problem(self) -> str:
+        """A refused request, told apart: no token given, or the one given is wrong."""
+        if self.has_token:
+            return (
+                f"not authorized: the gateway at {self.url} refused the API token given "
+                "(--token or METASTREAM_API_TOKEN): wrong token?"
+            )
+        return (
+            f"not authorized: the gateway at {self.url} needs an API token; pass --token or "
+            "set METASTREAM_API_TOKEN"
+        )
 
     def task_id(self, given: str) -> str:
         """A full task id from a full id or a unique prefix of a recent task's id."""
@@ -84,6 +98,27 @@ class Api:
         if len(found) > 1:
             raise CliError(f"{given!r} matches {len(found)} tasks; give more of the id", EXIT_USAGE)
         return found[0]
+
+
+def _invalid(resp: httpx.Response) -> str:
+    """A 422's field errors as one line: ``n_round: Input should be ... ; foo: unknown option``."""
+    try:
+        errors = resp.json().get("detail")
+    except (ValueError, AttributeError):
+        return resp.text[:200]
+    if not isinstance(errors, list):
+        return str(errors)[:300]
+    parts = []
+    for err in errors:
+        if not isinstance(err, dict):
+            continue
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        field = ".".join(loc) or "body"
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"{field}: unknown option")
+        else:
+            parts.append(f"{field}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or resp.text[:200]
 
 
 def _reason(exc: Exception) -> str:

@@ -10,7 +10,8 @@ from metastream.cli_api import EXIT_USAGE
 
 EPILOG = (
     "exit codes: 0 success / COMPLETED, 1 FAILED, 2 CANCELLED, 3 gateway unreachable or timed "
-    "out, 4 not found, 5 other gateway error, 64 usage error, 130 interrupted"
+    "out, 4 not found, 5 other gateway error or refused request, 6 database error (db), "
+    "7 cancel: the task had already finished, 64 usage error, 130 interrupted"
 )
 
 

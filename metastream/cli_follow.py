@@ -21,10 +21,13 @@ from rich.progress import (
 from rich.text import Text
 
 from bus.messages import TERMINAL_STATUSES
+from core import settings
 from metastream.subscribe import as_dict, stream, subscribe
 
 EXIT_BY_STATUS = {"COMPLETED": 0, "FAILED": 1, "CANCELLED": 2}
 EXIT_NO_FINAL_STATE = 3
+# The supervisor's beacon comes twice a second: silence this long means no bus at the endpoint.
+BUS_READY_TIMEOUT_S = 10.0
 ROLE_WIDTH = 15
 STYLE = {
     "ACTION_START": "cyan",
@@ -266,10 +269,13 @@ async def follow_bus(
     task_id: str, display: Display, *, endpoint: str | None, timeout: float | None
 ) -> int:
     """Follow over the bus (live only) until the final state; returns the exit code."""
+    endpoint = endpoint or settings.load().bus_sub
+    display.note(f"reading the bus at {endpoint}")
     messages = subscribe(
         task_id,
         endpoint,
         on_ready=lambda: display.note(f"subscribed to task {task_id} on the bus (live only)"),
+        ready_timeout=BUS_READY_TIMEOUT_S,
     )
     try:
         async for msg in _deadline(messages, timeout):

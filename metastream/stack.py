@@ -51,15 +51,21 @@ class Stack:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> Stack:
-        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+    def start(self, timeout: float = 90.0) -> Stack:
+        # Private like everything under the home (the components' own umask is 077).
+        for d in (self.home, self.home / "logs"):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(d, 0o700)
         for name in COMPONENTS:
             self.start_component(name)
         self.wait_healthy(timeout)
         return self
 
     def start_component(self, name: str) -> None:
-        log = open(self.home / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        fd = os.open(
+            self.home / "logs" / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        )
+        log = open(fd, "ab")  # noqa: SIM115 - owned by the child
         self.procs[name] = subprocess.Popen(
             [sys.executable, *COMPONENTS[name]],
             env=self.env,
@@ -70,8 +76,12 @@ class Stack:
         )
         log.close()
 
-    def wait_healthy(self, timeout: float = 30.0) -> dict[str, Any]:
-        """Wait until the gateway answers and reaches the supervisor."""
+    def wait_healthy(self, timeout: float = 90.0) -> dict[str, Any]:
+        """Wait until the gateway answers and reaches the supervisor.
+
+        A correctness bound, not a speed test: three interpreters importing FastAPI, MetaGPT's
+        zygote and the store's migrations take ~3 s idle and half a minute on a loaded CI.
+        """
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:

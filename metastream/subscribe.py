@@ -90,6 +90,21 @@ class GatewayUnreachable(StreamError):
     """Gave up after the allowed number of consecutive failed attempts."""
 
 
+class BusUnavailable(Exception):
+    """The bus did not prove the subscription live within ``ready_timeout``."""
+
+
+def bus_problem(endpoint: str, waited: float) -> str:
+    """Why nothing came from the bus, naming the endpoint (and a missing ipc socket)."""
+    text = f"no answer from the bus at {endpoint} within {waited:g} s"
+    if endpoint.startswith("ipc://") and not os.path.exists(endpoint[len("ipc://") :]):
+        text += (
+            " (the socket does not exist: is the stack running, and are METASTREAM_HOME or "
+            "METASTREAM_BUS_SUB the stack's?)"
+        )
+    return text
+
+
 def default_url(environ: dict[str, str] | None = None) -> str:
     """The gateway URL: ``METASTREAM_URL``, else ``http://127.0.0.1:$PORT`` (8000)."""
     env = os.environ if environ is None else environ
@@ -126,6 +141,7 @@ async def subscribe(
     until_end: bool = True,
     on_ready: Callable[[], None] | None = None,
     ctx: zmq.asyncio.Context | None = None,
+    ready_timeout: float | None = None,
 ) -> AsyncGenerator[Event | State | Heartbeat, None]:
     """Yield a task's live bus messages (:class:`Event`, :class:`State`, :class:`Heartbeat`).
 
@@ -134,7 +150,8 @@ async def subscribe(
     flight); otherwise it runs until the caller stops. ``on_ready`` is called once the
     subscription is proven live end to end (the supervisor's beacon or a task message came
     through): anything published after that is delivered. Nothing before it is: the bus keeps
-    no history.
+    no history. With ``ready_timeout``, :class:`BusUnavailable` (naming the endpoint) is raised
+    if that proof has not come within so many seconds.
     """
     if not is_task_id(task_id):
         # Only canonical ids are safe prefixes: "abc" would match every task starting with it.
@@ -147,13 +164,19 @@ async def subscribe(
     try:
         prefixes = [task_id] if len(kinds) == 3 else [f"{task_id}/{k}" for k in kinds]
         sub.subscribe(prefixes)
-        if on_ready is not None:
+        if on_ready is not None or ready_timeout is not None:
             sub.subscribe([SYSTEM_TOPIC_PREFIX + b"supervisor/"])
-        ready = on_ready is None
+        ready = on_ready is None and ready_timeout is None
         highest = 0
         final: State | None = None
         while True:
-            if final is None:
+            if not ready and ready_timeout is not None:
+                try:
+                    async with asyncio.timeout(ready_timeout):
+                        frames = await sub.recv_frames()
+                except TimeoutError:
+                    raise BusUnavailable(bus_problem(endpoint, ready_timeout)) from None
+            elif final is None:
                 frames = await sub.recv_frames()
             else:
                 try:
@@ -164,7 +187,8 @@ async def subscribe(
             if not ready:
                 ready = True
                 sub.unsubscribe(SYSTEM_TOPIC_PREFIX + b"supervisor/")
-                on_ready()  # type: ignore[misc]
+                if on_ready is not None:
+                    on_ready()
             if frames and frames[0].startswith(SYSTEM_TOPIC_PREFIX):
                 continue
             _tid, msg = decode_frames(frames)
@@ -272,6 +296,8 @@ async def stream(
     decoded back into the same messages, and a gateway that knows none sends the seed's.
     """
     url = (url or default_url()).rstrip("/")
+    # As the CLI does: a program run where the CLI works needs no token argument.
+    token = token or os.environ.get("METASTREAM_API_TOKEN") or None
     notify = on_status or (lambda _state, _detail: None)
     last = last_event_id
     failures = 0

@@ -10,11 +10,13 @@ import time
 
 import zmq.asyncio
 
+from bus.auth import load_master, trusted_keys
 from bus.client import AsyncSubscriber, DecodeFailure, Publisher, decode_frames
 from bus.curve import check_endpoints
-from bus.messages import LEASE_TOPIC, Heartbeat, Lease, topic
+from bus.messages import LEASE_TOPIC, Heartbeat, Lease, State, topic
 from bus.ratelog import RateLimitedLog
 from core import logs, settings
+from core.harden import harden_trusted
 from core.metrics import Registry, Server
 from runner.control import ControlServer
 from runner.supervisor import Supervisor
@@ -24,9 +26,16 @@ log = logging.getLogger("metastream.supervisor")
 
 
 async def main() -> None:
+    harden_trusted()  # before reading anything secret
     cfg = settings.load()
-    # The control channel has no CURVE: it must never be reachable from the network.
+    # The control channel's keys derive from this machine's master: it stays on this machine.
     check_endpoints({"METASTREAM_CONTROL": cfg.control}, None, curve_capable=False)
+    from runner.sandbox import mode_problem
+
+    problem = mode_problem(cfg.sandbox_mode)
+    if problem:
+        raise SystemExit(f"supervisor: {problem}")
+    log.info("task sandbox: %s", cfg.sandbox_mode)
     cfg.ensure_dirs()
     from runner.process import become_subreaper
 
@@ -43,16 +52,24 @@ async def main() -> None:
             f"supervisor: migrated the database schema from {migrated} to {migrate.head()}"
         )
     ctx = zmq.asyncio.Context()
-    publisher = Publisher(cfg.bus_pub, ctx=zmq.Context.instance())
+    master = load_master(cfg.home)
+    publisher = Publisher(cfg.bus_pub, ctx=zmq.Context.instance(), keys=trusted_keys(master))
     registry = Registry(cfg.metrics)
-    sup = Supervisor(cfg, store, publisher, metrics=registry)
+    sup = Supervisor(cfg, store, publisher, metrics=registry, bus_master=master)
     sup.metrics.bus_up.set_function(lambda: float(sup.heartbeats.bus_ok()))
     metrics_server = Server(registry, cfg.metrics_host, cfg.supervisor_metrics_port, "supervisor")
     sub = AsyncSubscriber(cfg.bus_sub, ctx=ctx)
     sub.subscribe([sup.beacon_topic, LEASE_TOPIC])
-    sup.on_started = lambda tid: sub.subscribe([topic(tid, "heartbeat")])
-    sup.on_ended = lambda tid: sub.unsubscribe(topic(tid, "heartbeat"))
-    control = ControlServer(cfg.control, sup, ctx)
+    # Heartbeats and the task's own progress states: the proxy forwards only those the task
+    # itself sent (bus/proxy.py), and we write its row from them.
+    sup.on_started = lambda tid: sub.subscribe([topic(tid, "heartbeat"), topic(tid, "state")])
+
+    def ended(tid: str) -> None:
+        sub.unsubscribe(topic(tid, "heartbeat"))
+        sub.unsubscribe(topic(tid, "state"))
+
+    sup.on_ended = ended
+    control = ControlServer(cfg.control, sup, ctx, master)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -93,6 +110,8 @@ async def _listen(sub: AsyncSubscriber, sup: Supervisor) -> None:
         match msg:
             case Heartbeat():
                 sup.heard(msg)
+            case State():
+                sup.reported(msg)
             case Lease(task_id=task_id, gateway_id=gw, watchers=n, ttl=ttl):
                 sup.disconnects.lease(task_id, gw, n, ttl)
             case DecodeFailure(error=error):
@@ -105,6 +124,7 @@ async def _tick(sup: Supervisor, pub: Publisher, interval: float) -> None:
         # Our beacon travels through the proxy and back: hearing it proves the bus is up.
         pub.send(sup.beacon_topic, str(time.time()).encode())
         await sup.check()
+        await sup.write_progress()
         await asyncio.sleep(interval / 2)
 
 

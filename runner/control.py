@@ -8,7 +8,9 @@ import logging
 import msgspec
 import zmq
 import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
 
+from bus import auth
 from bus.messages import (
     CancelTask,
     FollowUpTask,
@@ -28,12 +30,30 @@ MAX_REQUEST_BYTES = 64 * 1024
 class ControlServer:
     """Decodes requests, runs each as its own asyncio task, and replies."""
 
-    def __init__(self, endpoint: str, supervisor: Supervisor, ctx: zmq.asyncio.Context) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        supervisor: Supervisor,
+        ctx: zmq.asyncio.Context,
+        master: bytes | None = None,
+    ) -> None:
         self.supervisor = supervisor
         self.rejected = 0
         self._sock = ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        self._auth: AsyncioAuthenticator | None = None
+        if master is not None:
+            # A CURVE server admitting only the trusted key (gateways): a task process, which
+            # may reach the socket (Landlock does not cover unix sockets), cannot talk to it.
+            self._auth = AsyncioAuthenticator(ctx)
+            self._auth.start()
+            self._auth.configure_curve_callback(auth.CONTROL_DOMAIN, auth.TrustedOnly(master))
+            secret = auth.control_server_secret(master)
+            self._sock.curve_secretkey = secret
+            self._sock.curve_publickey = zmq.curve_public(secret)
+            self._sock.curve_server = True
+            self._sock.zap_domain = auth.CONTROL_DOMAIN.encode()
         self._sock.bind(endpoint)
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -78,3 +98,5 @@ class ControlServer:
         for t in self._inflight:
             t.cancel()
         self._sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()

@@ -174,7 +174,7 @@ class Zygote:
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            log_fd = os.open(req.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            log_fd = os.open(req.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         except OSError as exc:
             return Forked(id=req.id, error=f"cannot open the log: {exc}")
         sync_r, sync_w = os.pipe()

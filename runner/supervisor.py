@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from bus import auth as bus_auth
 from bus.client import Publisher
 from bus.messages import (
     Heartbeat,
@@ -20,6 +21,7 @@ from bus.messages import (
     Readopted,
     Reply,
     Spawned,
+    State,
     Stopped,
     ZygoteRestarted,
     process_topic,
@@ -29,20 +31,28 @@ from core.clock import utcnow
 from core.ids import SYSTEM_TOPIC_PREFIX
 from core.metrics import Registry
 from core.options import TaskOptions
-from core.settings import SECRET_ENV, Settings
+from core.settings import INTERNAL_ENV, SECRET_ENV, Settings
 from core.status import TaskStatus, TransitionError
-from runner import process
+from runner import process, sandbox
 from runner.forkserver import ForkServer, ForkServerError
 from runner.metagpt_flow.checkpoint import has_checkpoint
 from runner.metrics import SupervisorMetrics
 from runner.outcome import outcome
 from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits, StopFrom
+from runner.task import spec as task_spec
 from store import Store, TaskRow
+from store.eventlog import EventLogUnreadable
+from store.runs import RunRow
 
 log = logging.getLogger("metastream.supervisor")
 T = TypeVar("T")
 
 STARTUP_GRACE = 5.0  # to start the interpreter and send a first beat
+# A running task's row (progress, message) is written from its states at most this often.
+ROW_INTERVAL = 1.0
+# Never inherited by a task from the supervisor's environment (_spawn sets its own).
+_NOT_FOR_TASKS = ("METASTREAM_API_TOKEN_FILE", *INTERNAL_ENV)
+MAX_VERSION = 2**53  # a task's own word on its state version is clamped below this
 
 
 class Running:
@@ -57,6 +67,14 @@ class Running:
         self.stop_reason: tuple[TaskStatus, str] | None = None
         self.stopping: asyncio.Task[str] | None = None
         self.watcher: asyncio.Task[None] | None = None
+        self.plan = sandbox.Plan(mode="off")
+        self.dirs: list[Path] = []
+        # Progress the task reported on the bus (authenticated by the proxy), not yet written.
+        self.reported_version = 0
+        self.pending_row: dict[str, Any] | None = None
+        self.row_due = 0.0
+        self.row_lock = asyncio.Lock()
+        self.finished = False
 
 
 class Supervisor:
@@ -70,6 +88,7 @@ class Supervisor:
         node: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         metrics: Registry | None = None,
+        bus_master: bytes | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -88,6 +107,9 @@ class Supervisor:
         self.closing = False
         self.forkserver: ForkServer | None = None  # the warm path, once start_forkserver ran
         self._zygote_restarts = 0
+        self._bus_master = bus_master  # each task gets its own key from it, never the master
+        self.uids = sandbox.UidPool(cfg.sandbox_uid_base, cfg.sandbox_uid_count)
+        self._read_only: list[str] | None = None
         self.on_started: Callable[[str], None] = lambda _tid: None
         self.on_ended: Callable[[str], None] = lambda _tid: None
         self.metrics = SupervisorMetrics(metrics or Registry(enabled=False), self.node)
@@ -309,17 +331,40 @@ class Supervisor:
             )
         except TransitionError:
             return  # cancelled while queued
-        await self._run_update(
+        this_run = await self._run_update(
             task_id,
             status="RUNNING",
             started_at=started.started_at,
             first_event_id=await self._db(self.store.last_event_id, task_id) + 1,
         )
         workspace = self.cfg.task_dir(task_id)
+        plan, dirs = sandbox.Plan(mode="off"), list[Path]()
         try:
-            workspace.mkdir(parents=True, exist_ok=True)
-            child = await self._spawn(task_id, workspace)
-        except OSError as exc:
+            if _wants_test_hook(row.options) and not self.cfg.test_hooks:
+                raise sandbox.SandboxError(
+                    "synthetic.run_python is a test hook; the supervisor refuses it unless "
+                    "METASTREAM_TEST_HOOKS=1 (tests only)"
+                )
+            plan, dirs = self._plan(task_id)
+            spec = task_spec.TaskSpec(
+                requirement=row.requirement,
+                test_mode=row.test_mode,
+                options=row.options,
+                last_event_id=row.last_event_id,
+                state=state_of(started),
+                test_hooks=self.cfg.test_hooks,
+                # What to run: the run row this supervisor wrote (a task stored before runs
+                # existed has none: its first run).
+                run_no=this_run.run_no if this_run is not None else 1,
+                run_kind=this_run.kind if this_run is not None else "start",
+                run_requirement=this_run.requirement if this_run else row.requirement,
+            )
+            spec_path = await self._db(self._prepare, plan, dirs, spec)
+            needs_llm = not row.test_mode and row.options.get("synthetic") is None
+            child = await self._spawn(task_id, workspace, plan, spec_path, needs_llm)
+        except (OSError, sandbox.SandboxError) as exc:
+            await self._db(sandbox.release, plan, dirs)
+            self.uids.release(plan.uid)
             await self._finish(
                 task_id, TaskStatus.FAILED, f"Could not start the task process: {exc}", None
             )
@@ -330,15 +375,69 @@ class Supervisor:
         self._announce(
             Spawned(task_id=task_id, pid=child.pid, node=self.node, at=utcnow(), warm=warm)
         )
-        self._track(task_id, child, TaskOptions.of(row.options))
+        run = self._track(task_id, child, TaskOptions.of(row.options))
+        run.plan, run.dirs, run.reported_version = plan, dirs, started.state_version
         self.metrics.started(
             task_id, "warm" if warm else "cold", row.queued_at, row.last_event_id + 1
         )
         self._publish(started)
 
-    async def _spawn(self, task_id: str, workspace: Path) -> process.Child:
+    def _plan(self, task_id: str) -> tuple[sandbox.Plan, list[Path]]:
+        """The task's sandbox and its own directories (workspace, log, private tmp)."""
+        cfg = self.cfg
+        dirs = sandbox.task_dirs(
+            cfg.task_dir(task_id), self.store.event_dir(task_id), cfg.sandbox_tmp_dir / task_id
+        )
+        if cfg.sandbox_mode == "off":
+            return sandbox.Plan(mode="off"), dirs
+        if self._read_only is None:
+            self._read_only = sandbox.interpreter_paths(cfg.home)
+        uid = self.uids.acquire() if cfg.sandbox_mode == "uid" else None
+        bus = [cfg.bus_pub[len("ipc://") :]] if cfg.bus_pub.startswith("ipc://") else []
+        plan = sandbox.Plan(
+            mode=cfg.sandbox_mode,
+            uid=uid,
+            gid=uid,
+            read_only=(*self._read_only, "/dev"),
+            read_write=(*(str(d) for d in dirs), *sandbox.DEVICES),
+            reach=tuple(sandbox.unreachable([*self._read_only, *map(str, dirs), *bus]))
+            if uid is not None
+            else (),
+            nofile=cfg.task_nofile,
+            nproc=cfg.task_nproc,
+            address_space_mb=cfg.task_address_space_mb,
+            cpu_seconds=cfg.task_cpu_seconds,
+        )
+        return plan, dirs
+
+    def _prepare(self, plan: sandbox.Plan, dirs: list[Path], spec: task_spec.TaskSpec) -> Path:
+        """Make the task's directories its own and leave its spec in its private tmp."""
+        sandbox.prepare(plan, dirs)
+        path = dirs[-1] / "task.json"
+        task_spec.write(path, spec)
+        if plan.uid is not None and plan.gid is not None:
+            os.chown(path, plan.uid, plan.gid)
+        return path
+
+    async def _spawn(
+        self,
+        task_id: str,
+        workspace: Path,
+        plan: sandbox.Plan,
+        spec_path: Path,
+        needs_llm: bool = False,
+    ) -> process.Child:
         """The task's process: forked warm from the zygote when it is ready, else cold."""
-        env = self._task_env()
+        env = self._task_env(llm=needs_llm)
+        env[task_spec.SPEC_ENV] = str(spec_path)
+        if self._bus_master is not None:
+            env.update(bus_auth.task_env(self._bus_master, task_id))
+        if plan.mode != "off":
+            env[sandbox.PLAN_ENV] = msgspec.json.encode(plan).decode()
+            env["TMPDIR"] = env["HOME"] = str(spec_path.parent)
+        if plan.uid is not None:
+            # Its uid has no passwd entry: getpass.getuser() (MetaGPT calls it) asks these.
+            env["USER"] = env["LOGNAME"] = f"task{plan.uid}"
         log_path = self.cfg.logs_dir / f"task-{task_id}.log"
         if self.forkserver is not None and self.forkserver.ready:
             try:
@@ -359,21 +458,26 @@ class Supervisor:
         self.forkserver.start()
         return self.forkserver
 
-    def _track(self, task_id: str, child: process.Child, options: TaskOptions) -> None:
+    def _track(self, task_id: str, child: process.Child, options: TaskOptions) -> Running:
         run = Running(task_id, child, options)
         run.started = self._clock()
         self.running[task_id] = run
         self.heartbeats.started(task_id)
         self.on_started(task_id)
         run.watcher = asyncio.create_task(self._watch(run))
+        return run
 
-    def _task_env(self) -> dict[str, str]:
-        # Only what a task needs: paths, bus, database, its interpreter's basics; no secrets
-        # of the gateway (API tokens never reach task processes).
+    def _task_env(self, llm: bool = False) -> dict[str, str]:
+        # Only what a task needs: paths, bus, its interpreter's basics; no secrets of the
+        # gateway (API tokens never reach task processes), the LLM key only to a task that
+        # calls a real LLM, the bus key only its own (added by _spawn).
         keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "TMPDIR", "VIRTUAL_ENV")
         env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("METASTREAM_")}
-        for secret in SECRET_ENV:
+        for secret in (*SECRET_ENV, *_NOT_FOR_TASKS):
             env.pop(secret, None)
+        for k in list(env):
+            if k.startswith("METASTREAM_LLM_"):
+                del env[k]
         env.update(
             METASTREAM_HOME=str(self.cfg.home),
             METASTREAM_DB_URL=self.cfg.db_url,
@@ -381,9 +485,8 @@ class Supervisor:
             METASTREAM_BUS_SUB=self.cfg.bus_sub,
             PYTHONUNBUFFERED="1",
         )
-        for k, v in os.environ.items():
-            if k.startswith("METASTREAM_LLM_"):
-                env[k] = v
+        if llm:
+            env.update((k, v) for k, v in os.environ.items() if k.startswith("METASTREAM_LLM_"))
         return env
 
     async def _watch(self, run: Running) -> None:
@@ -394,36 +497,99 @@ class Supervisor:
             await asyncio.to_thread(process.reap_group, run.child)
         self.heartbeats.forget(task_id)
         self.disconnects.forget(task_id)
+        await self._db(sandbox.release, run.plan, run.dirs)
+        self.uids.release(run.plan.uid)
+        async with run.row_lock:
+            run.finished = True  # no progress row after this: the final one follows
+        row = await self._db(self.store.get_task, task_id)
+        # The task's own word about itself (exit code, error, last state version), from its log.
+        told = await self._db(self.store.task_outcome, task_id)
+        await self._settle_version(run, row, told)
+        error = told.get("error")
+        error = error[:2000] if isinstance(error, str) and error else None
         if run.stop_reason is not None:
             status, message = run.stop_reason
         else:
-            row = await self._db(self.store.get_task, task_id)
+            exit_told = told.get("exit_code")
             status, message = outcome(
                 run.child.returncode,
-                row.exit_code if row else None,
-                row.error if row else None,
+                exit_told if isinstance(exit_told, int) else None,
+                error,
                 adopted=run.child.adopted,
                 lost=False,
             )
-        await self._finish(task_id, status, message, run.child.returncode)
+        await self._finish(task_id, status, message, run.child.returncode, error=error)
         # Only now is its slot free: the store no longer shows it RUNNING.
         self.running.pop(task_id, None)
         self.on_ended(task_id)
         await self.pump()
 
+    async def _settle_version(
+        self, run: Running, row: TaskRow | None, told: dict[str, Any]
+    ) -> None:
+        """Write the task's last progress, versioned past every state it published.
+
+        The final state's version must exceed the task's own, even one still on its way to
+        us: the task recorded its last version in its log.
+        """
+        if row is None:
+            return
+        version = told.get("state_version")
+        version = version if isinstance(version, int) and 0 <= version < MAX_VERSION else 0
+        version = max(row.state_version, run.reported_version, version)
+        columns = dict(run.pending_row or {})
+        if version > row.state_version or columns:
+            columns["state_version"] = version
+            await self._db(self.store.save_state, run.task_id, columns)
+
+    def reported(self, msg: State) -> None:
+        """A running task's own progress state (the proxy checked who sent it)."""
+        run = self.running.get(msg.task_id)
+        if run is None or run.finished or msg.status != TaskStatus.RUNNING:
+            return  # the outcome is ours to write, never the task's
+        if msg.version <= run.reported_version:
+            return
+        run.reported_version = msg.version
+        run.pending_row = dict(
+            progress=msg.progress,
+            current_agent=msg.current_agent,
+            last_message=msg.last_message,
+            last_event_id=msg.last_event_id,
+            state_version=msg.version,
+        )
+
+    async def write_progress(self) -> None:
+        """Write the running tasks' reported progress rows (each at most every ROW_INTERVAL)."""
+        now = self._clock()
+        for run in list(self.running.values()):
+            if run.pending_row is None or now < run.row_due:
+                continue
+            async with run.row_lock:
+                row, run.pending_row = run.pending_row, None
+                if run.finished or row is None:
+                    continue
+                run.row_due = now + ROW_INTERVAL
+                await self._db(self.store.save_state, run.task_id, row)
+
     async def _finish(
-        self, task_id: str, status: TaskStatus, message: str, exit_code: int | None
+        self,
+        task_id: str,
+        status: TaskStatus,
+        message: str,
+        exit_code: int | None,
+        error: str | None = None,
     ) -> TaskRow | None:
         """The one way a RUNNING task ends: its final row written, then published."""
-        fields: dict[str, Any] = dict(
-            completed_at=utcnow(),
-            last_message=message,
-            pid=None,
+        fields: dict[str, Any] = dict(completed_at=utcnow(), last_message=message, pid=None)
+        try:
             # Exact, from the log: the final state tells clients which events precede it.
-            last_event_id=await self._db(self.store.last_event_id, task_id),
-        )
+            fields["last_event_id"] = await self._db(self.store.last_event_id, task_id)
+        except EventLogUnreadable as exc:  # the task damaged its own log: it still ends
+            log.warning("task %s: %s", task_id, exc)
         if exit_code is not None:  # unknown (adopted, lost): keep what the task recorded
             fields["exit_code"] = exit_code
+        if error is not None:  # the task's own account of its failure (from its log)
+            fields["error"] = error
         if status == TaskStatus.COMPLETED:
             fields["progress"] = 1.0
         try:
@@ -441,7 +607,7 @@ class Supervisor:
         )
         self._publish(ended)
         await self._first_event_metric(task_id)
-        self.metrics.ended(task_id, status, fields["last_event_id"])
+        self.metrics.ended(task_id, status, fields.get("last_event_id", ended.last_event_id))
         log.info("task %s %s: %s", task_id, status, message)
         return ended
 
@@ -449,15 +615,21 @@ class Supervisor:
         """A task that ended before a heartbeat told its first event's time: read it."""
         first = self.metrics.awaiting_first_event(task_id)
         if first is not None:
-            rows = await self._db(self.store.read_events, task_id, first - 1, 1)
-            if rows:
-                self.metrics.first_event(task_id, msgspec.json.decode(rows[0][1])["timestamp"])
+            try:
+                rows = await self._db(self.store.read_events, task_id, first - 1, 1)
+                if rows:
+                    stamp = msgspec.json.decode(rows[0][1])["timestamp"]
+                    self.metrics.first_event(task_id, stamp)
+            except (EventLogUnreadable, msgspec.DecodeError, KeyError, TypeError) as exc:
+                # The log is the task's own: a damaged one costs this metric, nothing more.
+                log.warning("task %s: no first-event time: %s", task_id, exc)
 
-    async def _run_update(self, task_id: str, **values: Any) -> None:
+    async def _run_update(self, task_id: str, **values: Any) -> RunRow | None:
         """Record on the task's current run (tasks created before runs existed have none)."""
         run = await self._db(self.store.runs.latest, task_id)
         if run is not None:
             await self._db(self.store.runs.update, task_id, run.run_no, **values)
+        return run
 
     def _gauges(self) -> dict[str, float]:
         restarts = self.forkserver.restarts if self.forkserver is not None else 0
@@ -534,13 +706,41 @@ class Supervisor:
                 self._announce(
                     Readopted(task_id=row.id, pid=child.pid, node=self.node, at=utcnow())
                 )
-                self._track(row.id, child, TaskOptions.of(row.options))
+                run = self._track(row.id, child, TaskOptions.of(row.options))
+                run.plan, run.dirs = self._adopted_plan(row.id)
+                run.reported_version = row.state_version
                 self.metrics.started(row.id, "adopted", None)
                 continue
             # Gone while nobody watched: its own record says how it ended, if it got that far.
-            status, message = outcome(None, row.exit_code, row.error, adopted=False, lost=True)
-            await self._finish(row.id, status, message, None)
+            told = await self._db(self.store.task_outcome, row.id)
+            exit_told, error = told.get("exit_code"), told.get("error")
+            error = error[:2000] if isinstance(error, str) and error else None
+            status, message = outcome(
+                None,
+                exit_told if isinstance(exit_told, int) else None,
+                error,
+                adopted=False,
+                lost=True,
+            )
+            await self._finish(row.id, status, message, None, error=error)
         await self.pump()
+
+    def _adopted_plan(self, task_id: str) -> tuple[sandbox.Plan, list[Path]]:
+        """An adopted task's uid (its workspace's owner), so that its end releases it."""
+        cfg = self.cfg
+        dirs = sandbox.task_dirs(
+            cfg.task_dir(task_id), self.store.event_dir(task_id), cfg.sandbox_tmp_dir / task_id
+        )
+        if cfg.sandbox_mode != "uid":
+            return sandbox.Plan(mode=cfg.sandbox_mode), dirs
+        try:
+            uid = cfg.task_dir(task_id).stat().st_uid
+        except OSError:
+            return sandbox.Plan(mode="off"), dirs
+        if uid == os.getuid():
+            return sandbox.Plan(mode="off"), dirs
+        self.uids.reserve(uid)
+        return sandbox.Plan(mode="uid", uid=uid, gid=uid), dirs
 
     async def shutdown(self, reason: str = "Supervisor shut down") -> None:
         """Stop every task (recording why) so nothing outlives the supervisor."""
@@ -555,6 +755,11 @@ class Supervisor:
         # Queued tasks stay QUEUED: the next supervisor starts them.
         if self.forkserver is not None:
             await self.forkserver.close(self.cfg.stop_ask_timeout, self.cfg.stop_term_timeout)
+
+
+def _wants_test_hook(options: dict[str, Any]) -> bool:
+    synthetic = options.get("synthetic")
+    return isinstance(synthetic, dict) and synthetic.get("run_python") is not None
 
 
 def _kill_reason(status: TaskStatus, message: str) -> str:

@@ -16,7 +16,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
+
 _SCHEMA = "CREATE TABLE IF NOT EXISTS events (event_id INTEGER PRIMARY KEY, data BLOB NOT NULL)"
+# The task's own record of how it ended (exit code, error, last state version): the
+# supervisor reads it, since a task process no longer writes the shared tasks table.
+_META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB)"
+_LOG_NAME = "events.db"
 # With one commit per event, SQLite's automatic checkpoint (every 1000 WAL pages) ran inside
 # a commit every ~900 events and stalled that event by ~4 ms: the p99 of the event path.
 # Checkpoints run instead on a connection of their own, in a thread, where they overlap the
@@ -62,6 +68,14 @@ class _Written:
             self.kick.set()
 
 
+class EventLogUnreadable(sqlite3.DatabaseError):
+    """A task's event log file cannot be read (damaged, or not a log at all)."""
+
+    def __init__(self, task_id: str, why: object) -> None:
+        super().__init__(f"the event log of task {task_id} is unreadable: {why}")
+        self.task_id = task_id
+
+
 class TaskLogs:
     """Per-task event log files under one directory."""
 
@@ -72,14 +86,21 @@ class TaskLogs:
         self._lock = threading.Lock()
         self._closed = threading.Event()
 
+    def task_dir(self, task_id: str) -> Path:
+        """The directory of one task's log: the task may write there and nowhere else here."""
+        return self.directory / task_id
+
     def path(self, task_id: str) -> Path:
-        return self.directory / f"{task_id}.db"
+        legacy = self.directory / f"{task_id}.db"  # the layout before per-task directories
+        if legacy.exists():
+            return legacy
+        return self.task_dir(task_id) / _LOG_NAME
 
     def _writer(self, task_id: str) -> sqlite3.Connection:
         with self._lock:
             conn = self._writers.get(task_id)
             if conn is None:
-                self.directory.mkdir(parents=True, exist_ok=True)
+                self.path(task_id).parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(
                     self.path(task_id), isolation_level=None, check_same_thread=False, timeout=30
                 )
@@ -87,6 +108,7 @@ class TaskLogs:
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA wal_autocheckpoint=0")
                 conn.execute(_SCHEMA)
+                conn.execute(_META)
                 self._writers[task_id] = conn
                 self._written[task_id] = _Written()
                 threading.Thread(
@@ -136,6 +158,38 @@ class TaskLogs:
         conn.execute("COMMIT")
         self._written[task_id].wrote(batch)
 
+    def record(self, task_id: str, values: dict[str, object]) -> None:
+        """Store the task's own outcome fields (``exit_code``, ``error``, ``state_version``)."""
+        self._writer(task_id)  # the file and its tables exist
+        # A connection of its own: the writer's belongs to the event-writing threads.
+        conn = sqlite3.connect(self.path(task_id), isolation_level=None, timeout=30)
+        try:
+            conn.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [(k, _meta_json.encode(v)) for k, v in values.items()],
+            )
+        finally:
+            conn.close()
+
+    def outcome(self, task_id: str) -> dict[str, object]:
+        """What the task recorded with :meth:`record` (untrusted: it is the task's word)."""
+        conn = self._reader(task_id)
+        if conn is None:
+            return {}
+        try:
+            rows = conn.execute("SELECT key, value FROM meta").fetchall()
+        except sqlite3.Error:
+            return {}  # no meta table (an old or a damaged log): nothing recorded
+        finally:
+            conn.close()
+        found: dict[str, object] = {}
+        for key, value in rows:
+            try:
+                found[str(key)] = _meta_json.decode(value)
+            except (msgspec.DecodeError, TypeError):
+                continue  # a hostile task's garbage: ignored
+        return found
+
     def _reader(self, task_id: str) -> sqlite3.Connection | None:
         path = self.path(task_id)
         if not path.exists():
@@ -144,35 +198,51 @@ class TaskLogs:
         return conn
 
     def read(self, task_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` events with ``event_id > after``, in order."""
-        conn = self._reader(task_id)
-        if conn is None:
-            return []
+        """Up to ``limit`` events with ``event_id > after``, in order.
+
+        Raises :class:`EventLogUnreadable` for a damaged log (never "no events": that would
+        lose them). The file is written by the (untrusted) task: whatever it holds, the reader
+        gets rows of the right types or that error, affecting that task's stream only.
+        """
         try:
-            rows = conn.execute(
-                "SELECT event_id, data FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?",
-                (after, limit),
-            ).fetchall()
+            conn = self._reader(task_id)
+            if conn is None:
+                return []
+            try:
+                rows = conn.execute(
+                    "SELECT event_id, data FROM events WHERE event_id > ? "
+                    "ORDER BY event_id LIMIT ?",
+                    (after, limit),
+                ).fetchall()
+            finally:
+                conn.close()
         except sqlite3.OperationalError as exc:
             if _not_created(exc):
                 return []  # the file exists but its table is not committed: nothing logged
-            raise  # never "no events" for a log that could not be read: that would lose them
-        finally:
-            conn.close()
-        return [(int(i), bytes(d)) for i, d in rows]
+            raise EventLogUnreadable(task_id, exc) from exc
+        except sqlite3.DatabaseError as exc:
+            raise EventLogUnreadable(task_id, exc) from exc
+        if not all(type(i) is int and type(d) is bytes for i, d in rows):
+            raise EventLogUnreadable(task_id, "rows of the wrong types")
+        return rows
 
     def last_id(self, task_id: str) -> int:
-        conn = self._reader(task_id)
-        if conn is None:
-            return 0
         try:
-            row = conn.execute("SELECT max(event_id) FROM events").fetchall()[0]
+            conn = self._reader(task_id)
+            if conn is None:
+                return 0
+            try:
+                row = conn.execute("SELECT max(event_id) FROM events").fetchall()[0]
+            finally:
+                conn.close()
         except sqlite3.OperationalError as exc:
             if _not_created(exc):
                 return 0
-            raise
-        finally:
-            conn.close()
+            raise EventLogUnreadable(task_id, exc) from exc
+        except sqlite3.DatabaseError as exc:
+            raise EventLogUnreadable(task_id, exc) from exc
+        if row[0] is not None and type(row[0]) is not int:
+            raise EventLogUnreadable(task_id, "an event id that is not an integer")
         return int(row[0] or 0)
 
     def close(self) -> None:
@@ -185,6 +255,9 @@ class TaskLogs:
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 conn.close()
             self._writers.clear()
+
+
+_meta_json = msgspec.json  # module: encode/decode
 
 
 def _not_created(exc: sqlite3.OperationalError) -> bool:

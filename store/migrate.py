@@ -9,6 +9,9 @@ wait for it, then find the schema current. With ``METASTREAM_DB_MIGRATE=0`` (a D
 to upgrade by hand) a database behind this code is refused with a one-line error naming
 ``metastream db upgrade``; a database *newer* than this code is always refused.
 
+Task processes do not check: their supervisor checked before starting them, from the same
+code (a fork of it or the same installation), and a task should need no rights on the schema.
+
 A SQLite home from before migrations (tables made by ``create_all``, no ``alembic_version``)
 is the first revision's schema: it is stamped with it, then upgraded.
 """

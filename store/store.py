@@ -316,6 +316,17 @@ class Store:
             lambda c: c.execute(update(tasks).where(tasks.c.id == task_id).values(**columns))
         )
 
+    def event_dir(self, task_id: str) -> Path | None:
+        """The directory of the task's own log file (None: the events live in the database)."""
+        return self._logs.task_dir(task_id) if self._logs is not None else None
+
+    def task_outcome(self, task_id: str) -> dict[str, Any]:
+        """What the task process recorded about its own end (its word, for its own task only)."""
+        if self._logs is not None:
+            return self._logs.outcome(task_id)
+        row = self.get_task(task_id)
+        return {"exit_code": row.exit_code, "error": row.error} if row is not None else {}
+
     def last_event_id(self, task_id: str) -> int:
         """The id of the task's last persisted event (exact, from the log itself)."""
         if self._logs is not None:

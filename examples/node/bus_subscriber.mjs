@@ -6,6 +6,7 @@
 // ENDPOINT defaults to $METASTREAM_BUS_SUB, else ipc://$METASTREAM_HOME/run/bus-out.sock.
 // Prints "ready" once the subscription is live, then "<topic> <message as JSON>" per message,
 // and exits after the task's final state. The bus is live only: history comes from the REST log.
+import fs from "node:fs";
 import path from "node:path";
 import { decode } from "@msgpack/msgpack";
 import { Subscriber } from "zeromq";
@@ -23,6 +24,10 @@ const home = path.resolve(process.env.METASTREAM_HOME || "var");
 const endpoint =
   endpointArg || process.env.METASTREAM_BUS_SUB || `ipc://${home}/run/bus-out.sock`;
 
+// connect() succeeds even when nothing listens there: say where we look, and give up below
+// if not even the supervisor's beacon (twice a second) arrives within READY_TIMEOUT_MS.
+const READY_TIMEOUT_MS = 10_000;
+console.error(`connecting to the bus at ${endpoint}`);
 const sub = new Subscriber({ linger: 0 });
 sub.connect(endpoint);
 // Topics are "<task_id>/<kind>"; ids all have the same length, so this prefix is exact.
@@ -38,11 +43,21 @@ while (true) {
   // After the final state, events still in flight from the task process (a different
   // publisher than the supervisor) get one more second; receive() then fails with EAGAIN.
   if (final) sub.receiveTimeout = Math.max(1, graceEnd - Date.now());
+  else sub.receiveTimeout = ready ? -1 : READY_TIMEOUT_MS;
   let frames;
   try {
     frames = await sub.receive();
   } catch (err) {
     if (final && err.code === "EAGAIN") break;
+    if (!ready && err.code === "EAGAIN") {
+      const sock = endpoint.startsWith("ipc://") ? endpoint.slice("ipc://".length) : null;
+      const missing = sock !== null && !fs.existsSync(sock);
+      console.error(
+        `no answer from the bus at ${endpoint} within ${READY_TIMEOUT_MS / 1000} s` +
+          (missing ? " (the socket does not exist: is the stack running?)" : ""),
+      );
+      process.exit(1);
+    }
     throw err;
   }
   const [topicFrame, body] = frames;

@@ -3,8 +3,9 @@
 `agent_role` is the MetaGPT role class name ("ProductManager", "Architect", "ProjectManager",
 "Engineer", "QaEngineer") or "System" for flow-level events. Event types and their payloads:
 
-- FLOW_START (System): requirement (truncated), llm ("scripted" or "configured"), model, base_url
-  (no key, ever), workspace, project_dir, n_round, investment, use_qa.
+- FLOW_START (System): requirement (truncated), llm ("scripted" or "configured"), model,
+  project_dir (a name inside the workspace), n_round, investment, use_qa. No key, no base URL,
+  no server path: every client of the task sees it.
 - ROUND (System): round, n_round, total_cost.
 - MESSAGE: a message published to the environment: content (+ truncation fields), role,
   cause_by, sent_from, send_to, round.

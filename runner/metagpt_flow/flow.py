@@ -187,8 +187,7 @@ async def _run(
             "scripted_fault": spec.scripted_fault,
             "pace": spec.pace if spec.scripted else None,
             "model": llm["model"],
-            "base_url": llm["base_url"],
-            "workspace": str(workspace),
+            # No base URL and no server path: every client of the task sees this event.
             "project_dir": project,
             "n_round": _rounds(spec),
             "investment": spec.investment,

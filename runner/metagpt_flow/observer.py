@@ -163,7 +163,8 @@ class FlowObserver:
         try:
             rel = path.resolve().relative_to(self.workspace).as_posix()
         except ValueError:
-            rel = str(path)  # outside the workspace: report it rather than hide it
+            # Outside the workspace: report it rather than hide it, without the server's path.
+            rel = f"<outside the workspace>/{path.name}"
         kind = self._file_kind(rel)
         data = content.encode("utf-8", "replace")
         self.emit(
@@ -244,6 +245,8 @@ class FlowObserver:
         if self._log_events >= MAX_LOG_EVENTS:
             return
         self._log_events += 1
+        # Clients see no server paths: the workspace is named as such.
+        message = message.replace(str(self.workspace), "<workspace>")
         self.emit(role, LOG, {"level": level, "message": message[:2000]})
 
     def system(self, event_type: str, payload: dict[str, Any]) -> int:

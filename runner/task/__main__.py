@@ -5,22 +5,22 @@ Exit codes: 0 completed, 1 failed (reason stored in the task's ``error``), 3 can
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
-from sqlalchemy.exc import DBAPIError
 
 from bus.client import Publisher
-from bus.messages import state_of
 from core import logs, settings
+from runner import sandbox
+from runner.task import spec as task_spec
 from runner.task.outbox import Outbox
 from runner.task.workload import Cancelled
-from store import Store, TaskRow
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
 log = logging.getLogger("metastream.task")
@@ -31,25 +31,32 @@ def main(argv: list[str]) -> int:
         print("usage: python -m runner.task TASK_ID", file=sys.stderr)
         return 2
     task_id = argv[0]
+    # Before anything of the task's: on failure the task does not run at all.
+    try:
+        sandbox.apply_from_env()
+    except sandbox.SandboxError as exc:
+        print(f"task {task_id}: {exc}", file=sys.stderr)
+        return 2
     logs.setup("task", task_id=task_id)  # here, not at import: forks of the zygote come here too
     cfg = settings.load()
-    # Two connections at most: the event writer and the task-row writer (README: sizing).
-    store = Store(cfg.db_url, cfg.events_dir, pool_size=2, max_overflow=0)
+    spec_path = os.environ.get(task_spec.SPEC_ENV, "")
     try:
-        row = store.get_task(task_id)
-    except DBAPIError as exc:
-        print(f"task {task_id}: {store.unavailable(exc)}", file=sys.stderr)
+        spec = task_spec.read(Path(spec_path))
+    except (OSError, msgspec.DecodeError) as exc:
+        print(f"task {task_id}: no task spec ({spec_path!r}): {exc}", file=sys.stderr)
         return 2
-    if row is None:
-        print(f"task {task_id} not found", file=sys.stderr)
-        return 2
+    store: task_spec.OwnLog | task_spec.SharedLog = (
+        task_spec.OwnLog(cfg.events_dir)
+        if cfg.db_url.startswith("sqlite")
+        else task_spec.SharedLog(cfg.db_url, cfg.events_dir)
+    )
     publisher = Publisher(cfg.bus_pub, track_interest=True)
     outbox = Outbox(
         store,
         publisher,
         task_id,
-        first_event_id=max(row.last_event_id, store.last_event_id(task_id)) + 1,
-        state=msgspec.structs.replace(state_of(row), status="RUNNING"),
+        first_event_id=max(spec.last_event_id, store.last_event_id(task_id)) + 1,
+        state=msgspec.structs.replace(spec.state, status="RUNNING"),
         heartbeat_interval=cfg.heartbeat_interval,
         max_log_bytes=cfg.task_max_log_bytes,
     )
@@ -63,18 +70,15 @@ def main(argv: list[str]) -> int:
     log.info("task %s started (pid %d)", task_id, os.getpid())
     outbox.start()
     code = EXIT_OK
-    # The supervisor wrote this run's row before starting us: what to run (first run, follow-up,
-    # resume). A task stored before runs existed has none: its first run.
-    run = store.runs.latest(task_id)
-    kind, requirement = (run.kind, run.requirement) if run else ("start", row.requirement)
     try:
-        if row.options.get("synthetic") is None:
+        if spec.options.get("synthetic") is None:
+            # The thread's marker: which run of the conversation these events belong to.
             outbox.emit(
                 "System",
                 "run_started",
-                {"run": run.run_no if run else 1, "kind": kind, "requirement": requirement},
+                {"run": spec.run_no, "kind": spec.run_kind, "requirement": spec.run_requirement},
             )
-        _run_workload(row, kind, requirement, cfg.task_dir(task_id), outbox)
+        _run_workload(spec, cfg.task_dir(task_id), outbox)
         outbox.set_state(progress=1.0, last_message="Completed")
         outbox.record(exit_code=EXIT_OK)
     except Cancelled:
@@ -96,16 +100,33 @@ def main(argv: list[str]) -> int:
     return code
 
 
-def _run_workload(row: TaskRow, kind: str, requirement: str, workspace: Path, out: Outbox) -> None:
-    if row.options.get("synthetic") is not None:
+def _run_workload(spec: task_spec.TaskSpec, workspace: Path, out: Outbox) -> None:
+    options = spec.options
+    if options.get("synthetic") is not None:
         from runner.task import synthetic
 
-        synthetic.run(msgspec.convert(row.options["synthetic"], synthetic.SyntheticSpec), out)
+        synthetic.run(
+            msgspec.convert(options["synthetic"], synthetic.SyntheticSpec), out, spec.test_hooks
+        )
         return
     from runner.task import metagpt_task
 
-    metagpt_task.run(row, kind, requirement, workspace, out)
+    metagpt_task.run(spec, workspace, out)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit without the interpreter's finalisation, as a forked task does.
+
+    Everything of the task is committed and published by now. A cold interpreter that
+    imported MetaGPT then spends seconds joining its library threads and freeing its heap,
+    with heartbeats already stopped: the supervisor judged a completed task unresponsive.
+    """
+    logging.shutdown()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _exit_now(main(sys.argv[1:]))

@@ -25,7 +25,8 @@ import bisect
 import os
 import threading
 import time
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -40,7 +41,20 @@ from bus.messages import (
     event_data_json,
     utcnow,
 )
-from store import Store
+
+
+class TaskStore(Protocol):
+    """Where the outbox persists: the task's own log (runner.task.spec.OwnLog) or a Store."""
+
+    @property
+    def local_commits(self) -> bool: ...
+
+    def open_events(self, task_id: str) -> None: ...
+
+    def append_events(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None: ...
+
+    def save_state(self, task_id: str, columns: Mapping[str, Any]) -> None: ...
+
 
 MAX_PENDING = 20_000  # emitters wait beyond this: memory stays bounded if the log is slow
 # Progress changes with nearly every event; publishing a state per event doubled the bus and
@@ -78,7 +92,7 @@ class Outbox:
 
     def __init__(
         self,
-        store: Store,
+        store: TaskStore,
         publisher: Publisher,
         task_id: str,
         first_event_id: int,

@@ -36,10 +36,22 @@ class SyntheticSpec(msgspec.Struct, kw_only=True):
     hang_after: int | None = None
     spawn_children: int = 0
     crash: str | None = None  # "exception", "segv", "kill", "oom": how exit_after dies
+    # TEST HOOK: Python run inside the task process, after its sandbox, before the events
+    # (the attack suite's way in). Refused unless the supervisor runs with
+    # METASTREAM_TEST_HOOKS=1, which only tests set. ``out`` is the task's emitter.
+    run_python: str | None = None
 
 
-def run(spec: SyntheticSpec, out: Emitter) -> None:
+class TestHooksOff(RuntimeError):
+    """``run_python`` without the supervisor's METASTREAM_TEST_HOOKS."""
+
+
+def run(spec: SyntheticSpec, out: Emitter, test_hooks: bool = False) -> None:
     """Emit ``spec.events`` events; may exit, hang or crash as the spec says."""
+    if spec.run_python is not None:
+        if not test_hooks:
+            raise TestHooksOff("run_python is a test hook: the supervisor has it off")
+        exec(compile(spec.run_python, "<test hook>", "exec"), {"out": out})
     children = [
         subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.DEVNULL)
         for _ in range(spec.spawn_children)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import random
+from pathlib import Path
 
 import httpx
 import msgpack
@@ -14,10 +15,22 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from bus import auth
 from bus.messages import LEASE_TOPIC, Event, State, bus_encoder, new_task_id, topic
 from core import settings
 from metastream.stack import Stack
 from tests.helpers import collect, create_task, poll_for
+
+
+def task_socket(ctx: zmq.Context, home: Path, endpoint: str, task_id: str) -> zmq.Socket:
+    """An XPUB connected to the bus with ``task_id``'s own key (what that task holds)."""
+    sock = ctx.socket(zmq.XPUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    keys = auth.task_keys(auth.load_master(home), task_id)
+    sock.curve_secretkey, sock.curve_publickey = keys.secret, keys.public
+    sock.curve_serverkey = keys.server
+    sock.connect(endpoint)
+    return sock
 
 
 def _junk(task_id: str, rnd: random.Random) -> list[list[bytes]]:
@@ -56,10 +69,10 @@ def test_rogue_publisher_flood(stack_factory) -> None:  # type: ignore[no-untype
         ctx = zmq.Context()
         # An XPUB rather than a PUB: it hears the subscriptions forwarded to publishers, so we
         # know when the flood will reach the gateway instead of being dropped at the source.
-        rogue = ctx.socket(zmq.XPUB)
+        # The task's own key, as a hostile task holds it: the proxy forwards its frames for
+        # its own topics, and the consumers must survive them.
+        rogue = task_socket(ctx, cfg.home, cfg.bus_pub, tid)
         rogue.setsockopt(zmq.SNDHWM, 0)
-        rogue.setsockopt(zmq.LINGER, 0)
-        rogue.connect(cfg.bus_pub)
         rnd = random.Random(6)
         sent = 0
 
@@ -173,9 +186,8 @@ def test_a_forged_final_state_does_not_end_a_stream(stack_factory) -> None:  # t
         task = create_task(api, synthetic={"events": n, "rate": 100})
         tid = task["id"]
         ctx = zmq.Context()
-        rogue = ctx.socket(zmq.XPUB)
-        rogue.setsockopt(zmq.LINGER, 0)
-        rogue.connect(cfg.bus_pub)
+        # The task itself forges its end: the proxy drops it (the outcome is the supervisor's).
+        rogue = task_socket(ctx, cfg.home, cfg.bus_pub, tid)
         forged = bus_encoder.encode(State(task_id=tid, status="COMPLETED", progress=1.0))
 
         async def scenario():  # type: ignore[no-untyped-def]

@@ -229,3 +229,34 @@ def test_guide_programs_run_against_a_live_task(
     assert watch.wait(30) == 0, watch.err
     assert watch.out[-1].startswith("-- COMPLETED 100%")
     assert any(line.startswith(f"#{n} ") for line in watch.out)
+
+
+def test_example_names_the_endpoint_and_gives_up_without_a_bus(tmp_path: Path) -> None:
+    import subprocess
+
+    missing = f"ipc://{tmp_path}/no-bus.sock"
+    task_id = "00000000-0000-4000-8000-000000000000"
+    args = [task_id, "--endpoint", missing, "--ready-timeout", "1"]
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE), *args], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1
+    assert f"connecting to the bus at {missing}" in done.stderr
+    assert f"no answer from the bus at {missing} within 1 s" in done.stderr
+    assert "the socket does not exist" in done.stderr
+
+
+def test_subscribe_gives_up_naming_the_endpoint(tmp_path: Path) -> None:
+    from metastream.subscribe import BusUnavailable
+
+    missing = f"ipc://{tmp_path}/no-bus.sock"
+
+    async def first() -> None:
+        messages = subscribe("00000000-0000-4000-8000-000000000000", missing, ready_timeout=0.5)
+        try:
+            await anext(messages)
+        finally:
+            await messages.aclose()
+
+    with pytest.raises(BusUnavailable, match=f"no answer from the bus at {missing} within 0.5 s"):
+        asyncio.run(first())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core import settings
-from core.settings import Secrets, declarations, gateway_port, load
+from core.settings import INTERNAL_ENV, Secrets, declarations, gateway_port, load
 from core.settings_table import markdown_table
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -33,7 +34,7 @@ def test_every_variable_read_is_declared_once() -> None:
     for package in ("bus", "store", "runner", "gateway", "core"):
         for path in (root / package).rglob("*.py"):
             read |= set(re.findall(r"\"(METASTREAM_[A-Z_]+)\"", path.read_text()))
-    assert read - set(names) <= {"METASTREAM_LLM_"}, read - set(names)
+    assert read - set(names) <= {"METASTREAM_LLM_", *INTERNAL_ENV}, read - set(names)
 
 
 def test_defaults_and_derived_values(tmp_path: Path) -> None:
@@ -96,3 +97,20 @@ def test_gateway_port_sees_through_honchos_default_only() -> None:
     assert port({**under_honcho, "PORT": "9000"}) == 9000  # honcho's base, from the user
     assert port({**under_honcho, "PORT": "5000"}, given=False) == 8000  # honcho's default
     assert port({**under_honcho, "PORT": "5000"}, given=True) == 5000  # the user chose 5000
+
+
+def test_api_tokens_from_a_file(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("file-one\nfile-two, file-three\n")
+    cfg = load({"METASTREAM_API_TOKEN": "env-one", "METASTREAM_API_TOKEN_FILE": str(tokens)})
+    assert cfg.api_tokens == Secrets(("env-one", "file-one", "file-two", "file-three"))
+    assert "file-one" not in repr(cfg)
+    with pytest.raises(ValueError, match="METASTREAM_API_TOKEN_FILE"):
+        load({"METASTREAM_API_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+def test_sandbox_mode(tmp_path: Path) -> None:
+    assert load({"METASTREAM_SANDBOX": "landlock"}).sandbox_mode == "landlock"
+    assert load({}).sandbox_mode == ("uid" if os.geteuid() == 0 else "landlock")
+    with pytest.raises(ValueError, match="METASTREAM_SANDBOX"):
+        load({"METASTREAM_SANDBOX": "chroot"})

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md"), REPO / "bench" / "README.md"])
+DOCS = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md")])
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|<a\s[^>]*href=\"([^\"]+)\"")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
 

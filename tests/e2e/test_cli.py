@@ -221,13 +221,18 @@ def test_expected_failures_are_one_clear_line(stack: Stack, api: httpx.Client) -
         (["tail", "ffffffff"], 4, "no recent task id"),
         (["frobnicate"], 64, "invalid choice"),
         (["run", "x", "-O", "novalue"], 64, "KEY=VALUE"),
-        (["run", "x", "-O", "n_round=999"], 5, "HTTP 422"),
+        (["run", "x", "-O", "n_round=999"], 5, "invalid request: n_round: Input should be less"),
+        (["run", "x", "-O", "frobnicate=1"], 5, "invalid request: frobnicate: unknown option"),
+        (["get", task["id"], "../../../etc/passwd"], 4, "not found (outside the task's"),
+        (["get", task["id"], "a/../../x"], 4, "not found"),
         ([], 64, "required"),
     ]
     for args, code, text in cases:
         r = cli(stack, *args)
         assert r.returncode == code, (args, r.returncode, r.stderr)
         assert text in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) <= 2, r.stderr  # one line (+ usage)
+        assert "{" not in r.stderr, r.stderr  # no raw JSON
         no_traceback(r.stdout, r.stderr)
 
 
@@ -270,10 +275,36 @@ def test_token_auth(tmp_path: Path) -> None:
             pytest.skip("this gateway does not enforce METASTREAM_API_TOKEN")
         args = ["run", "authorized", "--synthetic-events", "20"]
         r = cli(s, *args)  # cli_env drops the token from the environment
-        assert r.returncode == 5 and "not authorized" in r.stderr, r.stderr
+        assert r.returncode == 5 and "needs an API token" in r.stderr, r.stderr
+        r = cli(s, "--token", "not-the-token", *args)
+        assert r.returncode == 5 and "refused the API token given" in r.stderr, r.stderr
+        assert "not-the-token" not in r.stderr
         r = cli(s, "--token", secret, *args)
         assert r.returncode == 0, r.stderr
         assert secret not in r.stdout + r.stderr
+        # The client library reads METASTREAM_API_TOKEN as the CLI does.
+        task_id = httpx.post(
+            f"{s.url}/api/tasks",
+            json={"requirement": "x", "synthetic": {"events": 3}},
+            headers={"Authorization": f"Bearer {secret}"},
+        ).json()["id"]
+        program = (
+            "import asyncio, sys\n"
+            "from metastream.subscribe import stream\n"
+            "async def main():\n"
+            "    async for m in stream(sys.argv[1], sys.argv[2]):\n"
+            "        print(m['type'])\n"
+            "asyncio.run(main())\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", program, task_id, s.url],
+            env={**cli_env(s), "METASTREAM_API_TOKEN": secret},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split().count("event") == 3 and "state" in done.stdout
 
 
 def test_create_without_starting_then_run_it(stack: Stack, api: httpx.Client) -> None:
@@ -291,3 +322,26 @@ def test_create_without_starting_then_run_it(stack: Stack, api: httpx.Client) ->
     assert created["status"] == "PENDING" and created["llm"] == "synthetic"
     assert api.post(f"/api/tasks/{created['id']}/run").status_code == 200
     assert wait_status(api, created["id"], {"COMPLETED", "FAILED"})["status"] == "COMPLETED"
+
+
+def test_cancel_of_a_finished_task_says_so(stack: Stack, api: httpx.Client) -> None:
+    task = create_task(api, synthetic={"events": 3})
+    api.post(f"/api/tasks/{task['id']}/run")
+    wait_status(api, task["id"], {"COMPLETED"})
+    r = cli(stack, "cancel", task["id"])
+    assert r.returncode == 7, (r.returncode, r.stderr)
+    assert f"task {task['id']} had already finished: COMPLETED" in r.stderr
+    assert api.get(f"/api/tasks/{task['id']}").json()["status"] == "COMPLETED"
+
+
+def test_tail_bus_names_the_endpoint_and_gives_up_without_a_bus(
+    stack: Stack, tmp_path: Path
+) -> None:
+    missing = f"ipc://{tmp_path}/no-such-bus.sock"
+    task_id = "00000000-0000-4000-8000-000000000000"
+    r = cli(stack, "tail", "--bus", "--endpoint", missing, task_id, timeout=40)
+    assert r.returncode == 3, (r.returncode, r.stderr)
+    assert f"reading the bus at {missing}" in r.stderr
+    assert f"no answer from the bus at {missing} within 10 s" in r.stderr
+    assert "the socket does not exist" in r.stderr
+    no_traceback(r.stdout, r.stderr)

@@ -27,9 +27,12 @@ pytestmark = WORKERS
 
 
 @pytest.fixture
-def stack(stack_factory: Callable[..., Stack], stack_env: dict[str, str]) -> Stack:
-    """A stack on each store backend (tests/conftest.py: stack_env)."""
-    return stack_factory(stack_env)
+def stack(stack_factory: Callable[..., Stack], stack_env: dict[str, str], workers: int) -> Stack:
+    """A stack on each store backend (tests/conftest.py: stack_env), with ``workers`` gateways."""
+    env = dict(stack_env)
+    if workers > 1:
+        env["METASTREAM_GATEWAY_WORKERS"] = str(workers)
+    return stack_factory(env)
 
 
 async def until(fn: Callable[[], object], what: str, timeout: float = 30) -> None:
@@ -132,9 +135,8 @@ def test_component_killed_mid_stream(
         what="task under way",
     )
 
-    store = Store(
-        f"sqlite:///{stack.home / 'data' / 'metastream.db'}", stack.home / "data" / "events"
-    )
+    url = stack.env.get("METASTREAM_DB_URL") or f"sqlite:///{stack.home / 'data' / 'metastream.db'}"
+    store = Store(url, stack.home / "data" / "events")
     received: list[int] = []
 
     async def scenario():  # type: ignore[no-untyped-def]

@@ -59,3 +59,26 @@ def test_failing_llm_fails_the_task_quickly(stack: Stack, api: httpx.Client) -> 
     assert final["status"] == "FAILED"
     assert "500" in final["last_message"], final["last_message"]
     assert any(e["event_type"] == "ERROR" for e in got.of("event"))
+
+
+def test_a_cold_started_task_completes_and_exits_promptly(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """A fresh interpreter that imported MetaGPT used to take >5 s to exit, heartbeats already
+    stopped: the supervisor killed the finished task as unresponsive (FAILED)."""
+    import datetime as dt
+
+    from tests.helpers import wait_status
+
+    s = stack_factory(env={"METASTREAM_WARM": "0"})  # the default heartbeat timeout, 5 s
+    with httpx.Client(base_url=s.url, timeout=30) as api:
+        task = create_task(api, requirement="a snake game", test_mode=True)
+        api.post(f"/api/tasks/{task['id']}/run")
+        final = wait_status(api, task["id"], {"COMPLETED", "FAILED", "CANCELLED"}, timeout=150)
+        assert final["status"] == "COMPLETED", final["last_message"]
+        last = log_events(api, task["id"])[-1]
+
+    def ts(value: str) -> float:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+    exit_s = ts(final["completed_at"]) - ts(last["timestamp"])
+    print(f"cold task: recorded {exit_s:.2f} s after its last event")
+    assert exit_s < 2.5, exit_s

@@ -16,7 +16,7 @@ from tests.helpers import create_task, poll_for, wait_status
 
 TOKEN = "tok-e2e-9d1f0b7c5a"
 SECRET = "ticket-secret-e2e-4b2a"
-LLM_KEY = "sk-llm-e2e-7c3e1a"  # task processes need it; no log may show it
+LLM_KEY = "sk-llm-e2e-7c3e1a"  # only tasks calling a real LLM get it; no log may show it
 
 
 def _task_processes(stack: Stack, task_id: str, at_least: int) -> list[psutil.Process]:
@@ -59,6 +59,7 @@ def test_tokens_never_reach_logs_files_or_task_processes(stack_factory, log_form
             environ = Path(f"/proc/{p.pid}/environ").read_bytes()
             assert TOKEN.encode() not in environ and SECRET.encode() not in environ
             assert b"METASTREAM_API_TOKEN" not in environ, p.cmdline()
+            assert LLM_KEY.encode() not in environ and b"bus.master" not in environ
             assert b"METASTREAM_HOME=" in environ  # it is a real task environment
 
         # Everything a client does: REST, tickets, both WebSocket credentials, failures.

@@ -24,9 +24,12 @@ STATE_KEYS = {
 
 
 @pytest.fixture
-def stack(stack_factory: Callable[..., Stack], stack_env: dict[str, str]) -> Stack:
-    """A stack on each store backend (tests/conftest.py: stack_env)."""
-    return stack_factory(stack_env)
+def stack(stack_factory: Callable[..., Stack], stack_env: dict[str, str], workers: int) -> Stack:
+    """A stack on each store backend (tests/conftest.py: stack_env), with ``workers`` gateways."""
+    env = dict(stack_env)
+    if workers > 1:
+        env["METASTREAM_GATEWAY_WORKERS"] = str(workers)
+    return stack_factory(env)
 
 
 def test_task_streams_in_seed_format(stack: Stack, api: httpx.Client) -> None:

@@ -129,17 +129,19 @@ def test_disconnect_policies(fast_stack: Stack, fapi: httpx.Client) -> None:
     assert final["status"] == "CANCELLED" and "policy kill" in final["last_message"]
     assert _ts(final["completed_at"]) - left < 10  # long before its 100 s of events end
 
+    # A grace period far longer than the time away (1 s, plus reconnecting, which takes
+    # seconds on a loaded machine): surviving it is then a correctness check, not a race.
     graced = create_task(
-        fapi, synthetic={"events": 10_000, "rate": 100}, disconnect_policy="grace", grace_seconds=2
+        fapi, synthetic={"events": 10_000, "rate": 100}, disconnect_policy="grace", grace_seconds=6
     )
     watch_briefly(graced["id"], 5)
-    time.sleep(1.0)  # away for less than the grace period...
+    time.sleep(1.0)  # away for less than the grace period (the absence being tested)...
     watch_briefly(graced["id"], 150)  # ...then back: it must have survived
     assert fapi.get(f"/api/tasks/{graced['id']}").json()["status"] == "RUNNING"
     left = time.time()
-    final = wait_status(fapi, graced["id"], {"CANCELLED", "COMPLETED", "FAILED"}, timeout=10)
+    final = wait_status(fapi, graced["id"], {"CANCELLED", "COMPLETED", "FAILED"}, timeout=30)
     assert final["status"] == "CANCELLED" and "policy grace" in final["last_message"]
-    assert 1.5 < _ts(final["completed_at"]) - left < 15  # not before the 2 s grace period
+    assert 5.5 < _ts(final["completed_at"]) - left < 25  # not before the 6 s grace period
 
     kept = create_task(fapi, synthetic={"events": 200, "rate": 200})  # default: continue
     watch_briefly(kept["id"], 5)
@@ -198,7 +200,7 @@ def test_time_limit(fapi: httpx.Client) -> None:
 def test_supervisor_killed_and_restarted(fast_stack: Stack, fapi: httpx.Client) -> None:
     task = create_task(fapi, synthetic={"events": 400, "rate": 100})
     fapi.post(f"/api/tasks/{task['id']}/run")
-    poll_for(lambda: fapi.get(f"/api/tasks/{task['id']}").json()["last_event_id"] > 20, 20)
+    poll_for(lambda: fapi.get(f"/api/tasks/{task['id']}").json()["last_event_id"] > 20, 60)
     fast_stack.kill("supervisor")
     fast_stack.start_component("supervisor")
     fast_stack.wait_healthy()
@@ -212,7 +214,7 @@ def test_supervisor_killed_and_restarted(fast_stack: Stack, fapi: httpx.Client) 
         fapi, synthetic={"events": 1000, "rate": 100, "exit_after": 150, "crash": "exception"}
     )
     fapi.post(f"/api/tasks/{failing['id']}/run")
-    poll_for(lambda: fapi.get(f"/api/tasks/{failing['id']}").json()["last_event_id"] > 20, 20)
+    poll_for(lambda: fapi.get(f"/api/tasks/{failing['id']}").json()["last_event_id"] > 20, 60)
     fast_stack.kill("supervisor")
     fast_stack.start_component("supervisor")
     fast_stack.wait_healthy()
@@ -222,7 +224,7 @@ def test_supervisor_killed_and_restarted(fast_stack: Stack, fapi: httpx.Client) 
 
     lost = create_task(fapi, synthetic={"events": 100_000, "rate": 100})
     fapi.post(f"/api/tasks/{lost['id']}/run")
-    poll_for(lambda: fapi.get(f"/api/tasks/{lost['id']}").json()["last_event_id"] > 5, 20)
+    poll_for(lambda: fapi.get(f"/api/tasks/{lost['id']}").json()["last_event_id"] > 5, 60)
     pid = _pid(fast_stack, lost["id"])
     fast_stack.kill("supervisor")
     psutil.Process(pid).kill()  # the task dies while nobody supervises it

@@ -235,7 +235,9 @@ def test_task_creation_rate(stack_factory: Callable[..., Stack]) -> None:
     with httpx.Client(base_url=s.url, timeout=30) as api:
         codes = [api.post("/api/tasks", json={"requirement": "r"}) for _ in range(5)]
         assert [r.status_code for r in codes] == [201, 201, 201, 429, 429]
-        assert codes[3].headers["retry-after"] == "2"
+        # A token every 2 s: at most 2 s to wait, less if the requests themselves took a while
+        # (as on a loaded machine), and at least 1 (whole seconds, rounded up).
+        assert 1 <= int(codes[3].headers["retry-after"]) <= 2
         assert "METASTREAM_CREATE_RATE" in codes[3].json()["detail"]
         assert api.get("/api/tasks").status_code == 200  # reads are not limited
         assert api.get("/healthz").json()["counters"]["create_rate_limited"] == 2

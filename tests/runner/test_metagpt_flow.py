@@ -319,8 +319,10 @@ def test_configured_llm_endpoint_is_used_and_key_stays_secret(tmp_path):
         server.wait(timeout=10)
     _check_completed_run(run, ws, scripted=False)
     start = next(e for e in run["events"] if e["type"] == "FLOW_START")["payload"]
-    assert start["llm"] == "configured" and start["base_url"] == url
-    assert key not in json.dumps(run)
+    assert start["llm"] == "configured" and "base_url" not in start
+    # Clients see no internal URL and no server path (issue 20).
+    assert key not in json.dumps(run) and url not in json.dumps(run["events"])
+    assert str(ws) not in json.dumps(run["events"])
     for path in ws.rglob("*"):
         if path.is_file() and ".git" not in path.parts:
             assert key not in path.read_text(errors="replace"), path

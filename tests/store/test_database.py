@@ -169,3 +169,37 @@ def test_the_migration_lock_serialises_concurrent_migrations(db_url: str) -> Non
     assert poll_for(lambda: stores[0].schema_version() == migrate.head(), 5)
     for s in stores:
         s.close()
+
+
+def test_only_a_lost_connection_is_retried_and_not_forever(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    from store import pg
+
+    url = "postgresql://u:secret@127.0.0.1/x"
+    pauses: list[float] = []
+    calls = {"n": 0}
+
+    def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] < 4:
+            raise psycopg.OperationalError("connection refused")  # no SQLSTATE: never reached
+        return "ok"
+
+    assert pg.retrying(url, flaky, sleep=pauses.append) == "ok"
+    assert pauses == [0.05, 0.1, 0.2]  # backoff
+
+    def timed_out() -> None:
+        raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+
+    with pytest.raises(psycopg.errors.QueryCanceled):  # the statement's own error: at once
+        pg.retrying(url, timed_out, sleep=pauses.append)
+    assert len(pauses) == 3
+
+    monkeypatch.setattr(pg, "RETRY_SECONDS", 0.0)
+
+    def down() -> None:
+        raise psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+
+    with pytest.raises(psycopg.errors.AdminShutdown):  # retried until the deadline, then raised
+        pg.retrying(url, down, sleep=pauses.append)

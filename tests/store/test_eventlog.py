@@ -19,6 +19,7 @@ def test_a_reader_that_came_before_the_table_sees_it_afterwards(tmp_path: Path) 
     readers, writer = TaskLogs(tmp_path), TaskLogs(tmp_path)
     try:
         # The file exists, empty: a task process has just created it (not even in WAL mode).
+        writer.task_dir("t").mkdir()
         writer.path("t").touch()
         assert readers.read("t", 0, 10) == [] and readers.last_id("t") == 0
         writer.append("t", [(1, DATA), (2, DATA)])
@@ -46,6 +47,7 @@ def test_readers_follow_new_commits(tmp_path: Path) -> None:
 def test_an_unreadable_log_raises_instead_of_reading_as_empty(tmp_path: Path) -> None:
     logs = TaskLogs(tmp_path)
     try:
+        logs.task_dir("t").mkdir()
         logs.path("t").write_bytes(b"this is not a database" * 100)
         with pytest.raises(sqlite3.DatabaseError):
             logs.read("t", 0, 10)

@@ -58,7 +58,21 @@ async function request(path, { method = "GET", body, as = "json" } = {}) {
     if (res.status === 401 || res.status === 403) listeners.forEach((fn) => fn(err));
     throw err;
   }
+  if (as === "blob") return res.blob();
   return as === "text" ? res.text() : res.json();
+}
+
+/** Save what `path` answers as `filename` (fetched with the token, so it works with auth on). */
+async function download(path, filename) {
+  const blob = await request(path, { as: "blob" });
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = filename;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
 
 export const api = {
@@ -71,6 +85,12 @@ export const api = {
   resumeTask: (id) => request(`/api/tasks/${encodeURIComponent(id)}/resume`, { method: "POST" }),
   ticket: (id) => request(`/api/tasks/${encodeURIComponent(id)}/ticket`, { method: "POST" }),
   listFiles: (id) => request(`/api/tasks/${encodeURIComponent(id)}/files`),
+  downloadFile: (id, path) =>
+    download(
+      `/api/tasks/${encodeURIComponent(id)}/files/${path.split("/").map(encodeURIComponent).join("/")}`,
+      path.split("/").pop(),
+    ),
+  downloadArchive: (id) => download(`/api/tasks/${encodeURIComponent(id)}/archive`, `task-${id.slice(0, 8)}.zip`),
   getFile: (id, path) =>
     request(
       `/api/tasks/${encodeURIComponent(id)}/files/${path.split("/").map(encodeURIComponent).join("/")}`,

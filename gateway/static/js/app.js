@@ -3,6 +3,7 @@
 import { api, getToken, onAuthError, setToken } from "./api.js";
 import { $, fmtCost, fmtDuration, fmtInt, TERMINAL, toast } from "./dom.js";
 import { Conversation } from "./conversation.js";
+import { Chrono } from "./chrono.js";
 import { FilesView } from "./files.js";
 import { TaskStream } from "./stream.js";
 import { llmText, setupCreateForm, TaskList } from "./tasks.js";
@@ -40,15 +41,36 @@ const ui = {
 
 const conversation = new Conversation();
 const timeline = new Timeline($("#timeline"), $("#agent-strip"), { openFile: (p) => showFile(p) });
+const chrono = new Chrono($("#chrono"), { openFile: (p) => showFile(p) });
+function selectView(name) {
+  const chron = name === "chrono";
+  $("#chrono").hidden = !chron;
+  $("#timeline").hidden = chron;
+  $("#agent-strip").hidden = chron;
+  $("#view-chrono").classList.toggle("active", chron);
+  $("#view-agents").classList.toggle("active", !chron);
+  $("#view-chrono").setAttribute("aria-pressed", String(chron));
+  $("#view-agents").setAttribute("aria-pressed", String(!chron));
+  try {
+    localStorage.setItem("metastream.view", name);
+  } catch {
+    /* not persisted */
+  }
+}
+$("#view-agents").addEventListener("click", () => selectView("agents"));
+$("#view-chrono").addEventListener("click", () => selectView("chrono"));
+selectView(localStorage.getItem("metastream.view") === "chrono" ? "chrono" : "agents");
 const files = new FilesView({
   tree: $("#file-tree"),
   code: $("#file-code"),
   path: $("#file-path"),
   size: $("#file-size"),
   count: $("#files-count"),
+  download: $("#file-download"),
 });
 const tasks = new TaskList($("#task-list"), $("#task-total"), $("#more-tasks")).start();
 
+let revealOnOpen = false; // scroll to the task view when it opens (after "Create & watch")
 let current = null; // the open task: {id, stream, status, startedAt, completedAt, cost, tokens}
 let headerQueued = false;
 
@@ -60,27 +82,49 @@ function openTask(id) {
   current = { id, stream: null, status: null, startedAt: null, completedAt: null, cost: null, tokens: null, conn: "idle" };
   ui.empty.hidden = true;
   ui.view.hidden = false;
+  // Nothing of the previously open task may show through: every field starts blank, and the
+  // status and Cancel wait for the server to confirm the task exists.
+  ui.view.dataset.state = "loading";
   ui.id.textContent = id;
   ui.requirement.textContent = "…";
+  ui.requirement.title = "";
   ui.llm.textContent = "";
   ui.lastMessage.textContent = "";
+  ui.events.textContent = "0";
+  ui.cost.textContent = "—";
+  ui.tokens.textContent = "—";
+  ui.elapsed.textContent = "—";
   applyState({ status: "PENDING", progress: 0, current_agent: null });
+  ui.status.textContent = "…";
+  ui.status.dataset.status = "";
+  ui.cancel.disabled = true;
   timeline.reset();
   conversation.open(id);
+  chrono.reset();
   files.reset(id);
   tasks.select(id);
   selectTab("timeline");
   const mine = current;
+  const revealing = revealOnOpen;
+  revealOnOpen = false;
+  if (revealing) reveal();
   api
     .getTask(id)
     .then((t) => {
       if (mine !== current) return;
+      ui.view.dataset.state = "ok";
       applyTask(t);
       conversation.show(t);
+      if (revealing) tasks.refresh().finally(reveal);
     })
     .catch((err) => {
       if (mine !== current) return;
-      ui.requirement.textContent = err.status === 404 ? "Task not found" : `Could not load the task: ${err.message}`;
+      if (err.status === 404) {
+        showNotFound(mine);
+        return;
+      }
+      ui.view.dataset.state = "error";
+      ui.requirement.textContent = `Could not load the task: ${err.message}`;
     });
   files.refresh();
   current.stream = new TaskStream(id, {
@@ -93,9 +137,24 @@ function openTask(id) {
       // Only the stream's final state comes after the last event; the REST copy may not.
       if (TERMINAL.has(s.status)) timeline.finish();
     },
-    onConn: (c, detail) => mine === current && setConn(c, detail),
+    onConn: (c, detail) => {
+      if (mine !== current) return;
+      setConn(c, detail);
+      if (c === "not found") showNotFound(mine);
+    },
     onError: (m) => mine === current && toast(m, "error"),
   }).start();
+}
+
+/** An unknown (or garbage) id: only "Task not found", nothing to watch or cancel. */
+function showNotFound(mine) {
+  ui.view.dataset.state = "missing";
+  ui.requirement.textContent = "Task not found";
+  ui.lastMessage.textContent = "";
+  ui.cancel.disabled = true;
+  if (mine.stream) mine.stream.stop();
+  timeline.reset();
+  chrono.reset();
 }
 
 function closeTask() {
@@ -113,6 +172,7 @@ function applyTask(t) {
   ui.llm.dataset.llm = t.llm || "";
   // The stream's state is fresher; only fill what it has not said yet.
   if (!current.status || current.status === "PENDING") applyState(t);
+  else ui.cancel.disabled = TERMINAL.has(current.status);
 }
 
 function applyState(s) {
@@ -131,7 +191,7 @@ function applyState(s) {
   ui.agent.textContent = done ? "—" : s.current_agent || "—";
   if (s.last_message) ui.lastMessage.textContent = s.last_message;
   timeline.setActive(done ? null : s.current_agent || null);
-  ui.cancel.disabled = done;
+  ui.cancel.disabled = done || ui.view.dataset.state !== "ok";
   ui.cancel.textContent = done ? "Finished" : "Cancel task";
   if (done) {
     files.refresh();
@@ -142,6 +202,7 @@ function applyState(s) {
 
 function onEvents(evs) {
   timeline.push(evs);
+  chrono.push(evs);
   for (const ev of evs) {
     const p = ev.payload || {};
     switch (ev.event_type) {
@@ -195,6 +256,9 @@ setInterval(tickElapsed, 1000);
 ui.cancel.addEventListener("click", async () => {
   if (!current) return;
   const mine = current;
+  // Cancelling stops the task's processes for good: ask first.
+  const what = ui.requirement.textContent || mine.id;
+  if (!window.confirm(`Cancel this task?\n\n${what.slice(0, 200)}\n\nIts agents stop and it cannot be resumed.`)) return;
   ui.cancel.disabled = true;
   ui.cancel.textContent = "Cancelling…";
   try {
@@ -217,6 +281,13 @@ function selectTab(name) {
 }
 for (const b of document.querySelectorAll(".tabs [data-tab]")) b.addEventListener("click", () => selectTab(b.dataset.tab));
 
+$("#file-download").addEventListener("click", () => {
+  if (current && files.selected) api.downloadFile(current.id, files.selected).catch((err) => toast(`Download failed: ${err.message}`, "error"));
+});
+$("#zip-download").addEventListener("click", () => {
+  if (current) api.downloadArchive(current.id).catch((err) => toast(`Download failed: ${err.message}`, "error"));
+});
+
 function showFile(path) {
   selectTab("files");
   files.open(path);
@@ -226,8 +297,15 @@ function showFile(path) {
 
 setupCreateForm($("#create-form"), (task) => {
   tasks.refresh();
+  // On a narrow screen the task view is below the form and the list: bring it into view
+  // once it is open (and again once it is filled in, as the list above may have grown).
+  revealOnOpen = window.matchMedia("(max-width: 900px)").matches;
   location.hash = `#/task/${task.id}`;
 });
+
+function reveal() {
+  requestAnimationFrame(() => ui.view.scrollIntoView({ block: "start" }));
+}
 
 function route() {
   const m = location.hash.match(/^#\/task\/([^/?#]+)/);

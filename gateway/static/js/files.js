@@ -21,7 +21,8 @@ function buildTree(files) {
 }
 
 export class FilesView {
-  constructor({ tree, code, path, size, count }) {
+  constructor({ tree, code, path, size, count, download }) {
+    this.downloadEl = download;
     this.treeEl = tree;
     this.codeEl = code;
     this.pathEl = path;
@@ -43,6 +44,7 @@ export class FilesView {
     this.treeEl.replaceChildren(el("p.muted", { text: "No files yet." }));
     this.pathEl.textContent = "Select a file";
     this.sizeEl.textContent = "";
+    if (this.downloadEl) this.downloadEl.hidden = true;
     this.codeEl.replaceChildren();
   }
 
@@ -119,6 +121,7 @@ export class FilesView {
     const meta = this.files.find((f) => f.path === path);
     this.pathEl.textContent = path;
     this.sizeEl.textContent = meta ? fmtBytes(meta.size) : "";
+    if (this.downloadEl) this.downloadEl.hidden = false;
     if (meta && meta.size > MAX_SHOWN_BYTES) {
       this.codeEl.replaceChildren(el("p.muted", { text: `Too large to show here (${fmtBytes(meta.size)}).` }));
       return;

@@ -32,6 +32,15 @@ function text(s, cls) {
   return el(`span${cls ? `.${cls}` : ""}`, { text: s });
 }
 
+// Warnings MetaGPT logs about its own plumbing (harmless for the user's task).
+const INTERNAL_WARNINGS = [/Message no recipients/];
+
+/** True for a LOG event that is one of MetaGPT's internal warnings. */
+export function isInternalWarning(p) {
+  const msg = String((p && p.message) ?? "");
+  return INTERNAL_WARNINGS.some((re) => re.test(msg));
+}
+
 /** A one-line gist of a JSON object: its short scalar fields, else its keys. */
 function jsonGist(obj) {
   if (obj && typeof obj.docs === "object" && obj.docs) {
@@ -150,6 +159,14 @@ export function describe(ev, handlers = {}) {
         cls: "round",
       };
     case "LOG":
+      if (isInternalWarning(p)) {
+        // MetaGPT's own bookkeeping, not something the agents did: folded away, one click open.
+        const gist = INTERNAL_WARNINGS.find((re) => re.test(String(p.message)))?.source.replace(/\\/g, "") ?? "";
+        return {
+          nodes: [expander(`MetaGPT internal warning: ${gist}`, () => String(p.message ?? ""), "internal")],
+          cls: "internal",
+        };
+      }
       return { nodes: [text(`[${p.level ?? "log"}]`, "tag"), ...contentBlock(p.message ?? "")], cls: "log" };
     case "ERROR": {
       const msg = p.error ?? p.message ?? json(p);
