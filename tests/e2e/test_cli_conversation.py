@@ -21,7 +21,8 @@ def test_say_follows_the_new_run_and_refusals_are_clear(stack: Stack) -> None:  
         api.post(f"/api/tasks/{tid}/run").raise_for_status()
         wait_status(api, tid, {"COMPLETED"})
         empty = cli(stack, "say", tid, "   ")
-        assert empty.returncode == 5 and "422" in empty.stderr
+        # The CLI names the rejected field (main's "invalid request: <field>: <why>" format).
+        assert empty.returncode == 5 and "invalid request: requirement" in empty.stderr
         said = cli(stack, "say", tid, "twenty more", "--json", timeout=60)
         assert said.returncode == 0, said.stderr
         assert "run 2 (follow_up)" in said.stderr
