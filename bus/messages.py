@@ -183,7 +183,20 @@ class Ping(msgspec.Struct, tag="ping", tag_field="kind"):
     """Liveness probe of the supervisor."""
 
 
-ControlRequest = StartTask | CancelTask | Ping
+class FollowUpTask(msgspec.Struct, tag="follow_up", tag_field="kind"):
+    """Start a new run of a COMPLETED task: MetaGPT incremental mode on its workspace."""
+
+    task_id: str
+    requirement: str
+
+
+class ResumeTask(msgspec.Struct, tag="resume", tag_field="kind"):
+    """Continue a CANCELLED or FAILED task from its serialized team (its last round)."""
+
+    task_id: str
+
+
+ControlRequest = StartTask | CancelTask | Ping | FollowUpTask | ResumeTask
 
 
 class Reply(msgspec.Struct, tag="reply", tag_field="kind"):

@@ -22,15 +22,17 @@ class TaskStatus(StrEnum):
 
 
 # The one table: every status change anywhere goes through Store.transition, which checks it.
-# FAILED -> QUEUED is a retry (POST /run, or a WebSocket connecting to a FAILED task);
-# COMPLETED and CANCELLED are final.
+# FAILED -> QUEUED is a retry (POST /run, or a WebSocket connecting to a FAILED task) or a
+# resume (POST /resume); COMPLETED -> QUEUED is a follow-up run (POST /messages) and
+# CANCELLED -> QUEUED a resume: only those two commands move a task out of COMPLETED or
+# CANCELLED (runner.supervisor.Supervisor.start refuses them for a plain start).
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.PENDING: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED}),
     TaskStatus.QUEUED: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELLED}),
     TaskStatus.RUNNING: frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}),
     TaskStatus.FAILED: frozenset({TaskStatus.QUEUED}),
-    TaskStatus.COMPLETED: frozenset(),
-    TaskStatus.CANCELLED: frozenset(),
+    TaskStatus.COMPLETED: frozenset({TaskStatus.QUEUED}),
+    TaskStatus.CANCELLED: frozenset({TaskStatus.QUEUED}),
 }
 TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 INITIAL = TaskStatus.PENDING

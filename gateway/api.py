@@ -10,12 +10,20 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 
-from bus.messages import CancelTask, StartTask, new_task_id, utcnow
+from bus.messages import (
+    CancelTask,
+    FollowUpTask,
+    ResumeTask,
+    StartTask,
+    new_task_id,
+    utcnow,
+)
 from core.settings import Settings
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.models import (
     COMMAND_RESPONSES,
     EventPage,
+    MessageIn,
     TaskCreate,
     TaskList,
     TaskOut,
@@ -56,9 +64,8 @@ async def _task_or_404(store: Store, task_id: str) -> TaskRow:
     return row
 
 
-@router.post("/tasks", status_code=201, response_model=TaskOut)
-async def create_task(body: TaskCreate, store: StoreDep, cfg: SettingsDep) -> TaskOut:
-    if len(body.requirement) > cfg.max_requirement:
+def _check_length(requirement: str, cfg: Settings) -> None:
+    if len(requirement) > cfg.max_requirement:
         limit = cfg.max_requirement
         raise RequestValidationError(
             [
@@ -71,6 +78,11 @@ async def create_task(body: TaskCreate, store: StoreDep, cfg: SettingsDep) -> Ta
                 }
             ]
         )
+
+
+@router.post("/tasks", status_code=201, response_model=TaskOut)
+async def create_task(body: TaskCreate, store: StoreDep, cfg: SettingsDep) -> TaskOut:
+    _check_length(body.requirement, cfg)
     if body.synthetic is not None and body.synthetic.run_python is not None and not cfg.test_hooks:
         raise RequestValidationError(
             [
@@ -99,9 +111,14 @@ async def list_tasks(
     return TaskList(tasks=[TaskOut.of(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
+async def _with_runs(store: Store, task_id: str) -> TaskOut:
+    row = await _task_or_404(store, task_id)
+    return TaskOut.of(row, await anyio.to_thread.run_sync(store.runs.list, task_id))
+
+
 @router.get("/tasks/{task_id}", response_model=TaskOut)
 async def get_task(task_id: str, store: StoreDep) -> TaskOut:
-    return TaskOut.of(await _task_or_404(store, task_id))
+    return await _with_runs(store, task_id)
 
 
 async def _command(
@@ -115,7 +132,7 @@ async def _command(
     if not reply.ok:
         status = 404 if reply.error == "Task not found" else 409
         raise HTTPException(status, detail=reply.error)
-    return TaskOut.of(await _task_or_404(store, task_id))
+    return await _with_runs(store, task_id)
 
 
 @router.post("/tasks/{task_id}/run", response_model=TaskOut, responses=COMMAND_RESPONSES)
@@ -130,6 +147,28 @@ async def cancel_task(
     # Cancelling waits for the whole stop sequence, so allow for it on top of the usual timeout.
     budget = cfg.control_timeout + cfg.stop_ask_timeout + cfg.stop_term_timeout + 2
     return await _command(store, control, cfg, task_id, CancelTask(task_id), budget)
+
+
+@router.post("/tasks/{task_id}/messages", response_model=TaskOut, responses=COMMAND_RESPONSES)
+async def send_message(
+    task_id: str, body: MessageIn, store: StoreDep, control: ControlDep, cfg: SettingsDep
+) -> TaskOut:
+    """The next requirement of the conversation: a new run on the COMPLETED task's project.
+
+    Refused (409) while a run is active rather than queued: the follow-up builds on the
+    previous run's result, which the user should see before asking for more.
+    """
+    _check_length(body.requirement, cfg)
+    msg = FollowUpTask(task_id, body.requirement)
+    return await _command(store, control, cfg, task_id, msg, cfg.control_timeout)
+
+
+@router.post("/tasks/{task_id}/resume", response_model=TaskOut, responses=COMMAND_RESPONSES)
+async def resume_task(
+    task_id: str, store: StoreDep, control: ControlDep, cfg: SettingsDep
+) -> TaskOut:
+    """Continue a CANCELLED or FAILED task from its last completed round (409 if none)."""
+    return await _command(store, control, cfg, task_id, ResumeTask(task_id), cfg.control_timeout)
 
 
 @router.get("/tasks/{task_id}/events", response_model=EventPage)

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from store import TaskRow
+from store.runs import RunRow
 
 # The configured maximum (METASTREAM_MAX_REQUIREMENT) is checked by the route, not here:
 # field constraints are fixed when the class is built, the limit is per gateway.
@@ -86,6 +87,46 @@ def llm_mode(body: TaskCreate, llm_base_url: str) -> str:
     return "scripted" if body.test_mode or not llm_base_url else "configured"
 
 
+class MessageIn(BaseModel):
+    """``POST /api/tasks/{id}/messages``: the next requirement of the conversation."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    requirement: str = Field(
+        min_length=1,
+        pattern=r"\S",  # not only whitespace
+        description="at most METASTREAM_MAX_REQUIREMENT characters (default 20,000)",
+    )
+
+
+class RunOut(BaseModel):
+    """One run of a task: the first, a follow-up, a resume (``GET /api/tasks/{id}``)."""
+
+    run: int
+    kind: Literal["start", "retry", "follow_up", "resume"]
+    requirement: str
+    status: str
+    first_event_id: int | None
+    last_event_id: int | None
+    created_at: str
+    started_at: str | None
+    ended_at: str | None
+
+    @classmethod
+    def of(cls, r: RunRow) -> RunOut:
+        return cls(
+            run=r.run_no,
+            kind=r.kind,  # type: ignore[arg-type]
+            requirement=r.requirement,
+            status=r.status,
+            first_event_id=r.first_event_id,
+            last_event_id=r.last_event_id,
+            created_at=r.created_at,
+            started_at=r.started_at,
+            ended_at=r.ended_at,
+        )
+
+
 class TaskOut(BaseModel):
     """A task and its current state."""
 
@@ -108,9 +149,11 @@ class TaskOut(BaseModel):
         description='"scripted" (the offline scripted LLM: test mode, or no real LLM '
         'configured), "configured" (METASTREAM_LLM_BASE_URL) or "synthetic" (no LLM)',
     )
+    # The conversation's runs, oldest first; only on single-task answers (None in lists).
+    runs: list[RunOut] | None = None
 
     @classmethod
-    def of(cls, row: TaskRow) -> TaskOut:
+    def of(cls, row: TaskRow, runs: list[RunRow] | None = None) -> TaskOut:
         return cls(
             id=row.id,
             task_id=row.id,
@@ -127,6 +170,7 @@ class TaskOut(BaseModel):
             exit_code=row.exit_code,
             options=row.options,
             llm=_llm_of(row),
+            runs=None if runs is None else [RunOut.of(r) for r in runs],
         )
 
 

@@ -87,6 +87,7 @@ class TaskStream:
         cfg: Settings,
         autostart: bool = True,
         metrics: GatewayMetrics | None = None,
+        conversation: bool = False,
         fmt: Format = Format.JSON,
         subprotocol: str | None = None,
         frame_cache: MsgpackCache | None = None,
@@ -100,6 +101,9 @@ class TaskStream:
         self.control = control
         self.cfg = cfg
         self.autostart = autostart
+        # ``?follow=conversation``: a final state does not close the stream; the next run's
+        # states and events (a follow-up, a resume) follow on the same connection.
+        self.conversation = conversation
         self.metrics = metrics or GatewayMetrics(Registry(enabled=False))
         self.phase = Phase.CONNECTING
         self._last_state: dict[str, Any] | None = None
@@ -184,8 +188,8 @@ class TaskStream:
                 # (an ended task's replay is events first, then its final state).
                 await self._offer_state(state_of(row))
             await self._catch_up(None)
-            if row.status in TERMINAL_STATUSES and self.next_id > row.last_event_id:
-                await self._finish(state_of(row))
+            ended = row.status in TERMINAL_STATUSES and self.next_id > row.last_event_id
+            if ended and await self._finish(state_of(row)):
                 return
             self._move(Phase.LIVE)
             async with anyio.create_task_group() as tg:
@@ -284,8 +288,7 @@ class TaskStream:
                     if row is None or row.status not in TERMINAL_STATUSES:
                         return False
                     await self._catch_up(None)
-                    await self._finish(state_of(row))
-                    return True
+                    return await self._finish(state_of(row))
                 await self._offer_state(state)
             case LiveBeat(last_event_id=last):
                 if last >= self.next_id:
@@ -312,8 +315,7 @@ class TaskStream:
             await self._catch_up(row.last_event_id)
         if row.status in TERMINAL_STATUSES:
             await self._catch_up(None)
-            await self._finish(state_of(row))
-            return True
+            return await self._finish(state_of(row))
         await self._offer_state(state_of(row))
         return False
 
@@ -344,11 +346,16 @@ class TaskStream:
         self._last_state_version = state.version
         await self._send_json("state", data)
 
-    async def _finish(self, final: State) -> None:
+    async def _finish(self, final: State) -> bool:
+        """Send the final state after the events it covers; True if the stream is over."""
         # The final state carries the task's last event id: everything before it goes first.
         if final.last_event_id >= self.next_id:
             await self._catch_up(final.last_event_id)
+        if self.conversation:
+            await self._offer_state(final)  # once: an unchanged state is not sent again
+            return False
         self._last_state_version = -1
         await self._offer_state(final)
         self._ended = True
         await self._close(CLOSE_NORMAL)
+        return True

@@ -26,6 +26,8 @@ router = APIRouter()
 CLOSE_BAD_REQUEST = 4400
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True}
 _BOOLS |= {"false": False, "0": False, "no": False, "off": False}
+# ``follow=conversation``: stay connected after a run's final state (see README Conversations).
+FOLLOW_MODES = (None, "task", "conversation")
 
 
 async def _reject(websocket: WebSocket, code: int, message: str) -> None:
@@ -70,6 +72,10 @@ async def task_stream(
     ticket: str | None = None,
     start: Annotated[str | None, Query(description="auto-start a PENDING/FAILED task")] = None,
     format_: Annotated[str | None, Query(alias="format", description="frame format")] = None,
+    follow: Annotated[
+        str | None,
+        Query(description="conversation: stay connected after a final state for the next run"),
+    ] = None,
 ) -> None:
     state = websocket.app.state
     guard: Guard = state.guard
@@ -78,6 +84,8 @@ async def task_stream(
         await _reject(websocket, code, message)
         return
     resume, autostart, problem = _parse_params(last_event_id, start)
+    if not problem and follow not in FOLLOW_MODES:
+        problem = f"Invalid follow {follow[:40]!r}: task or conversation is required"
     if problem:
         state.counters["ws_bad_request"] += 1
         await _reject(websocket, CLOSE_BAD_REQUEST, problem)
@@ -114,6 +122,7 @@ async def task_stream(
             cfg=state.settings,
             autostart=autostart,
             metrics=state.metrics,
+            conversation=follow == "conversation",
             fmt=fmt,
             subprotocol=subprotocol,
             frame_cache=state.frame_cache,

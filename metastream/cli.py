@@ -164,6 +164,32 @@ def _follow(args: argparse.Namespace, api: Api, task_id: str, last_event_id: int
     return code
 
 
+def cmd_say(args: argparse.Namespace, api: Api) -> int:
+    """The next requirement of a COMPLETED task's conversation; follows the new run."""
+    task_id = api.task_id(args.task_id)
+    before = api.call("GET", f"/api/tasks/{task_id}", f"task {task_id}").json()
+    body = {"requirement": args.requirement}
+    task = api.call("POST", f"/api/tasks/{task_id}/messages", f"task {task_id}", json=body).json()
+    return _after_new_run(args, api, task, before["last_event_id"])
+
+
+def cmd_resume(args: argparse.Namespace, api: Api) -> int:
+    """Continue a CANCELLED or FAILED task from its last completed round; follows it."""
+    task_id = api.task_id(args.task_id)
+    before = api.call("GET", f"/api/tasks/{task_id}", f"task {task_id}").json()
+    task = api.call("POST", f"/api/tasks/{task_id}/resume", f"task {task_id}").json()
+    return _after_new_run(args, api, task, before["last_event_id"])
+
+
+def _after_new_run(args: argparse.Namespace, api: Api, task: dict[str, Any], after: int) -> int:
+    run = task["runs"][-1]
+    if args.detach:
+        print(task["id"])
+        return EXIT_OK
+    _say(f"task {task['id']} run {run['run']} ({run['kind']}) {task['status']}; Ctrl-C detaches")
+    return _follow(args, api, task["id"], last_event_id=after)
+
+
 def cmd_ls(args: argparse.Namespace, api: Api) -> int:
     page = api.call("GET", "/api/tasks", params={"limit": args.limit, "offset": args.offset}).json()
     if args.json:
@@ -250,6 +276,8 @@ COMMANDS = {
     "create": cmd_create,
     "run": cmd_run,
     "tail": cmd_tail,
+    "say": cmd_say,
+    "resume": cmd_resume,
     "ls": cmd_ls,
     "cancel": cmd_cancel,
     "files": cmd_files,

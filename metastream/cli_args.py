@@ -118,6 +118,29 @@ def build_parser() -> argparse.ArgumentParser:
     _following(tail)
     tail.set_defaults(command="tail")
 
+    say = sub.add_parser(
+        "say",
+        parents=[common],
+        help="send a follow-up requirement to a COMPLETED task and follow the new run",
+        epilog=EPILOG,
+    )
+    say.add_argument("task_id", help="task id (or a unique prefix of a recent one)")
+    say.add_argument("requirement", help="what to change or add")
+    say.add_argument("--detach", action="store_true", help="print the task id and exit")
+    _following(say)
+    say.set_defaults(command="say")
+
+    resume = sub.add_parser(
+        "resume",
+        parents=[common],
+        help="continue a CANCELLED or FAILED task from its last completed round",
+        epilog=EPILOG,
+    )
+    resume.add_argument("task_id", help="task id (or a unique prefix of a recent one)")
+    resume.add_argument("--detach", action="store_true", help="print the task id and exit")
+    _following(resume)
+    resume.set_defaults(command="resume")
+
     ls = sub.add_parser("ls", parents=[common], help="list tasks, newest first")
     ls.add_argument("--limit", type=int, default=20)
     ls.add_argument("--offset", type=int, default=0)

@@ -11,7 +11,16 @@ import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
 from bus import auth
-from bus.messages import CancelTask, Ping, Reply, StartTask, control_decoder, control_encoder
+from bus.messages import (
+    CancelTask,
+    FollowUpTask,
+    Ping,
+    Reply,
+    ResumeTask,
+    StartTask,
+    control_decoder,
+    control_encoder,
+)
 from runner.supervisor import Supervisor
 
 log = logging.getLogger("metastream.control")
@@ -70,8 +79,14 @@ class ControlServer:
             reply = await self._dispatch(request)
         await self._sock.send_multipart([ident, req_id, control_encoder.encode(reply)])
 
-    async def _dispatch(self, request: StartTask | CancelTask | Ping) -> Reply:
+    async def _dispatch(
+        self, request: StartTask | CancelTask | Ping | FollowUpTask | ResumeTask
+    ) -> Reply:
         match request:
+            case FollowUpTask(task_id=task_id, requirement=requirement):
+                return await self.supervisor.follow_up(task_id, requirement)
+            case ResumeTask(task_id=task_id):
+                return await self.supervisor.resume(task_id)
             case StartTask(task_id=task_id):
                 return await self.supervisor.start(task_id)
             case CancelTask(task_id=task_id, reason=reason):

@@ -32,15 +32,17 @@ from core.ids import SYSTEM_TOPIC_PREFIX
 from core.metrics import Registry
 from core.options import TaskOptions
 from core.settings import INTERNAL_ENV, SECRET_ENV, Settings
-from core.status import TRANSITIONS, TaskStatus, TransitionError
+from core.status import TaskStatus, TransitionError
 from runner import process, sandbox
 from runner.forkserver import ForkServer, ForkServerError
+from runner.metagpt_flow.checkpoint import has_checkpoint
 from runner.metrics import SupervisorMetrics
 from runner.outcome import outcome
 from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits, StopFrom
 from runner.task import spec as task_spec
 from store import Store, TaskRow
 from store.eventlog import EventLogUnreadable
+from store.runs import RunRow
 
 log = logging.getLogger("metastream.supervisor")
 T = TypeVar("T")
@@ -139,28 +141,85 @@ class Supervisor:
                 return Reply(ok=False, error="Task not found")
             if row.status in (TaskStatus.RUNNING, TaskStatus.QUEUED):
                 return Reply(ok=True, status=row.status)
-            if TaskStatus.QUEUED not in TRANSITIONS[row.status]:
+            # COMPLETED and CANCELLED leave only through a follow-up or a resume.
+            if row.status not in (TaskStatus.PENDING, TaskStatus.FAILED):
                 return Reply(ok=False, status=row.status, error=f"Task already {row.status}")
-            try:
-                queued = await self._db(
-                    self.store.transition,
-                    task_id,
-                    TaskStatus.QUEUED,
-                    queued_at=utcnow(),
-                    node=self.node,
-                    progress=0.0,
-                    current_agent=None,
-                    last_message="Waiting for a free slot",
-                    completed_at=None,
-                    exit_code=None,
-                    error=None,
+            kind = "start" if row.status == TaskStatus.PENDING else "retry"
+            reply = await self._queue(row, kind, row.requirement)
+        return self._queued(reply)
+
+    async def follow_up(self, task_id: str, requirement: str) -> Reply:
+        """A new run of a COMPLETED task, on its workspace (MetaGPT incremental mode)."""
+        async with self._lock(task_id):
+            row = await self._db(self.store.get_task, task_id)
+            if row is None:
+                return Reply(ok=False, error="Task not found")
+            if row.status != TaskStatus.COMPLETED:
+                return Reply(
+                    ok=False,
+                    status=row.status,
+                    error=f"Task is {row.status}: a follow-up starts only once the task is "
+                    "COMPLETED (wait for the current run to end"
+                    + (", or resume it first)" if row.status.terminal else ")"),
                 )
-            except TransitionError as exc:  # someone else moved it meanwhile
-                return Reply(ok=True, status=exc.got)
-            self._publish(queued)
-        # Admission is recorded: answer now and start it in the background. Waiting for the
-        # pump here made a burst of starts queue behind each other's spawns (cold ones take
-        # long while the zygote loads) and clients gave up after the gateway's 5 s.
+            reply = await self._queue(row, "follow_up", requirement)
+        return self._queued(reply)
+
+    async def resume(self, task_id: str) -> Reply:
+        """Continue a CANCELLED or FAILED task from the team serialized in its workspace."""
+        async with self._lock(task_id):
+            row = await self._db(self.store.get_task, task_id)
+            if row is None:
+                return Reply(ok=False, error="Task not found")
+            if row.status not in (TaskStatus.CANCELLED, TaskStatus.FAILED):
+                return Reply(
+                    ok=False,
+                    status=row.status,
+                    error=f"Task is {row.status}: only a CANCELLED or FAILED task can be resumed",
+                )
+            workspace = self.cfg.task_dir(task_id)
+            if not await asyncio.to_thread(has_checkpoint, workspace):
+                return Reply(
+                    ok=False,
+                    status=row.status,
+                    error="Nothing to resume: no serialized team in the task's workspace (the "
+                    "run ended before its first round finished, or was not a MetaGPT run)"
+                    + ("; run it again with POST /run" if row.status == "FAILED" else ""),
+                )
+            last = await self._db(self.store.runs.latest, task_id)
+            requirement = last.requirement if last is not None else row.requirement
+            reply = await self._queue(row, "resume", requirement)
+        return self._queued(reply)
+
+    async def _queue(self, row: TaskRow, kind: str, requirement: str) -> Reply | None:
+        """Queue the task's next run and add its run row; a Reply if another writer won."""
+        try:
+            queued = await self._db(
+                self.store.transition,
+                row.id,
+                TaskStatus.QUEUED,
+                (row.status,),
+                queued_at=utcnow(),
+                node=self.node,
+                progress=0.0,
+                current_agent=None,
+                last_message="Waiting for a free slot",
+                completed_at=None,
+                exit_code=None,
+                error=None,
+            )
+        except TransitionError as exc:  # someone else moved it meanwhile
+            return Reply(ok=True, status=exc.got)
+        await self._db(self.store.runs.add, row.id, kind, requirement, "QUEUED", utcnow())
+        self._publish(queued)
+        return None
+
+    def _queued(self, early: Reply | None) -> Reply:
+        """Admission is recorded: answer now and start it in the background. Waiting for the
+        pump here made a burst of starts queue behind each other's spawns (cold ones take
+        long while the zygote loads) and clients gave up after the gateway's 5 s."""
+        if early is not None:
+            return early
         self._pump_soon()
         return Reply(ok=True, status=TaskStatus.QUEUED)
 
@@ -272,6 +331,12 @@ class Supervisor:
             )
         except TransitionError:
             return  # cancelled while queued
+        this_run = await self._run_update(
+            task_id,
+            status="RUNNING",
+            started_at=started.started_at,
+            first_event_id=await self._db(self.store.last_event_id, task_id) + 1,
+        )
         workspace = self.cfg.task_dir(task_id)
         plan, dirs = sandbox.Plan(mode="off"), list[Path]()
         try:
@@ -288,6 +353,11 @@ class Supervisor:
                 last_event_id=row.last_event_id,
                 state=state_of(started),
                 test_hooks=self.cfg.test_hooks,
+                # What to run: the run row this supervisor wrote (a task stored before runs
+                # existed has none: its first run).
+                run_no=this_run.run_no if this_run is not None else 1,
+                run_kind=this_run.kind if this_run is not None else "start",
+                run_requirement=this_run.requirement if this_run else row.requirement,
             )
             spec_path = await self._db(self._prepare, plan, dirs, spec)
             needs_llm = not row.test_mode and row.options.get("synthetic") is None
@@ -529,6 +599,12 @@ class Supervisor:
         except TransitionError as exc:
             log.warning("task %s not ended %s: %s", task_id, status, exc)
             return None
+        await self._run_update(
+            task_id,
+            status=status.value,
+            last_event_id=fields["last_event_id"],
+            ended_at=fields["completed_at"],
+        )
         self._publish(ended)
         await self._first_event_metric(task_id)
         self.metrics.ended(task_id, status, fields.get("last_event_id", ended.last_event_id))
@@ -547,6 +623,13 @@ class Supervisor:
             except (EventLogUnreadable, msgspec.DecodeError, KeyError, TypeError) as exc:
                 # The log is the task's own: a damaged one costs this metric, nothing more.
                 log.warning("task %s: no first-event time: %s", task_id, exc)
+
+    async def _run_update(self, task_id: str, **values: Any) -> RunRow | None:
+        """Record on the task's current run (tasks created before runs existed have none)."""
+        run = await self._db(self.store.runs.latest, task_id)
+        if run is not None:
+            await self._db(self.store.runs.update, task_id, run.run_no, **values)
+        return run
 
     def _gauges(self) -> dict[str, float]:
         restarts = self.forkserver.restarts if self.forkserver is not None else 0

@@ -52,3 +52,21 @@ events = Table(
     Column("data", LargeBinary, nullable=False),
     sqlite_with_rowid=False,
 )
+
+# One row per run of a task: the first, each follow-up and each resume. Written only by the
+# supervisor (trusted), so a task process never vouches for its own run's bounds.
+runs = Table(
+    "runs",
+    metadata,
+    Column("task_id", String(36), primary_key=True),
+    Column("run_no", Integer, primary_key=True),  # 1, 2, 3... per task
+    Column("kind", String(16), nullable=False),  # start | retry | follow_up | resume
+    Column("requirement", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("first_event_id", Integer),  # the id the run's first event gets
+    Column("last_event_id", Integer),  # set when the run ends
+    Column("created_at", String(32), nullable=False),
+    Column("started_at", String(32)),
+    Column("ended_at", String(32)),
+    sqlite_with_rowid=False,
+)

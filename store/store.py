@@ -26,6 +26,7 @@ from store import migrate, pg
 from store.dburl import StoreError, is_sqlite, redact, scrub
 from store.eventlog import TaskLogs
 from store.rowwriter import RowWriter
+from store.runs import Runs
 from store.schema import events, tasks
 
 T = TypeVar("T")
@@ -100,6 +101,7 @@ class Store:
             # One engine: PostgreSQL needs no separate writer to order its transactions.
             self._write = self._read = pg.make_engine(url, pool_size, max_overflow)
             self._table = pg.EventTable(self._write, url)
+        self.runs = Runs(self._write, self._read)  # a task's runs (follow-ups, resumes)
 
     @property
     def local_commits(self) -> bool:

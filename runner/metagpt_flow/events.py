@@ -39,6 +39,7 @@ LLM_STREAM = "LLM_STREAM"
 COST = "COST"
 FILE_WRITTEN = "FILE_WRITTEN"
 ROUND = "ROUND"
+RESUMED = "RESUMED"  # a run continues from a serialized team
 LOG = "LOG"
 ERROR = "ERROR"
 FLOW_START = "FLOW_START"

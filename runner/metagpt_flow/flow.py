@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.metagpt_flow import checkpoint
 from runner.metagpt_flow.events import (
     ERROR,
     FLOW_END,
     FLOW_START,
+    RESUMED,
     ROUND,
     BudgetExceeded,
     Emitter,
@@ -31,7 +33,13 @@ from runner.metagpt_flow.events import (
     truncate,
 )
 from runner.metagpt_flow.llm_check import host_of
-from runner.metagpt_flow.setup import MINIMAL_CONFIG, build_context, import_metagpt, retarget
+from runner.metagpt_flow.setup import (
+    MINIMAL_CONFIG,
+    build_context,
+    import_metagpt,
+    new_llm,
+    retarget,
+)
 
 SCRIPTED_MODEL = "scripted-metagpt"
 # Priced as a cheap real model so COST events and the budget check have real numbers.
@@ -59,6 +67,10 @@ class FlowSpec:
     llm_timeout: float = 60.0  # read timeout of one call (between streamed chunks)
     llm_connect_timeout: float = 5.0
     llm_stall_timeout: float = 180.0  # no LLM progress for this long: FAILED (0 = never)
+    # A follow-up: MetaGPT's incremental mode (inc=True, project_path) on the existing project.
+    incremental: bool = False
+    # Continue from the team serialized in the workspace (runner.metagpt_flow.checkpoint).
+    resume: bool = False
 
     @property
     def scripted(self) -> bool:
@@ -180,10 +192,11 @@ async def _run(
             "n_round": _rounds(spec),
             "investment": spec.investment,
             "use_qa": spec.use_qa,
+            "incremental": spec.incremental,
         },
     )
-    ctx, env = build_context(spec, workspace, project, llm, obs.fast_fail, _timeouts(spec))
-    drive = asyncio.create_task(_drive(spec, env, ctx.cost_manager, obs))
+    ctx, env, done = _team(spec, workspace, project, llm, obs)
+    drive = asyncio.create_task(_drive(spec, env, ctx, obs, workspace, done))
     stall = Stall(spec.llm_stall_timeout, host_of(llm["base_url"]))
     obs.llm_progress()
     ticker = asyncio.create_task(_ticker(obs, drive, stall))
@@ -210,6 +223,7 @@ async def _run(
             f"flow ended after {rounds} rounds without writing "
             + (", ".join(missing) if missing else "a task list")
         )
+    checkpoint.clear(workspace)  # completed: nothing left to resume
     obs.advance(1.0, "System", f"Done: {len(written)} files written in {project}/")
     obs.system(
         FLOW_END,
@@ -229,10 +243,40 @@ def _rounds(spec: FlowSpec) -> int:
     return max(spec.n_round, 8) if spec.use_qa else spec.n_round
 
 
-async def _drive(spec: FlowSpec, env: Any, cost_manager: Any, obs: Any) -> int:
-    """Run rounds until every role is idle; Team.run would swallow errors, so not used."""
+def _team(
+    spec: FlowSpec, workspace: Path, project: str, llm: dict[str, Any], obs: Any
+) -> tuple[Any, Any, int]:
+    """Context, environment and rounds already done: a new team, or the serialized one."""
+    if not spec.resume:
+        checkpoint.clear(workspace)  # an older run's team must not be resumed into this one
+        ctx, env = build_context(spec, workspace, project, llm, obs.fast_fail, _timeouts(spec))
+        return ctx, env, 0
+    saved = checkpoint.read_run(workspace)
+    spec.requirement, spec.incremental = saved["requirement"], saved["incremental"]
+    timeouts = _timeouts(spec)
+    ctx, _ = build_context(spec, workspace, project, llm, obs.fast_fail, timeouts, hire=False)
+    env = checkpoint.restore(workspace, ctx, lambda: new_llm(ctx, obs.fast_fail, timeouts))
+    ctx.cost_manager.total_cost = float(saved.get("total_cost", 0.0))
+    obs.recall()
+    # Which roles have nothing left to do: the resumed run skips them (visible in the events).
+    obs.system(
+        RESUMED,
+        {"after_round": saved["rounds"], "roles": [type(r).__name__ for r in env.roles.values()]},
+    )
+    return ctx, env, int(saved["rounds"])
+
+
+async def _drive(
+    spec: FlowSpec, env: Any, ctx: Any, obs: Any, workspace: Path, done: int = 0
+) -> int:
+    """Run rounds until every role is idle; Team.run would swallow errors, so not used.
+
+    After each round the team is serialized into the workspace, so a cancelled or killed run
+    resumes from its last completed round (``done`` rounds are skipped on resume).
+    """
+    cost_manager = ctx.cost_manager
     n_round = _rounds(spec)
-    for rnd in range(1, n_round + 1):
+    for rnd in range(done + 1, n_round + 1):
         obs.check_cancelled()
         if env.is_idle:
             return rnd - 1
@@ -244,6 +288,13 @@ async def _drive(spec: FlowSpec, env: Any, cost_manager: Any, obs: Any) -> int:
         obs.round = rnd
         obs.system(ROUND, {"round": rnd, "n_round": n_round, "total_cost": cost_manager.total_cost})
         await env.run()
+        run = {
+            "requirement": spec.requirement,
+            "incremental": spec.incremental,
+            "rounds": rnd,
+            "total_cost": cost_manager.total_cost,
+        }
+        await asyncio.to_thread(checkpoint.save, workspace, env, ctx, run)
     if not env.is_idle:
         busy = [type(r).__name__ for r in env.roles.values() if not r.is_idle]
         raise FlowError(f"flow not finished after {n_round} rounds (still busy: {busy})")

@@ -75,6 +75,18 @@ class FlowObserver:
         """Seconds since the LLM last made progress (the stall watchdog's measure)."""
         return time.monotonic() - self._llm_progress
 
+    def recall(self) -> None:
+        """A resumed run: take the task list and code already written from the project."""
+        project = self.workspace / self.src_dirname
+        for doc in sorted((project / "docs" / "task").glob("*.json")):
+            with contextlib.suppress(json.JSONDecodeError, OSError):
+                found = json.loads(doc.read_text())
+                self.task_list = [
+                    str(x) for x in found.get("Refined Task list") or found.get("Task list", [])
+                ]
+        src = project / self.src_dirname
+        self.code_files = {name for name in self.task_list if (src / name).is_file()}
+
     # -- plumbing ---------------------------------------------------------------------------
     def emit(self, role: str, event_type: str, payload: dict[str, Any]) -> int:
         self.counts[event_type] = self.counts.get(event_type, 0) + 1
@@ -140,8 +152,10 @@ class FlowObserver:
 
     def on_node_filled(self, role: str, key: str, content: dict[str, Any]) -> None:
         self.llm_progress()
-        if isinstance(content.get("Task list"), list):
-            self.task_list = [str(x) for x in content["Task list"]]
+        # Incremental mode (a follow-up) answers "Refined Task list" instead.
+        for key in ("Task list", "Refined Task list"):
+            if isinstance(content.get(key), list):
+                self.task_list = [str(x) for x in content[key]]
         text, meta = truncate(json.dumps(content, ensure_ascii=False, default=str))
         self.emit(role, NODE_FILLED, {"node": key, "content": text, **meta})
 
@@ -166,7 +180,9 @@ class FlowObserver:
         )
         if kind == "task_list" and not self.task_list:
             with contextlib.suppress(json.JSONDecodeError, AttributeError):
-                self.task_list = [str(x) for x in json.loads(content).get("Task list", [])]
+                doc = json.loads(content)
+                found = doc.get("Refined Task list") or doc.get("Task list", [])
+                self.task_list = [str(x) for x in found]
         if kind == "code":
             self._on_code_file(role, rel)
 

@@ -92,8 +92,12 @@ def build_context(
     llm: dict[str, Any],
     fast_fail: bool,
     timeouts: tuple[float, float] = (600.0, 600.0),
+    hire: bool = True,
 ) -> tuple[Any, Any]:
-    """Config, Context, roles and Environment for one run (nothing read from files)."""
+    """Config, Context, roles and Environment for one run (nothing read from files).
+
+    ``hire=False``: no roles and no requirement (a resume brings its own serialized team).
+    """
     from metagpt.actions import UserRequirement
     from metagpt.config2 import Config
     from metagpt.configs.llm_config import LLMConfig
@@ -111,26 +115,29 @@ def build_context(
     # MetaGPT passes this to every call (it overrides the client's own timeout); a float
     # would be the connect timeout too, so the client gets the pair below as well.
     llm_config = LLMConfig(**llm, timeout=int(max(1, read)))
+    incremental = bool(getattr(spec, "incremental", False))
     config = Config(
         llm=llm_config,
         workspace=WorkspaceConfig(path=workspace),
         project_name=project,
-        project_path="",  # a path would switch MetaGPT to incremental mode
-        inc=False,
+        # A path switches MetaGPT to incremental mode: the project is kept and refined, not
+        # deleted and rewritten (what `generate_repo(inc=True, project_path=...)` does).
+        project_path=str(workspace / project) if incremental else "",
+        inc=incremental,
         mermaid=MermaidConfig(engine="none"),
     )
     cost_manager = ObservedCostManager(max_budget=spec.investment)
     ctx = Context(config=config, cost_manager=cost_manager)
     env = Environment(context=ctx)
+    if not hire:
+        return ctx, env
     roles = [ProductManager, Architect, ProjectManager]
-    hired = [cls(context=ctx, llm=_new_llm(ctx, fast_fail, timeouts)) for cls in roles]
+    hired = [cls(context=ctx, llm=new_llm(ctx, fast_fail, timeouts)) for cls in roles]
     hired.append(
-        Engineer(
-            context=ctx, llm=_new_llm(ctx, fast_fail, timeouts), n_borg=5, use_code_review=True
-        )
+        Engineer(context=ctx, llm=new_llm(ctx, fast_fail, timeouts), n_borg=5, use_code_review=True)
     )
     if spec.use_qa:
-        hired.append(QaEngineer(context=ctx, llm=_new_llm(ctx, fast_fail, timeouts)))
+        hired.append(QaEngineer(context=ctx, llm=new_llm(ctx, fast_fail, timeouts)))
     env.add_roles(hired)
     env.publish_message(
         Message(
@@ -144,7 +151,7 @@ def build_context(
     return ctx, env
 
 
-def _new_llm(ctx: Any, fast_fail: bool, timeouts: tuple[float, float]) -> Any:
+def new_llm(ctx: Any, fast_fail: bool, timeouts: tuple[float, float]) -> Any:
     """A fresh LLM per role (the system prompt is per role) sharing the run's cost manager."""
     import httpx
 

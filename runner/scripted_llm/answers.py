@@ -306,6 +306,10 @@ def _filename(prompt: str, pattern: str, default: str) -> str:
 def answer(messages: Iterable[dict[str, Any]]) -> str:
     """The scripted reply to a chat-completions request."""
     prompt = "\n".join(_text(m.get("content")) for m in messages)
+    from runner.scripted_llm import incremental  # it builds on this module's helpers
+
+    if (inc_kind := incremental.classify(prompt)) is not None:
+        return incremental.answer(inc_kind, prompt)
     kind = classify(prompt)
     req = find_requirement(prompt)
     if kind == "write_prd":

@@ -71,6 +71,13 @@ def main(argv: list[str]) -> int:
     outbox.start()
     code = EXIT_OK
     try:
+        if spec.options.get("synthetic") is None:
+            # The thread's marker: which run of the conversation these events belong to.
+            outbox.emit(
+                "System",
+                "run_started",
+                {"run": spec.run_no, "kind": spec.run_kind, "requirement": spec.run_requirement},
+            )
         _run_workload(spec, cfg.task_dir(task_id), outbox)
         outbox.set_state(progress=1.0, last_message="Completed")
         outbox.record(exit_code=EXIT_OK)
@@ -104,7 +111,7 @@ def _run_workload(spec: task_spec.TaskSpec, workspace: Path, out: Outbox) -> Non
         return
     from runner.task import metagpt_task
 
-    metagpt_task.run(spec.requirement, spec.test_mode, options, workspace, out)
+    metagpt_task.run(spec, workspace, out)
 
 
 def _exit_now(code: int) -> NoReturn:

@@ -8,6 +8,8 @@ from typing import Any
 
 from core import settings
 from runner.metagpt_flow import FlowCancelled, FlowSpec, run_metagpt
+from runner.metagpt_flow.flow import project_name_for
+from runner.task.spec import TaskSpec
 from runner.task.workload import Cancelled, Emitter
 
 log = logging.getLogger("metastream.task")
@@ -54,10 +56,13 @@ def flow_spec(requirement: str, test_mode: bool, options: dict[str, Any]) -> Flo
     return spec
 
 
-def run(
-    requirement: str, test_mode: bool, options: dict[str, Any], workspace: Path, out: Emitter
-) -> None:
-    spec = flow_spec(requirement, test_mode, options)
+def run(task: TaskSpec, workspace: Path, out: Emitter) -> None:
+    """Run the flow for this run of the task (``run_kind``: start, retry, follow_up, resume)."""
+    spec = flow_spec(task.run_requirement or task.requirement, task.test_mode, task.options)
+    # Every run of a conversation works on the project the first requirement named.
+    spec.project_name = project_name_for(task.requirement)
+    spec.incremental = task.run_kind == "follow_up"
+    spec.resume = task.run_kind == "resume"
     try:
         run_metagpt(spec, workspace, out)
     except FlowCancelled as exc:

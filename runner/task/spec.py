@@ -29,6 +29,12 @@ class TaskSpec(msgspec.Struct, kw_only=True):
     last_event_id: int
     state: State
     test_hooks: bool = False  # the supervisor allows test code in this task (tests only)
+    # This run of the conversation, from the run row the supervisor wrote (the task reads no
+    # runs table): its number, its kind (start, retry, follow_up, resume) and its requirement
+    # (a follow-up's own words; ``requirement`` above stays the task's first one).
+    run_no: int = 1
+    run_kind: str = "start"
+    run_requirement: str = ""
 
 
 def write(path: Path, spec: TaskSpec) -> None:

@@ -33,11 +33,13 @@ def test_the_table() -> None:
         (S.RUNNING, S.COMPLETED),
         (S.RUNNING, S.FAILED),
         (S.RUNNING, S.CANCELLED),
-        (S.FAILED, S.QUEUED),  # a retry
+        (S.FAILED, S.QUEUED),  # a retry, or a resume
+        (S.COMPLETED, S.QUEUED),  # a follow-up run
+        (S.CANCELLED, S.QUEUED),  # a resume
     }
     assert set(TRANSITIONS) == set(S)
     assert {s for s in S if s.terminal} == {S.COMPLETED, S.FAILED, S.CANCELLED}
-    assert sources(S.QUEUED) == (S.PENDING, S.FAILED)
+    assert sources(S.QUEUED) == (S.PENDING, S.COMPLETED, S.FAILED, S.CANCELLED)
     assert sources(S.PENDING) == ()  # only creation makes a PENDING task
 
 
@@ -45,7 +47,7 @@ def test_the_table() -> None:
     ("frm", "to"),
     [
         (S.COMPLETED, S.RUNNING),
-        (S.CANCELLED, S.QUEUED),
+        (S.CANCELLED, S.RUNNING),
         (S.PENDING, S.RUNNING),  # never without being queued
         (S.RUNNING, S.QUEUED),
         (S.FAILED, S.COMPLETED),

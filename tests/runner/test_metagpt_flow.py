@@ -84,7 +84,14 @@ def _child(job_path: str) -> None:
             "seconds": time.monotonic() - t0,
         }
 
-    threads = [threading.Thread(target=one, args=(i, r)) for i, r in enumerate(job["runs"])]
+    if job.get("sequential"):  # a conversation: each run on what the one before left
+        for i, r in enumerate(job["runs"]):
+            one(i, r)
+    threads = (
+        []
+        if job.get("sequential")
+        else [threading.Thread(target=one, args=(i, r)) for i, r in enumerate(job["runs"])]
+    )
     for t in threads:
         t.start()
     for t in threads:

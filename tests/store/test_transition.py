@@ -39,8 +39,8 @@ def test_a_task_walks_the_table_and_each_move_bumps_the_version(store: Store) ->
 
 def test_a_move_from_the_wrong_status_raises_and_writes_nothing(store: Store) -> None:
     store.transition("t", S.CANCELLED)
-    with pytest.raises(TransitionError, match="expected PENDING or FAILED, got CANCELLED") as err:
-        store.transition("t", S.QUEUED, last_message="should not be written")
+    with pytest.raises(TransitionError, match="expected QUEUED, got CANCELLED") as err:
+        store.transition("t", S.RUNNING, last_message="should not be written")
     assert err.value.got == S.CANCELLED
     row = store.get_task("t")
     assert row is not None and row.status is S.CANCELLED and row.state_version == 1
@@ -72,3 +72,18 @@ def test_unknown_options_are_refused_by_name(store: Store) -> None:
     with pytest.raises(msgspec.ValidationError, match="on_disconnect"):
         store.create_task("u", "req", False, {"on_disconnect": "kill"}, utcnow())
     assert store.get_task("u") is None
+
+
+def test_runs_are_numbered_per_task_and_updated(store: Store) -> None:
+    first = store.runs.add("t", "start", "a calculator", "QUEUED", "2026-01-01T00:00:00Z")
+    second = store.runs.add("t", "follow_up", "add a table", "QUEUED", "2026-01-01T00:01:00Z")
+    assert (first.run_no, second.run_no) == (1, 2)
+    store.runs.update("t", 2, status="COMPLETED", first_event_id=10, last_event_id=20)
+    runs = store.runs.list("t")
+    assert [(r.kind, r.status, r.first_event_id) for r in runs] == [
+        ("start", "QUEUED", None),
+        ("follow_up", "COMPLETED", 10),
+    ]
+    assert store.runs.latest("t") == runs[-1] and store.runs.latest("other") is None
+    with pytest.raises(ValueError, match="run kind must be one of"):
+        store.runs.add("t", "again", "x", "QUEUED", "2026-01-01T00:02:00Z")

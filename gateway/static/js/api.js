@@ -80,6 +80,9 @@ export const api = {
   getTask: (id) => request(`/api/tasks/${encodeURIComponent(id)}`),
   createTask: (body) => request("/api/tasks", { method: "POST", body }),
   cancelTask: (id) => request(`/api/tasks/${encodeURIComponent(id)}/cancel`, { method: "POST" }),
+  sendMessage: (id, requirement) =>
+    request(`/api/tasks/${encodeURIComponent(id)}/messages`, { method: "POST", body: { requirement } }),
+  resumeTask: (id) => request(`/api/tasks/${encodeURIComponent(id)}/resume`, { method: "POST" }),
   ticket: (id) => request(`/api/tasks/${encodeURIComponent(id)}/ticket`, { method: "POST" }),
   listFiles: (id) => request(`/api/tasks/${encodeURIComponent(id)}/files`),
   downloadFile: (id, path) =>

@@ -2,6 +2,7 @@
 
 import { api, getToken, onAuthError, setToken } from "./api.js";
 import { $, fmtCost, fmtDuration, fmtInt, TERMINAL, toast } from "./dom.js";
+import { Conversation } from "./conversation.js";
 import { Chrono } from "./chrono.js";
 import { FilesView } from "./files.js";
 import { TaskStream } from "./stream.js";
@@ -38,6 +39,7 @@ const ui = {
   cancel: $("#cancel-btn"),
 };
 
+const conversation = new Conversation();
 const timeline = new Timeline($("#timeline"), $("#agent-strip"), { openFile: (p) => showFile(p) });
 const chrono = new Chrono($("#chrono"), { openFile: (p) => showFile(p) });
 function selectView(name) {
@@ -97,6 +99,7 @@ function openTask(id) {
   ui.status.dataset.status = "";
   ui.cancel.disabled = true;
   timeline.reset();
+  conversation.open(id);
   chrono.reset();
   files.reset(id);
   tasks.select(id);
@@ -111,6 +114,7 @@ function openTask(id) {
       if (mine !== current) return;
       ui.view.dataset.state = "ok";
       applyTask(t);
+      conversation.show(t);
       if (revealing) tasks.refresh().finally(reveal);
     })
     .catch((err) => {
@@ -128,6 +132,7 @@ function openTask(id) {
     onState: (s) => {
       if (mine !== current) return;
       applyState(s);
+      conversation.setStatus(s.status);
       tasks.update(s);
       // Only the stream's final state comes after the last event; the REST copy may not.
       if (TERMINAL.has(s.status)) timeline.finish();

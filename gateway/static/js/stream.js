@@ -79,7 +79,8 @@ export class TaskStream {
     this.retryTimer = null;
     this._closedClean = false;
     this.h.onConn(this.connections ? "reconnecting" : "connecting");
-    const params = { last_event_id: this.lastId };
+    // Stay connected after a final state: a follow-up or a resume streams in on this socket.
+    const params = { last_event_id: this.lastId, follow: "conversation" };
     if (getToken()) {
       // With authentication on, each connection uses a fresh short-lived ticket.
       this.opening = true;
@@ -137,6 +138,9 @@ export class TaskStream {
       case "state":
         this.status = data.status;
         this.h.onState(data);
+        // The run ended; the socket stays open for the conversation's next run.
+        if (TERMINAL_OK.has(data.status)) this.h.onConn("ended");
+        else if (this.connections) this.h.onConn("live");
         break;
       case "heartbeat":
         // The server has persisted more than we hold and nothing is in flight: resync.
