@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     if problem:
         print(f"gateway: {problem}", file=sys.stderr, flush=True)
         raise SystemExit(2)
+    # The security posture first: it is what an operator must see, before any database chatter.
+    logs.announce(f"gateway: {describe(cfg, cfg.host)}", stream=sys.stderr)
     cfg.ensure_dirs()
     try:
         # Checked (and migrated) before uvicorn starts: a bad database is one line, not a
@@ -56,7 +58,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     if migrated:
         logs.announce(f"gateway: migrated the database schema from {migrated} to {migrate.head()}")
-    logs.announce(f"gateway: {describe(cfg, cfg.host)}", stream=sys.stderr)
     port = settings.gateway_port(cfg)
     for line in banner(cfg, port).splitlines():
         logs.announce(line, stream=sys.stderr)

@@ -212,7 +212,9 @@ def test_the_task_row_is_written_less_often_than_states_are_published(
     assert states >= 5, states
     gaps = [b - a for a, b in itertools.pairwise(rows)]
     assert 2 <= len(rows) <= 6, rows  # ~1 s / ROW_INTERVAL, plus the flush's
-    assert all(g >= 0.29 for g in gaps[:-1]), gaps  # only the flush comes early
+    # Only the flush comes early: it writes the row already pending (the state before it) and
+    # then the newest state, so the last two writes may both be early.
+    assert all(g >= 0.29 for g in gaps[:-2]), gaps
     row = rig.store.get_task(rig.task_id)
     assert row is not None and row.last_message == f"{n}"  # the flush wrote the newest
 
