@@ -485,6 +485,13 @@ class Supervisor:
             METASTREAM_BUS_SUB=self.cfg.bus_sub,
             PYTHONUNBUFFERED="1",
         )
+        # `python` on the task's PATH is its own interpreter: MetaGPT's QA engineer runs the
+        # generated code with whatever `python` it finds, and the sandbox hides the others
+        # (pyenv's shims under /root, for one).
+        bin_dir = os.path.dirname(self.cfg.python)
+        env["PATH"] = os.pathsep.join(
+            [bin_dir, *(p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir)]
+        )
         if llm:
             env.update((k, v) for k, v in os.environ.items() if k.startswith("METASTREAM_LLM_"))
         return env
