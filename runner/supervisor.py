@@ -514,18 +514,17 @@ class Supervisor:
         await self._settle_version(run, row, told)
         error = told.get("error")
         error = error[:2000] if isinstance(error, str) and error else None
+        exit_told = told.get("exit_code")
+        exit_told = exit_told if isinstance(exit_told, int) else None
         if run.stop_reason is not None:
             status, message = run.stop_reason
         else:
-            exit_told = told.get("exit_code")
             status, message = outcome(
-                run.child.returncode,
-                exit_told if isinstance(exit_told, int) else None,
-                error,
-                adopted=run.child.adopted,
-                lost=False,
+                run.child.returncode, exit_told, error, adopted=run.child.adopted, lost=False
             )
-        await self._finish(task_id, status, message, run.child.returncode, error=error)
+        # An adopted child's status is not ours to read: the code the task recorded stands in.
+        code = run.child.returncode if run.child.returncode is not None else exit_told
+        await self._finish(task_id, status, message, code, error=error)
         # Only now is its slot free: the store no longer shows it RUNNING.
         self.running.pop(task_id, None)
         self.on_ended(task_id)
@@ -721,15 +720,10 @@ class Supervisor:
             # Gone while nobody watched: its own record says how it ended, if it got that far.
             told = await self._db(self.store.task_outcome, row.id)
             exit_told, error = told.get("exit_code"), told.get("error")
+            exit_told = exit_told if isinstance(exit_told, int) else None
             error = error[:2000] if isinstance(error, str) and error else None
-            status, message = outcome(
-                None,
-                exit_told if isinstance(exit_told, int) else None,
-                error,
-                adopted=False,
-                lost=True,
-            )
-            await self._finish(row.id, status, message, None, error=error)
+            status, message = outcome(None, exit_told, error, adopted=False, lost=True)
+            await self._finish(row.id, status, message, exit_told, error=error)
         await self.pump()
 
     def _adopted_plan(self, task_id: str) -> tuple[sandbox.Plan, list[Path]]:
