@@ -18,13 +18,22 @@ class HeartbeatPolicy:
     """Decides which tasks went silent for too long.
 
     The supervisor also hears its own beacon through the bus; while that is missing the bus is
-    down, nobody's silence means anything, and every deadline is pushed back.
+    down, nobody's silence means anything, and every deadline is pushed back. ``beacon_every`` is
+    how often the beacon is sent: a gap of a few of those is an outage, even one shorter than the
+    timeout (a bus restarted in 3 s of a 5 s timeout left tasks 2 s to reconnect; too few).
     """
 
-    def __init__(self, timeout: float, startup_grace: float, clock: Clock = time.monotonic):
+    def __init__(
+        self,
+        timeout: float,
+        startup_grace: float,
+        clock: Clock = time.monotonic,
+        beacon_every: float = 0.5,
+    ):
         self.timeout = timeout
         self.startup_grace = startup_grace
         self._clock = clock
+        self._outage = min(timeout, 4 * beacon_every)
         self._last: dict[str, float] = {}
         self._beacon = clock()
 
@@ -40,9 +49,10 @@ class HeartbeatPolicy:
     def beacon(self) -> bool:
         """Our own beacon came back through the bus; True if the bus had been down."""
         now = self._clock()
-        was_down = now - self._beacon > self.timeout
+        was_down = now - self._beacon > self._outage
         if was_down:
-            # The bus was down: nobody could be heard, so restart every task's clock.
+            # The bus was down: nobody could be heard, and a task's publisher reconnects after
+            # ours did, so every task's clock restarts now.
             for task_id in self._last:
                 self._last[task_id] = max(self._last[task_id], now)
         self._beacon = now

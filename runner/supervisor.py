@@ -96,7 +96,9 @@ class Supervisor:
         self.node = node or cfg.node or socket.gethostname()
         self.running: dict[str, Running] = {}
         self.admission = Admission(cfg.max_running)
-        self.heartbeats = HeartbeatPolicy(cfg.heartbeat_timeout, STARTUP_GRACE, clock)
+        self.heartbeats = HeartbeatPolicy(
+            cfg.heartbeat_timeout, STARTUP_GRACE, clock, beacon_every=cfg.heartbeat_interval / 2
+        )
         self.disconnects = DisconnectPolicy(clock)
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}

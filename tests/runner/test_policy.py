@@ -48,6 +48,20 @@ def test_heartbeat_silence_while_the_bus_is_down_is_forgiven() -> None:
     assert [t for t, _ in hb.overdue()] == ["t"]
 
 
+def test_heartbeat_short_bus_outage_restarts_the_clocks() -> None:
+    # The bus restarted in 3 s (under the 5 s timeout): the tasks, silent since it went down,
+    # get a whole timeout to reconnect rather than the 2 s left.
+    clock = Clock()
+    hb = HeartbeatPolicy(timeout=5, startup_grace=0, clock=clock, beacon_every=0.5)
+    hb.started("t")
+    clock.now += 3
+    assert hb.beacon() is True
+    advance(clock, hb, 4.5)
+    assert hb.overdue() == []
+    advance(clock, hb, 1)
+    assert [t for t, _ in hb.overdue()] == ["t"]
+
+
 def test_disconnect_kill_grace_continue() -> None:
     clock = Clock()
     dp = DisconnectPolicy(clock)
