@@ -98,6 +98,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "lock); `0`: they refuse an unmigrated database, naming `metastream db upgrade`",
         ),
     ] = True
+    db_task_roles: Annotated[
+        bool,
+        env(
+            "METASTREAM_DB_TASK_ROLES",
+            "PostgreSQL: `1` gives each task process a database role of its own that reaches "
+            "only its own rows (the stack's role needs CREATEROLE; the supervisor refuses to "
+            "start without it); `0` gives tasks the stack's own credentials (**unsafe**: a "
+            "task could rewrite any task's data)",
+        ),
+    ] = True
     bus_pub: Annotated[
         str,
         env(

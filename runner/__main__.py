@@ -44,6 +44,13 @@ async def main() -> None:
     try:
         store = Store(cfg.db_url, cfg.events_dir, migrate=cfg.db_migrate)
         migrated = store.create_schema()
+        # PostgreSQL: each task gets a role of its own (store.taskroles); checked here, so a
+        # stack whose role may not create roles says so at once instead of at each task.
+        roles = store.task_roles() if cfg.db_task_roles else None
+        if roles is not None:
+            roles.prepare()
+        elif not cfg.db_url.startswith("sqlite"):
+            log.warning("METASTREAM_DB_TASK_ROLES=0: task processes hold the stack's database role")
     except StoreError as exc:
         print(f"supervisor: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
@@ -55,7 +62,7 @@ async def main() -> None:
     master = load_master(cfg.home)
     publisher = Publisher(cfg.bus_pub, ctx=zmq.Context.instance(), keys=trusted_keys(master))
     registry = Registry(cfg.metrics)
-    sup = Supervisor(cfg, store, publisher, metrics=registry, bus_master=master)
+    sup = Supervisor(cfg, store, publisher, metrics=registry, bus_master=master, roles=roles)
     sup.metrics.bus_up.set_function(lambda: float(sup.heartbeats.bus_ok()))
     metrics_server = Server(registry, cfg.metrics_host, cfg.supervisor_metrics_port, "supervisor")
     sub = AsyncSubscriber(cfg.bus_sub, ctx=ctx)

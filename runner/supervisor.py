@@ -40,9 +40,11 @@ from runner.metrics import SupervisorMetrics
 from runner.outcome import outcome
 from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits, StopFrom
 from runner.task import spec as task_spec
-from store import Store, TaskRow
+from store import Store, StoreError, TaskRow
+from store.dburl import is_sqlite
 from store.eventlog import EventLogUnreadable
 from store.runs import RunRow
+from store.taskroles import TaskRoles
 
 log = logging.getLogger("metastream.supervisor")
 T = TypeVar("T")
@@ -89,9 +91,13 @@ class Supervisor:
         clock: Callable[[], float] = time.monotonic,
         metrics: Registry | None = None,
         bus_master: bytes | None = None,
+        roles: TaskRoles | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
+        # On PostgreSQL, each task's own database role (store.taskroles), prepared by the
+        # caller; None: SQLite (each task has its own log file) or METASTREAM_DB_TASK_ROLES=0.
+        self.roles = roles
         self.pub = publisher
         self.node = node or cfg.node or socket.gethostname()
         self.running: dict[str, Running] = {}
@@ -361,12 +367,14 @@ class Supervisor:
                 run_kind=this_run.kind if this_run is not None else "start",
                 run_requirement=this_run.requirement if this_run else row.requirement,
             )
+            spec.db_url = await self._db(self._task_db_url, task_id)
             spec_path = await self._db(self._prepare, plan, dirs, spec)
             needs_llm = not row.test_mode and row.options.get("synthetic") is None
             child = await self._spawn(task_id, workspace, plan, spec_path, needs_llm)
-        except (OSError, sandbox.SandboxError) as exc:
+        except (OSError, sandbox.SandboxError, StoreError) as exc:
             await self._db(sandbox.release, plan, dirs)
             self.uids.release(plan.uid)
+            await self._revoke_role(task_id)
             await self._finish(
                 task_id, TaskStatus.FAILED, f"Could not start the task process: {exc}", None
             )
@@ -411,6 +419,23 @@ class Supervisor:
             cpu_seconds=cfg.task_cpu_seconds,
         )
         return plan, dirs
+
+    def _task_db_url(self, task_id: str) -> str:
+        """The database URL the task gets in its spec ("" for its own SQLite log file)."""
+        if is_sqlite(self.cfg.db_url):
+            return ""
+        if self.roles is None:  # METASTREAM_DB_TASK_ROLES=0: the stack's own (unsafe)
+            return self.cfg.db_url
+        return self.roles.issue(task_id)
+
+    async def _revoke_role(self, task_id: str) -> None:
+        """Drop the ended task's database role (a failure is left to the next start's sweep)."""
+        if self.roles is None:
+            return
+        try:
+            await self._db(self.roles.revoke, task_id)
+        except StoreError as exc:
+            log.warning("task %s: its database role stays until the next start: %s", task_id, exc)
 
     def _prepare(self, plan: sandbox.Plan, dirs: list[Path], spec: task_spec.TaskSpec) -> Path:
         """Make the task's directories its own and leave its spec in its private tmp."""
@@ -480,9 +505,13 @@ class Supervisor:
         for k in list(env):
             if k.startswith("METASTREAM_LLM_"):
                 del env[k]
+        # A server database's URL carries the stack's credentials: a task gets its own role's
+        # URL in its spec file instead (store.taskroles), and the zygote gets none.
+        env.pop("METASTREAM_DB_URL", None)
+        if is_sqlite(self.cfg.db_url):
+            env["METASTREAM_DB_URL"] = self.cfg.db_url
         env.update(
             METASTREAM_HOME=str(self.cfg.home),
-            METASTREAM_DB_URL=self.cfg.db_url,
             METASTREAM_BUS_PUB=self.cfg.bus_pub,
             METASTREAM_BUS_SUB=self.cfg.bus_sub,
             PYTHONUNBUFFERED="1",
@@ -508,6 +537,7 @@ class Supervisor:
         self.disconnects.forget(task_id)
         await self._db(sandbox.release, run.plan, run.dirs)
         self.uids.release(run.plan.uid)
+        await self._revoke_role(task_id)
         async with run.row_lock:
             run.finished = True  # no progress row after this: the final one follows
         row = await self._db(self.store.get_task, task_id)
@@ -726,7 +756,23 @@ class Supervisor:
             error = error[:2000] if isinstance(error, str) and error else None
             status, message = outcome(None, exit_told, error, adopted=False, lost=True)
             await self._finish(row.id, status, message, exit_told, error=error)
+        if self.roles is not None:
+            await self._sweep_roles()
         await self.pump()
+
+    async def _sweep_roles(self) -> None:
+        """Drop the database roles a crashed supervisor left: all but live tasks' (any node)."""
+        assert self.roles is not None
+        ours = set(self.running)  # re-adopted: their processes still use their roles
+
+        def in_use() -> set[str]:
+            running = self.store.tasks_with_status((TaskStatus.RUNNING,))
+            return ours | {r.id for r in running if r.node != self.node}
+
+        try:
+            await self._db(self.roles.sweep, in_use)
+        except StoreError as exc:
+            log.warning("stale task roles not swept: %s", exc)
 
     def _adopted_plan(self, task_id: str) -> tuple[sandbox.Plan, list[Path]]:
         """An adopted task's uid (its workspace's owner), so that its end releases it."""

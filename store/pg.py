@@ -3,7 +3,8 @@
 A server database can restart under a running stack. Every store call on PostgreSQL is retried
 with backoff while the *connection* is what failed (refused, reset, the server shutting
 down), for up to ``RETRY_SECONDS``; an error of the statement itself (a timeout, a constraint)
-is raised at once. Each task appends its events with ``COPY``, one transaction per batch;
+is raised at once. Each task appends its events with ``COPY`` (or, under its own role, where
+row-level security forbids COPY, one ``INSERT ... SELECT unnest``), one transaction per batch;
 a batch whose commit was lost with the connection is found by its ids before it is sent
 again, so a retry never duplicates nor loses an event.
 """
@@ -90,12 +91,21 @@ def _first(exc: BaseException) -> str:
     return " ".join(str(orig).split())[:200]
 
 
-class EventTable:
-    """The ``events`` table of a server database: COPY in, ordered reads out."""
+# One statement per batch when COPY is not allowed: PostgreSQL refuses COPY FROM to a role
+# under row-level security (a task's own role, store.taskroles).
+_INSERT_ARRAYS = (
+    "INSERT INTO events (task_id, event_id, data) "
+    "SELECT %s, unnest(%s::integer[]), unnest(%s::bytea[])"
+)
 
-    def __init__(self, engine: Engine, url: str) -> None:
+
+class EventTable:
+    """The ``events`` table of a server database: COPY (or one INSERT) in, ordered reads out."""
+
+    def __init__(self, engine: Engine, url: str, *, copy: bool = True) -> None:
         self._engine = engine
         self._url = url
+        self._copy = copy
 
     def append(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None:
         """Commit a batch of ``(event_id, data)`` exactly once, through server restarts."""
@@ -118,9 +128,13 @@ class EventTable:
                             pg.commit()
                             return
                     resent = True
-                    with cur.copy("COPY events (task_id, event_id, data) FROM STDIN") as copy:
-                        for event_id, data in batch:
-                            copy.write_row((task_id, event_id, data))
+                    if self._copy:
+                        with cur.copy("COPY events (task_id, event_id, data) FROM STDIN") as cp:
+                            for event_id, data in batch:
+                                cp.write_row((task_id, event_id, data))
+                    else:
+                        ids = [event_id for event_id, _ in batch]
+                        cur.execute(_INSERT_ARRAYS, (task_id, ids, [d for _, d in batch]))
                 pg.commit()
             except psycopg.Error as exc:
                 if connection_lost(exc):

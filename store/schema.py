@@ -70,3 +70,15 @@ runs = Table(
     Column("ended_at", String(32)),
     sqlite_with_rowid=False,
 )
+
+# A task's own record of how it ended (``exit_code``, ``error``, ``state_version``: JSON
+# values), on a server database: the SQLite log's ``meta`` table. Written by the task (its
+# database role reaches its own rows only, store.taskroles), read by the supervisor.
+task_meta = Table(
+    "task_meta",
+    metadata,
+    Column("task_id", String(36), primary_key=True),
+    Column("key", String(32), primary_key=True),
+    Column("value", LargeBinary),
+    sqlite_with_rowid=False,
+)

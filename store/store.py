@@ -27,7 +27,8 @@ from store.dburl import StoreError, is_sqlite, redact, scrub
 from store.eventlog import TaskLogs
 from store.rowwriter import RowWriter
 from store.runs import Runs
-from store.schema import events, tasks
+from store.schema import events, task_meta, tasks
+from store.taskroles import TaskRoles
 
 T = TypeVar("T")
 
@@ -324,8 +325,27 @@ class Store:
         """What the task process recorded about its own end (its word, for its own task only)."""
         if self._logs is not None:
             return self._logs.outcome(task_id)
+        if not self._sqlite:  # its task_meta rows (store.pgtask)
+            rows = self._reading(
+                lambda c: c.execute(
+                    select(task_meta.c.key, task_meta.c.value).where(task_meta.c.task_id == task_id)
+                ).all()
+            )
+            found: dict[str, Any] = {}
+            for key, value in rows:
+                try:
+                    found[str(key)] = msgspec.json.decode(value)
+                except (msgspec.DecodeError, TypeError):
+                    continue  # a hostile task's garbage: ignored
+            if found:
+                return found
+        # A task of an older version wrote its own row (or an embedded database, in tests).
         row = self.get_task(task_id)
         return {"exit_code": row.exit_code, "error": row.error} if row is not None else {}
+
+    def task_roles(self) -> TaskRoles | None:
+        """The per-task database roles (PostgreSQL only; the supervisor's to use)."""
+        return None if self._sqlite else TaskRoles(self._write, self.url)
 
     def last_event_id(self, task_id: str) -> int:
         """The id of the task's last persisted event (exact, from the log itself)."""

@@ -1,7 +1,8 @@
 """What the supervisor tells a task process about its task, and the task's own log.
 
 A task process reads no shared database: the supervisor writes this spec into the task's
-private directory before starting it, and the task writes only its own event-log file.
+private directory before starting it, and the task writes only its own event-log file (or,
+on PostgreSQL, its own rows, as a database role of its own).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class TaskSpec(msgspec.Struct, kw_only=True):
     run_no: int = 1
     run_kind: str = "start"
     run_requirement: str = ""
+    # A server database: the URL of this task's own role (store.taskroles), never the
+    # stack's. Here, in its private file, not in its environment (which a process forked from
+    # the same zygote, or a crash report, might show). Empty: its own SQLite log file.
+    db_url: str = ""
 
 
 def write(path: Path, spec: TaskSpec) -> None:
@@ -78,34 +83,31 @@ class OwnLog:
 class SharedLog:
     """With a server database (PostgreSQL) the events live in its shared table.
 
-    Outside the boundary this page is about: the task process then holds the database's
-    credentials (docs/security.md "Not covered yet"). It still writes only its events and its
-    own outcome columns.
+    The task connects as its own role (store.taskroles): its rows of ``events`` and
+    ``task_meta`` only, by row-level security. Its outcome goes into ``task_meta``, like
+    :class:`OwnLog`'s ``meta`` table; the tasks table is the supervisor's.
     """
 
-    def __init__(self, url: str, events_dir: Path) -> None:
-        from store import Store
+    local_commits = False
 
-        # Two connections at most: the event writer and the outcome writer (README: sizing).
-        self._store = Store(url, events_dir, pool_size=2, max_overflow=0)
+    def __init__(self, url: str) -> None:
+        from store.pgtask import TaskRows
 
-    @property
-    def local_commits(self) -> bool:
-        return self._store.local_commits
+        self._rows = TaskRows(url)
 
     def open_events(self, task_id: str) -> None:
-        self._store.open_events(task_id)
+        self._rows.open_events(task_id)
 
     def append_events(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None:
-        self._store.append_events(task_id, batch)
+        self._rows.append_events(task_id, batch)
 
     def last_event_id(self, task_id: str) -> int:
-        return self._store.last_event_id(task_id)
+        return self._rows.last_event_id(task_id)
 
     def save_state(self, task_id: str, columns: Mapping[str, Any]) -> None:
-        kept = {k: columns[k] for k in ("exit_code", "error") if k in columns}
+        kept = {k: columns[k] for k in OUTCOME_KEYS if k in columns}
         if kept:
-            self._store.save_state(task_id, kept)
+            self._rows.record(task_id, kept)
 
     def close(self) -> None:
-        self._store.close()
+        self._rows.close()

@@ -1,0 +1,44 @@
+"""Per-task database roles (issue 20): a task's rows only, by row-level security.
+
+A task process on PostgreSQL connects as a role of its own (store.taskroles), named
+``metastream_task_<database tag>_<task id>``. Row-level security on ``events`` and the new
+``task_meta`` lets such a role see and write the rows of the task its name carries, and no
+other; the tables' owner (the stack's own role, which runs this migration) is exempt, as
+owners are unless RLS is forced. On SQLite the table is made (one schema) and unused.
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+# The task id is what follows ``metastream_task_`` + an 8-character database tag + ``_``.
+_OWN = r"current_user LIKE 'metastream\_task\_%' AND task_id = substr(current_user::text, 26)"
+
+
+def upgrade() -> None:
+    op.create_table(
+        "task_meta",
+        sa.Column("task_id", sa.String(36), primary_key=True),
+        sa.Column("key", sa.String(32), primary_key=True),
+        sa.Column("value", sa.LargeBinary),
+        sqlite_with_rowid=False,
+    )
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    for table in ("events", "task_meta"):
+        op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+        op.execute(f"CREATE POLICY task_own_rows ON {table} USING ({_OWN}) WITH CHECK ({_OWN})")
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP POLICY IF EXISTS task_own_rows ON events")
+        op.execute("ALTER TABLE events DISABLE ROW LEVEL SECURITY")
+    op.drop_table("task_meta")
