@@ -25,6 +25,7 @@ from bench.scenarios import LATENCY_RATE, _steady
 from bench.table import Row
 from bus.messages import new_task_id, utcnow
 from bus.proxy import Proxy
+from runner.task.spec import SharedLog
 from store import Store
 
 
@@ -59,6 +60,10 @@ def s_pg_persistence(cx: Ctx, rows: list[Row]) -> None:
         rows, "4b", "source events/s, PostgreSQL fsync=on", "events/s",
         baseline_name="event log on SQLite",
     )  # fmt: skip
+    own_role = row(
+        rows, "4b", "source events/s, PostgreSQL, task's own role (INSERT unnest)", "events/s",
+        baseline_name="stack's role (COPY)", target=("min", 0.8),
+    )  # fmt: skip
     n = cx.size(100_000, 5_000)
     with (
         tempfile.TemporaryDirectory(prefix="mspg-") as tmp,
@@ -76,6 +81,20 @@ def s_pg_persistence(cx: Ctx, rows: list[Row]) -> None:
         try:
             for s in stores.values():
                 s.create_schema()
+            roles = stores["pg"].task_roles()
+            assert roles is not None
+            roles.prepare()
+
+            def as_task(own: bool) -> float:
+                """The task's side as it runs in a task process: its own role, or the stack's."""
+                tid = new_task_id()
+                stores["pg"].create_task(tid, "bench", False, {}, utcnow())
+                log = SharedLog(roles.issue(tid) if own else stores["pg"].url)
+                try:
+                    return _run(log, tid, n, proxy.frontend_endpoint, proxy.backend_endpoint)
+                finally:
+                    log.close()
+                    roles.revoke(tid)
 
             def one(store: Store | None) -> float:
                 tid = new_task_id()
@@ -87,6 +106,10 @@ def s_pg_persistence(cx: Ctx, rows: list[Row]) -> None:
             for rep in range(cx.reps):
                 v_pg, v_sync = one(stores["pg"]), one(stores["pg-fsync"])
                 v_lite, v_off = one(stores["sqlite"]), one(None)
+                v_role, v_copy = as_task(True), as_task(False)
+                assert own_role.baseline
+                own_role.value.samples.append(v_role)
+                own_role.baseline.samples.append(v_copy)
                 assert pg.baseline and pg_off.baseline and pg_sync.baseline
                 pg.value.samples.append(v_pg)
                 pg_off.value.samples.append(v_pg)
@@ -96,7 +119,8 @@ def s_pg_persistence(cx: Ctx, rows: list[Row]) -> None:
                 pg_off.baseline.samples.append(v_off)
                 cx.log(
                     f"  [pg persistence] rep {rep + 1}: PostgreSQL {v_pg:,.0f}, fsync=on "
-                    f"{v_sync:,.0f}, SQLite {v_lite:,.0f}, off {v_off:,.0f} events/s"
+                    f"{v_sync:,.0f}, SQLite {v_lite:,.0f}, off {v_off:,.0f} events/s; as a task: "
+                    f"own role {v_role:,.0f}, stack's role {v_copy:,.0f} events/s"
                 )
         finally:
             for s in stores.values():

@@ -92,10 +92,12 @@ def _first(exc: BaseException) -> str:
 
 
 # One statement per batch when COPY is not allowed: PostgreSQL refuses COPY FROM to a role
-# under row-level security (a task's own role, store.taskroles).
+# under row-level security (a task's own role, store.taskroles). The arrays go in binary
+# (``%b``): as text, every payload was hex-encoded and the outbox ran at 0.55x of COPY's rate
+# instead of 0.76x (bench/README.md "PostgreSQL").
 _INSERT_ARRAYS = (
     "INSERT INTO events (task_id, event_id, data) "
-    "SELECT %s, unnest(%s::integer[]), unnest(%s::bytea[])"
+    "SELECT %s, unnest(%b::integer[]), unnest(%b::bytea[])"
 )
 
 
