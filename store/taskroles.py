@@ -142,6 +142,14 @@ class TaskRoles:
                 c.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(group))
             c.execute(sql.SQL("GRANT SELECT, INSERT ON events TO {}").format(group))
             c.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON task_meta TO {}").format(group))
+            # PUBLIC could create tables in the schema before PostgreSQL 15: a task too.
+            open_schema = c.execute(
+                "SELECT current_schema() FROM pg_namespace n "
+                "WHERE n.nspname = current_schema() AND has_schema_privilege(%s, n.oid, 'CREATE')",
+                (GROUP_PREFIX + tag,),
+            ).fetchone()
+            if open_schema is not None:
+                raise _OpenSchema(str(open_schema[0]))
             return tag
 
         try:
@@ -152,6 +160,12 @@ class TaskRoles:
                 "and each task process gets a database role of its own: grant it CREATEROLE "
                 "(ALTER ROLE ... CREATEROLE), or set METASTREAM_DB_TASK_ROLES=0 to give tasks "
                 "the stack's own credentials (unsafe: see the README's Security model)"
+            ) from None
+        except _OpenSchema as exc:
+            raise StoreError(
+                f"database {redact(self._url)}: task roles could create tables in the schema "
+                f"{exc.schema!r} (PUBLIC may, as before PostgreSQL 15): run REVOKE CREATE ON "
+                f"SCHEMA {exc.schema} FROM PUBLIC"
             ) from None
 
     def issue(self, task_id: str) -> str:
@@ -225,3 +239,9 @@ class _NoCreateRole(Exception):
     def __init__(self, user: str) -> None:
         super().__init__(user)
         self.user = user
+
+
+class _OpenSchema(Exception):
+    def __init__(self, schema: str) -> None:
+        super().__init__(schema)
+        self.schema = schema

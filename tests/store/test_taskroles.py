@@ -146,3 +146,16 @@ def test_a_role_that_may_not_create_roles_is_told_so(pg_server: PgServer) -> Non
         assert "pw" not in message.replace("password", "")
     finally:
         store.close()
+
+
+def test_a_schema_open_to_everyone_is_refused(store: Store) -> None:
+    """Before PostgreSQL 15, PUBLIC could create tables in ``public``: so could a task."""
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        conn.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+    roles = store.task_roles()
+    assert roles is not None
+    with pytest.raises(StoreError, match="REVOKE CREATE ON SCHEMA public FROM PUBLIC"):
+        roles.prepare()
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    roles.prepare()
