@@ -439,6 +439,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sandbox_uid_count: Annotated[
         int, env("METASTREAM_SANDBOX_UID_COUNT", "how many uids `uid` mode may use", ge=1)
     ] = 10_000
+    task_network: Annotated[
+        Literal["open", "restricted"],
+        env(
+            "METASTREAM_TASK_NETWORK",
+            "`restricted`: a task may open TCP connections only to the ports of the database, "
+            "the LLM endpoint and a tcp bus (Landlock ABI >= 4; any host on those ports); "
+            "`open`: anywhere (generated code may need to fetch things)",
+        ),
+    ] = "open"
     task_nofile: Annotated[
         int, env("METASTREAM_TASK_NOFILE", "a task's open files (RLIMIT_NOFILE)", ge=16)
     ] = 1024

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446
 _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1
+_RULE_NET_PORT = 2  # ABI 4
+CONNECT_TCP = 1 << 1  # LANDLOCK_ACCESS_NET_CONNECT_TCP (ABI 4; bit 0 is BIND_TCP)
 
 EXECUTE = 1 << 0
 WRITE_FILE = 1 << 1
@@ -51,6 +53,11 @@ class _RulesetAttr(ctypes.Structure):
     ]
 
 
+class _NetPort(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
+
+
 class _PathBeneath(ctypes.Structure):
     _pack_ = 1  # __attribute__((packed)) in the kernel's header
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
@@ -79,19 +86,28 @@ def handled_fs(version: int) -> int:
     return rights
 
 
-def restrict(read_only: Iterable[str], read_write: Iterable[str]) -> int:
+def restrict(
+    read_only: Iterable[str],
+    read_write: Iterable[str],
+    connect_ports: Iterable[int] | None = None,
+) -> int:
     """Confine this process (and its future children) to the given paths; returns the ABI.
 
     ``read_only`` paths may be read and executed, ``read_write`` ones also written, created and
     removed beneath. Paths that do not exist are skipped. Signals and abstract unix sockets are
-    scoped to this domain when the kernel can (ABI >= 6). Needs no_new_privs (or CAP_SYS_ADMIN).
+    scoped to this domain when the kernel can (ABI >= 6). With ``connect_ports`` (ABI >= 4),
+    TCP connects go only to those ports (on any host: Landlock rules name ports, not
+    addresses). Needs no_new_privs (or CAP_SYS_ADMIN).
     """
     version = abi()
     if version < 1:
         raise LandlockError("Landlock is not available in this kernel")
+    if connect_ports is not None and version < 4:
+        raise LandlockError(f"TCP connect rules need Landlock ABI 4, this kernel has {version}")
     handled = handled_fs(version)
+    net = CONNECT_TCP if connect_ports is not None else 0
     attr = _RulesetAttr(
-        handled, 0, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if version >= 6 else 0
+        handled, net, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if version >= 6 else 0
     )
     ruleset = _syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0)
     if ruleset < 0:
@@ -100,6 +116,10 @@ def restrict(read_only: Iterable[str], read_write: Iterable[str]) -> int:
         for paths, rights in ((read_only, READ), (read_write, handled)):
             for path in paths:
                 _allow(int(ruleset), path, rights & handled)
+        for port in sorted(set(connect_ports or ())):
+            rule = _NetPort(CONNECT_TCP, port)
+            if _syscall(_SYS_ADD_RULE, int(ruleset), _RULE_NET_PORT, ctypes.byref(rule), 0) != 0:
+                raise LandlockError(ctypes.get_errno(), f"landlock_add_rule failed for {port}")
         if _syscall(_SYS_RESTRICT_SELF, int(ruleset), 0) != 0:
             raise LandlockError(ctypes.get_errno(), "landlock_restrict_self failed")
     finally:

@@ -21,6 +21,7 @@ import os
 import resource
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import msgspec
@@ -56,9 +57,30 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     nproc: int = 0
     address_space_mb: int = 0
     cpu_seconds: int = 0
+    # METASTREAM_TASK_NETWORK=restricted: the only TCP ports it may connect to (Landlock
+    # ABI >= 4; a sandbox that cannot enforce them refuses to run). None: any.
+    tcp_ports: tuple[int, ...] | None = None
 
 
 # --- in the trusted processes ------------------------------------------------------------
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "postgres": 5432}
+
+
+def tcp_port(url: str) -> int | None:
+    """The TCP port ``url`` connects to (its scheme's default if none), None if not TCP."""
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.split("+")[0]
+    if scheme not in (*_DEFAULT_PORTS, "tcp"):
+        return None
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    return port if port is not None else _DEFAULT_PORTS.get(scheme)
 
 
 def _prctl(option: int, value: int) -> None:
@@ -240,9 +262,9 @@ def apply(plan: Plan) -> None:
         elif os.geteuid() == 0:
             _drop_capabilities()  # root confined by Landlock: no root powers either
         try:
-            landlock.restrict(plan.read_only, plan.read_write)
+            landlock.restrict(plan.read_only, plan.read_write, plan.tcp_ports)
         except landlock.LandlockError:
-            if plan.mode == "landlock":
+            if plan.mode == "landlock" or plan.tcp_ports is not None:
                 raise  # no Landlock, no confinement: refuse rather than run open
             log.warning("Landlock unavailable: the task is confined by its uid only")
     except OSError as exc:

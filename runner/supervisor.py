@@ -417,8 +417,17 @@ class Supervisor:
             nproc=cfg.task_nproc,
             address_space_mb=cfg.task_address_space_mb,
             cpu_seconds=cfg.task_cpu_seconds,
+            tcp_ports=self._tcp_ports() if cfg.task_network == "restricted" else None,
         )
         return plan, dirs
+
+    def _tcp_ports(self) -> tuple[int, ...]:
+        """What a task must reach over TCP: the database, the LLM endpoint, a tcp bus."""
+        cfg = self.cfg
+        urls = [cfg.llm_base_url, cfg.bus_pub]
+        if not is_sqlite(cfg.db_url):
+            urls.append(cfg.db_url)
+        return tuple(sorted({p for u in urls if (p := sandbox.tcp_port(u)) is not None}))
 
     def _task_db_url(self, task_id: str) -> str:
         """The database URL the task gets in its spec ("" for its own SQLite log file)."""

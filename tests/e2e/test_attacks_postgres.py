@@ -238,3 +238,47 @@ def test_no_task_role_outlives_a_supervisor_crash(stack_factory: Any, pg_server:
         assert final["status"] == "COMPLETED" and final["exit_code"] == 0, final
         assert [e["event_id"] for e in log_events(api, adopted["id"])] == list(range(1, 301))
     poll_for(lambda: _task_roles(url) == [], 10, what="no task roles left")
+
+
+# Runs inside the attacker task: TCP to the gateway (allowed to nobody) and to the database.
+CONNECT = """
+import socket
+res = {{}}
+for name, port in (("gateway", {gateway}), ("database", {database})):
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect(("127.0.0.1", port))
+        res[name] = "ok"
+    except OSError as exc:
+        res[name] = exc.errno
+    finally:
+        s.close()
+out.emit("System", "ATTACK", {{"results": res}})
+"""
+
+
+@pytest.mark.parametrize("mode", ["uid", "landlock"])
+def test_a_restricted_task_connects_only_to_the_ports_it_needs(
+    stack_factory: Any, pg_server: PgServer, mode: str
+) -> None:
+    url = pg_server.create_database()
+    env = {
+        "METASTREAM_DB_URL": url,
+        "METASTREAM_SANDBOX": mode,
+        "METASTREAM_TASK_NETWORK": "restricted",
+        "METASTREAM_TEST_HOOKS": "1",
+        "METASTREAM_WARM": "0",
+    }
+    stack: Stack = stack_factory(env=env)
+    with httpx.Client(base_url=stack.url, timeout=30) as api:
+        code = CONNECT.format(gateway=stack.port, database=pg_server.port)
+        task = create_task(api, synthetic={"events": 50, "run_python": code})
+        api.post(f"/api/tasks/{task['id']}/run").raise_for_status()
+        final = wait_status(api, task["id"], {"COMPLETED", "FAILED", "CANCELLED"}, timeout=60)
+        # It wrote its events through the database's port, and reached nothing else.
+        assert final["status"] == "COMPLETED", (final["last_message"], final.get("error"))
+        events = log_events(api, task["id"])
+        report = next(e for e in events if e["event_type"] == "ATTACK")["payload"]["results"]
+        assert report == {"gateway": 13, "database": "ok"}, report  # EACCES from Landlock
+        assert len(events) == 51
