@@ -455,7 +455,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int,
         env(
             "METASTREAM_TASK_NPROC",
-            "a task's processes (RLIMIT_NPROC; `uid` mode only, else it counts the whole user)",
+            "a task's processes/threads (RLIMIT_NPROC; in `landlock` mode, where the uid is "
+            "the user's, this many more than the user has at the task's start; none as root)",
             ge=1,
         ),
     ] = 512

@@ -339,6 +339,28 @@ def _reach(paths: tuple[str, ...]) -> None:
         os.umask(old)
 
 
+def threads_of(uid: int) -> int:
+    """How many threads the processes of real uid ``uid`` have now (what RLIMIT_NPROC counts)."""
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", "rb") as f:
+                status = f.read()
+        except OSError:
+            continue  # gone meanwhile, or hidden from us
+        fields = dict(
+            line.split(b":", 1) for line in status.splitlines() if line.startswith((b"Uid", b"Th"))
+        )
+        try:
+            if int(fields[b"Uid"].split()[0]) == uid:
+                total += int(fields[b"Threads"])
+        except (KeyError, ValueError, IndexError):
+            continue
+    return total
+
+
 def _limits(plan: Plan) -> None:
     mb = 1024 * 1024
     wanted = [
@@ -349,6 +371,12 @@ def _limits(plan: Plan) -> None:
     ]
     if plan.mode == "uid":
         wanted.append((resource.RLIMIT_NPROC, plan.nproc))  # counts the task's own uid only
+    elif plan.nproc > 0 and os.geteuid() != 0:
+        # One uid shared with the user (landlock mode): the kernel counts every thread of that
+        # uid, the user's own included, against the limit. The task may add ``nproc`` threads
+        # to what runs now: a fork bomb stops there, whatever it was started beside. (Root is
+        # exempt from RLIMIT_NPROC, so nothing to do there.)
+        wanted.append((resource.RLIMIT_NPROC, threads_of(os.getuid()) + plan.nproc))
     for which, value in wanted:
         if value <= 0 and which != resource.RLIMIT_CORE:
             continue

@@ -148,8 +148,10 @@ def _attack(
     limits = payload["limits"]
     assert limits["NOFILE"] == 1024 and limits["CORE"] == 0
     assert limits["AS"] == 16_384 * 1024 * 1024
-    if payload["uid"] != 0:  # its own uid: the process count is the task's alone
+    if payload["uid"] >= 200_000:  # its own uid: the process count is the task's alone
         assert limits["NPROC"] == 512
+    elif payload["uid"] != 0:  # the user's uid (landlock): 512 more than the user had
+        assert limits["NPROC"] > 512
     return payload["results"], pid
 
 
