@@ -456,7 +456,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         env(
             "METASTREAM_TASK_NPROC",
             "a task's processes/threads (RLIMIT_NPROC; in `landlock` mode, where the uid is "
-            "the user's, this many more than the user has at the task's start; none as root)",
+            "the user's, this many more than the machine runs at the task's start; none as root)",
             ge=1,
         ),
     ] = 512
