@@ -23,6 +23,20 @@ T = TypeVar("T")
 WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["1gw", "2workers"], indirect=True)
 
 
+# The seed's WebSocket message fields (shared/seed, CONTRACT.md), written here once and apart
+# from the code on purpose: the tests hold the code to the contract.
+SEED_EVENT_KEYS = {"event_id", "task_id", "timestamp", "agent_role", "event_type", "payload"}
+SEED_STATE_KEYS = {
+    "task_id",
+    "status",
+    "progress",
+    "current_agent",
+    "last_message",
+    "started_at",
+    "completed_at",
+}
+
+
 def poll_for(fn: Callable[[], T], timeout: float, interval: float = 0.05, what: str = "") -> T:
     """Call ``fn`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
