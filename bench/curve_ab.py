@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from bench import procs
 from bench.common import PAYLOAD_BYTES as B
 from bench.common import Ctx, create, task, wait_for
 from bench.curve_runs import FORMATS
-from bench.measure import flat_out, mem
+from bench.measure import flat_out, mem, synthetic_stack
 
 
 def deflate_ab(cx: Ctx, n: int, out: list[dict[str, Any]]) -> None:
@@ -21,16 +19,8 @@ def deflate_ab(cx: Ctx, n: int, out: list[dict[str, Any]]) -> None:
     and with batches (tens of KiB, which compress well).
     """
     for threshold in (0, 1024):
-        env = {
-            "METASTREAM_WS_DEFLATE_MIN_BYTES": str(threshold),
-            "METASTREAM_WS_MAX_PER_TASK": str(n + 10),
-            "METASTREAM_WS_MAX_PER_CLIENT": str(n + 10),
-            "METASTREAM_WARM_METAGPT": "0",
-        }
-        with (
-            procs.stack(cx.home("cd"), env=env) as st,
-            httpx.Client(base_url=st.url, timeout=30) as api,
-        ):
+        deflate_env = {"METASTREAM_WS_DEFLATE_MIN_BYTES": str(threshold)}
+        with synthetic_stack(cx, "cd", n, **deflate_env) as (st, api):
             gw = st.procs["gateway"].pid
             cases = [("seed JSON", "json", True), ("batched JSON", "batch", True)]
             if threshold:
@@ -54,11 +44,7 @@ def deflate_ab(cx: Ctx, n: int, out: list[dict[str, Any]]) -> None:
 
 def replay(cx: Ctx, events: int, out: list[dict[str, Any]]) -> None:
     """A finished task's whole log to one client, per format: delivered events/s."""
-    env = {"METASTREAM_WARM_METAGPT": "0"}
-    with (
-        procs.stack(cx.home("cr"), env=env) as st,
-        httpx.Client(base_url=st.url, timeout=30) as api,
-    ):
+    with synthetic_stack(cx, "cr") as (st, api):
         tid = create(api, synthetic={"events": events, "rate": 0, "payload_bytes": B})
         api.post(f"/api/tasks/{tid}/run").raise_for_status()
         wait_for(lambda: task(api, tid)["status"] == "COMPLETED", 300, "the task to end", 0.5)
@@ -81,16 +67,7 @@ def replay(cx: Ctx, events: int, out: list[dict[str, Any]]) -> None:
 def workers_ab(cx: Ctx, n: int, out: list[dict[str, Any]]) -> None:
     """One gateway process against two workers on one port: saturation fan-out to ``n``."""
     for workers in (1, 2):
-        env = {
-            "METASTREAM_GATEWAY_WORKERS": str(workers),
-            "METASTREAM_WS_MAX_PER_TASK": str(n + 10),
-            "METASTREAM_WS_MAX_PER_CLIENT": str(n + 10),
-            "METASTREAM_WARM_METAGPT": "0",
-        }
-        with (
-            procs.stack(cx.home("cw"), env=env) as st,
-            httpx.Client(base_url=st.url, timeout=30) as api,
-        ):
+        with synthetic_stack(cx, "cw", n, METASTREAM_GATEWAY_WORKERS=str(workers)) as (st, api):
             for label, fmt in (("seed JSON", "json"), ("batched JSON", "batch")):
                 point: dict[str, Any] = {
                     "curve": "workers",

@@ -11,7 +11,7 @@ from bench import procs
 from bench.clients import latencies_ms, percentile
 from bench.common import PAYLOAD_BYTES as B
 from bench.common import Ctx, create, task, wait_for
-from bench.measure import cpu, flat_out, mem
+from bench.measure import cpu, flat_out, mem, synthetic_stack
 
 # (label, frame format, client offers permessage-deflate)
 FORMATS = [
@@ -44,16 +44,7 @@ def _paced(
 def clients_curve(cx: Ctx, counts: list[int], out: list[dict[str, Any]]) -> None:
     """One task, N clients: saturation and paced runs for every format."""
     top = max(counts)
-    env = {
-        "METASTREAM_WS_MAX_PER_TASK": str(top + 10),
-        "METASTREAM_WS_MAX_PER_CLIENT": str(top + 10),
-        "METASTREAM_MAX_RUNNING": "8",
-        "METASTREAM_WARM_METAGPT": "0",  # synthetic tasks only: no MetaGPT in the fork server
-    }
-    with (
-        procs.stack(cx.home("cc"), env=env) as st,
-        httpx.Client(base_url=st.url, timeout=30) as api,
-    ):
+    with synthetic_stack(cx, "cc", top, METASTREAM_MAX_RUNNING="8") as (st, api):
         gw = st.procs["gateway"].pid
         got: dict[str, Any] = {}
 
@@ -125,16 +116,8 @@ def tasks_curve(cx: Ctx, counts: list[int], total_rate: float, out: list[dict[st
 
 def _tasks_point(cx: Ctx, t: int, total_rate: float, out: list[dict[str, Any]]) -> None:
     """One stack with ``t`` tasks running; one point per format."""
-    env = {
-        "METASTREAM_MAX_RUNNING": str(t + 4),
-        "METASTREAM_WS_MAX_PER_CLIENT": str(t + 10),
-        "METASTREAM_WARM_METAGPT": "0",  # synthetic tasks only: no MetaGPT in the fork server
-    }
     window = cx.size(4.0, 1.0)
-    with (
-        procs.stack(cx.home("ct"), env=env) as st,
-        httpx.Client(base_url=st.url, timeout=30) as api,
-    ):
+    with synthetic_stack(cx, "ct", t, METASTREAM_MAX_RUNNING=str(t + 4)) as (st, api):
         gw, bus = st.procs["gateway"].pid, st.procs["bus"].pid
         sup = st.procs["supervisor"].pid
         rss_idle = mem(gw)[0]

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import httpx
 import psutil
 
+from bench import procs
 from bench.clients import throughput
 from bench.common import PAYLOAD_BYTES, Ctx, create
+
+
+@contextlib.contextmanager
+def synthetic_stack(
+    cx: Ctx, name: str, clients: int = 0, **env: str
+) -> Iterator[tuple[Any, httpx.Client]]:
+    """A stack for synthetic tasks only, with room for ``clients`` WebSocket clients, and its API.
+
+    No MetaGPT in its fork server (the tasks are synthetic); ``env`` adds to its environment.
+    """
+    full = {"METASTREAM_WARM_METAGPT": "0"}
+    if clients:
+        room = str(clients + 10)
+        full |= {"METASTREAM_WS_MAX_PER_TASK": room, "METASTREAM_WS_MAX_PER_CLIENT": room}
+    with (
+        procs.stack(cx.home(name), env=full | env) as st,
+        httpx.Client(base_url=st.url, timeout=30) as api,
+    ):
+        yield st, api
 
 
 def mem(pid: int) -> tuple[float, int]:
