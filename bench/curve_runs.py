@@ -117,7 +117,11 @@ def tasks_curve(cx: Ctx, counts: list[int], total_rate: float, out: list[dict[st
 def _tasks_point(cx: Ctx, t: int, total_rate: float, out: list[dict[str, Any]]) -> None:
     """One stack with ``t`` tasks running; one point per format."""
     window = cx.size(4.0, 1.0)
-    with synthetic_stack(cx, "ct", t, METASTREAM_MAX_RUNNING=str(t + 4)) as (st, api):
+    env = {
+        "METASTREAM_MAX_RUNNING": str(t + 4),
+        "METASTREAM_CREATE_RATE": "0",  # 200 tasks at once exceed the default burst of 100
+    }
+    with synthetic_stack(cx, "ct", t, **env) as (st, api):
         gw, bus = st.procs["gateway"].pid, st.procs["bus"].pid
         sup = st.procs["supervisor"].pid
         rss_idle = mem(gw)[0]
