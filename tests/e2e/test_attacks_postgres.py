@@ -17,9 +17,10 @@ import httpx
 import psutil
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from metastream.stack import Stack
-from store.taskroles import PREFIX
+from store.taskroles import PREFIX, database_tag
 from tests.helpers import create_task, log_events, poll_for, wait_status
 from tests.pgserver import PASSWORD, USER, PgServer
 
@@ -132,9 +133,11 @@ def pg_stack(
 
 
 def _task_roles(url: str) -> list[str]:
+    """The task roles of this database (roles are cluster-wide; other tests' are not ours)."""
+    mine = f"{PREFIX}{database_tag(str(make_url(url).database))}_"
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (PREFIX,)
+            "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (mine,)
         ).fetchall()
     return [r[0] for r in rows]
 

@@ -86,6 +86,7 @@ def test_a_task_role_reaches_its_own_rows_only(store: Store, roles: TaskRoles) -
     assert _refused(url, "ALTER TABLE events DISABLE ROW LEVEL SECURITY") == denied
     assert _refused(url, "SELECT * FROM pg_authid") == denied
     assert _refused(url, "COPY events FROM STDIN") == "0A000"  # not supported under RLS
+    roles.revoke(mine)
 
 
 def test_a_revoked_role_cannot_log_in_and_a_reissued_one_has_a_new_password(
@@ -125,6 +126,7 @@ def test_the_sweep_drops_stale_roles_of_this_database_only(
         assert theirs.existing() == [stale]
     finally:
         theirs.sweep(set)
+        roles.sweep(set)
         neighbour.close()
 
 
