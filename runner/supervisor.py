@@ -33,7 +33,7 @@ from core.metrics import Registry
 from core.options import TaskOptions
 from core.settings import INTERNAL_ENV, SECRET_ENV, Settings
 from core.status import TaskStatus, TransitionError
-from runner import process, sandbox
+from runner import nodes, process, sandbox
 from runner.forkserver import ForkServer, ForkServerError
 from runner.metagpt_flow.checkpoint import has_checkpoint
 from runner.metrics import SupervisorMetrics
@@ -42,6 +42,7 @@ from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits, 
 from runner.task import spec as task_spec
 from store import Store, TaskRow
 from store.eventlog import EventLogUnreadable
+from store.nodes import QUEUE_CHANNEL
 from store.runs import RunRow
 
 log = logging.getLogger("metastream.supervisor")
@@ -75,6 +76,7 @@ class Running:
         self.row_due = 0.0
         self.row_lock = asyncio.Lock()
         self.finished = False
+        self.epoch: int | None = None  # the run epoch its writes are fenced with
 
 
 class Supervisor:
@@ -112,6 +114,8 @@ class Supervisor:
         self._bus_master = bus_master  # each task gets its own key from it, never the master
         self.uids = sandbox.UidPool(cfg.sandbox_uid_base, cfg.sandbox_uid_count)
         self._read_only: list[str] | None = None
+        # Several nodes on PostgreSQL (runner/nodes.py); None on SQLite: one node, no claims.
+        self.claims = store.nodes
         self.on_started: Callable[[str], None] = lambda _tid: None
         self.on_ended: Callable[[str], None] = lambda _tid: None
         self.metrics = SupervisorMetrics(metrics or Registry(enabled=False), self.node)
@@ -202,7 +206,9 @@ class Supervisor:
                 TaskStatus.QUEUED,
                 (row.status,),
                 queued_at=utcnow(),
-                node=self.node,
+                # On PostgreSQL no node yet: whichever supervisor has a free slot claims it.
+                node=None if self.claims is not None else self.node,
+                cancel_request=None,
                 progress=0.0,
                 current_agent=None,
                 last_message="Waiting for a free slot",
@@ -214,6 +220,8 @@ class Supervisor:
             return Reply(ok=True, status=exc.got)
         await self._db(self.store.runs.add, row.id, kind, requirement, "QUEUED", utcnow())
         self._publish(queued)
+        if self.claims is not None:  # wake the other nodes: one of them may be idle
+            await self._db(self.claims.notify, QUEUE_CHANNEL)
         return None
 
     def _queued(self, early: Reply | None) -> Reply:
@@ -262,12 +270,35 @@ class Supervisor:
                 self._publish(ended)
                 self.metrics.ended(task_id, ended.status)
                 return Reply(ok=True, status=ended.status)
-        # It became RUNNING while we looked: stop the process.
+        # It became RUNNING while we looked: stop the process, wherever it runs.
         run = self.running.get(task_id)
         if run is not None:
             await self.stop_task(run, TaskStatus.CANCELLED, reason, how="ask")
+        elif self.claims is not None:
+            return await self._cancel_elsewhere(task_id, reason)
         row = await self._db(self.store.get_task, task_id)
         return Reply(ok=True, status=row.status if row else None)
+
+    async def _cancel_elsewhere(self, task_id: str, reason: str) -> Reply:
+        """Another node runs it: ask that node through the database, wait for its end there.
+
+        The owner acts on the NOTIFY (runner/nodes.py) and writes the final row only once
+        the task's process tree is gone, so the answer comes after the stop, as locally.
+        """
+        assert self.claims is not None
+        await self._db(self.claims.request_cancel, task_id, reason)
+        budget = self.cfg.stop_ask_timeout + self.cfg.stop_term_timeout + 1.0
+        status = await nodes.wait_ended(self, task_id, budget)
+        return Reply(ok=True, status=status)
+
+    async def ended_elsewhere(self, row: TaskRow) -> None:
+        """A lost node's task we ended (runner/nodes.py): its run row, the bus, metrics."""
+        await self._run_update(
+            row.id, status=row.status.value, last_event_id=row.last_event_id,
+            ended_at=row.completed_at,
+        )  # fmt: skip
+        self._publish(row)
+        self.metrics.ended(row.id, row.status, row.last_event_id)
 
     async def stop_task(self, run: Running, status: TaskStatus, message: str, how: StopFrom) -> str:
         """Stop a running task (once, however many ask) and wait until it is down.
@@ -314,6 +345,15 @@ class Supervisor:
             if free == 0:
                 return
             queued = await self._db(self.store.tasks_with_status, (TaskStatus.QUEUED,), self.node)
+            # Claim only as many as we have slots for: the rest stay for an idle node.
+            if (
+                self.claims is not None
+                and len(queued) < free
+                and len(await self._db(self.claims.claim, self.node, free - len(queued))) > 0
+            ):
+                queued = await self._db(
+                    self.store.tasks_with_status, (TaskStatus.QUEUED,), self.node
+                )
             for row in queued[:free]:
                 if self.closing:
                     return
@@ -327,12 +367,14 @@ class Supervisor:
                 self.store.transition,
                 task_id,
                 TaskStatus.RUNNING,
+                at_epoch=row.epoch,  # released meanwhile (we were declared lost): not ours
                 started_at=utcnow(),
                 last_message="Task process starting",
                 run_count=row.run_count + 1,
             )
         except TransitionError:
-            return  # cancelled while queued
+            return  # cancelled while queued, or released to other nodes
+        epoch = row.epoch if self.claims is not None else None
         this_run = await self._run_update(
             task_id,
             status="RUNNING",
@@ -360,6 +402,7 @@ class Supervisor:
                 run_no=this_run.run_no if this_run is not None else 1,
                 run_kind=this_run.kind if this_run is not None else "start",
                 run_requirement=this_run.requirement if this_run else row.requirement,
+                epoch=epoch,
             )
             spec_path = await self._db(self._prepare, plan, dirs, spec)
             needs_llm = not row.test_mode and row.options.get("synthetic") is None
@@ -368,7 +411,11 @@ class Supervisor:
             await self._db(sandbox.release, plan, dirs)
             self.uids.release(plan.uid)
             await self._finish(
-                task_id, TaskStatus.FAILED, f"Could not start the task process: {exc}", None
+                task_id,
+                TaskStatus.FAILED,
+                f"Could not start the task process: {exc}",
+                None,
+                epoch=epoch,
             )
             return
         await self._db(self.store.set_process, task_id, child.pid, child.create_time)
@@ -379,6 +426,7 @@ class Supervisor:
         )
         run = self._track(task_id, child, TaskOptions.of(row.options))
         run.plan, run.dirs, run.reported_version = plan, dirs, started.state_version
+        run.epoch = epoch
         self.metrics.started(
             task_id, "warm" if warm else "cold", row.queued_at, row.last_event_id + 1
         )
@@ -526,7 +574,7 @@ class Supervisor:
             )
         # An adopted child's status is not ours to read: the code the task recorded stands in.
         code = run.child.returncode if run.child.returncode is not None else exit_told
-        await self._finish(task_id, status, message, code, error=error)
+        await self._finish(task_id, status, message, code, error=error, epoch=run.epoch)
         # Only now is its slot free: the store no longer shows it RUNNING.
         self.running.pop(task_id, None)
         self.on_ended(task_id)
@@ -548,7 +596,7 @@ class Supervisor:
         columns = dict(run.pending_row or {})
         if version > row.state_version or columns:
             columns["state_version"] = version
-            await self._db(self.store.save_state, run.task_id, columns)
+            await self._db(self.store.save_state, run.task_id, columns, run.epoch)
 
     def reported(self, msg: State) -> None:
         """A running task's own progress state (the proxy checked who sent it)."""
@@ -577,7 +625,7 @@ class Supervisor:
                 if run.finished or row is None:
                     continue
                 run.row_due = now + ROW_INTERVAL
-                await self._db(self.store.save_state, run.task_id, row)
+                await self._db(self.store.save_state, run.task_id, row, run.epoch)
 
     async def _finish(
         self,
@@ -586,8 +634,13 @@ class Supervisor:
         message: str,
         exit_code: int | None,
         error: str | None = None,
+        epoch: int | None = None,
     ) -> TaskRow | None:
-        """The one way a RUNNING task ends: its final row written, then published."""
+        """The one way a RUNNING task ends: its final row written, then published.
+
+        ``epoch`` (several nodes): only while the run is still ours; one taken over by
+        another node was ended there.
+        """
         fields: dict[str, Any] = dict(completed_at=utcnow(), last_message=message, pid=None)
         try:
             # Exact, from the log: the final state tells clients which events precede it.
@@ -602,7 +655,12 @@ class Supervisor:
             fields["progress"] = 1.0
         try:
             ended = await self._db(
-                self.store.transition, task_id, status, (TaskStatus.RUNNING,), **fields
+                self.store.transition,
+                task_id,
+                status,
+                (TaskStatus.RUNNING,),
+                at_epoch=epoch,
+                **fields,
             )
         except TransitionError as exc:
             log.warning("task %s not ended %s: %s", task_id, status, exc)
@@ -663,7 +721,7 @@ class Supervisor:
                 continue
             msg = f"Task process unresponsive: no heartbeat for {silent:.1f} s; killed"
             self.metrics.heartbeat_misses.inc()
-            self._stop_soon(run, TaskStatus.FAILED, msg, how="kill")
+            self.stop_soon(run, TaskStatus.FAILED, msg, how="kill")
         if not self.heartbeats.bus_ok():
             return  # leases can't arrive either: judge nobody's absence
         for run in list(self.running.values()):
@@ -675,7 +733,7 @@ class Supervisor:
             if self.disconnects.should_stop(run.task_id, mode, grace):
                 why = "last client left" if mode == "kill" else f"no client for {grace:g} s"
                 message = f"Cancelled: {why} (policy {mode})"
-                self._stop_soon(run, TaskStatus.CANCELLED, message, how="ask")
+                self.stop_soon(run, TaskStatus.CANCELLED, message, how="ask")
                 continue
             limits = Limits(
                 opts.timeout_seconds or self.cfg.task_timeout,
@@ -684,7 +742,7 @@ class Supervisor:
             rss = process.tree_rss_mb(run.child, limits.memory_mb) if limits.memory_mb else 0.0
             breach = limits.breach(self._clock() - run.started, rss)
             if breach is not None:
-                self._stop_soon(run, TaskStatus.FAILED, breach.message, how=breach.stop_from)
+                self.stop_soon(run, TaskStatus.FAILED, breach.message, how=breach.stop_from)
 
     def _watch_zygote(self) -> None:
         # The fork server counts its restarts; each new one is announced once (polled on the
@@ -694,7 +752,7 @@ class Supervisor:
             self._zygote_restarts = fs.restarts
             self._announce(ZygoteRestarted(node=self.node, at=utcnow(), restarts=fs.restarts))
 
-    def _stop_soon(self, run: Running, status: TaskStatus, message: str, how: StopFrom) -> None:
+    def stop_soon(self, run: Running, status: TaskStatus, message: str, how: StopFrom) -> None:
         log.warning("task %s: %s", run.task_id, message)
         task = asyncio.create_task(self.stop_task(run, status, message, how=how))
         self._background.add(task)
@@ -717,6 +775,7 @@ class Supervisor:
                 run = self._track(row.id, child, TaskOptions.of(row.options))
                 run.plan, run.dirs = self._adopted_plan(row.id)
                 run.reported_version = row.state_version
+                run.epoch = row.epoch if self.claims is not None else None
                 self.metrics.started(row.id, "adopted", None)
                 continue
             # Gone while nobody watched: its own record says how it ended, if it got that far.
@@ -725,7 +784,8 @@ class Supervisor:
             exit_told = exit_told if isinstance(exit_told, int) else None
             error = error[:2000] if isinstance(error, str) and error else None
             status, message = outcome(None, exit_told, error, adopted=False, lost=True)
-            await self._finish(row.id, status, message, exit_told, error=error)
+            epoch = row.epoch if self.claims is not None else None
+            await self._finish(row.id, status, message, exit_told, error=error, epoch=epoch)
         await self.pump()
 
     def _adopted_plan(self, task_id: str) -> tuple[sandbox.Plan, list[Path]]:

@@ -36,12 +36,17 @@ _BACKOFF = (0.05, 0.1, 0.2, 0.4, 0.8)  # then 1 s between tries
 _CONNECTION_STATES = ("57P01", "57P02", "57P03")  # admin/crash shutdown, cannot connect now
 
 
-def make_engine(url: str, pool_size: int, max_overflow: int) -> Engine:
-    """A bounded engine whose connections time out statements, locks and idle transactions."""
+def make_engine(url: str, pool_size: int, max_overflow: int, epoch: int | None = None) -> Engine:
+    """A bounded engine whose connections time out statements, locks and idle transactions.
+
+    ``epoch``: the run epoch a task process writes under (checked by the fencing triggers).
+    """
     options = (
         f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS} "
         f"-c idle_in_transaction_session_timeout={IDLE_TX_TIMEOUT_MS}"
     )
+    if epoch is not None:
+        options += f" -c metastream.epoch={int(epoch)}"
     return create_engine(
         engine_url(url),
         pool_size=pool_size,

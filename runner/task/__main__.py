@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     store: task_spec.OwnLog | task_spec.SharedLog = (
         task_spec.OwnLog(cfg.events_dir)
         if cfg.db_url.startswith("sqlite")
-        else task_spec.SharedLog(cfg.db_url, cfg.events_dir)
+        else task_spec.SharedLog(cfg.db_url, cfg.events_dir, spec.epoch)
     )
     publisher = Publisher(cfg.bus_pub, track_interest=True)
     outbox = Outbox(

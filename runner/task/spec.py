@@ -35,6 +35,9 @@ class TaskSpec(msgspec.Struct, kw_only=True):
     run_no: int = 1
     run_kind: str = "start"
     run_requirement: str = ""
+    # The run's fencing epoch on PostgreSQL (several nodes): the database refuses this
+    # process's writes once its run is taken over. None on SQLite (one node).
+    epoch: int | None = None
 
 
 def write(path: Path, spec: TaskSpec) -> None:
@@ -83,11 +86,11 @@ class SharedLog:
     own outcome columns.
     """
 
-    def __init__(self, url: str, events_dir: Path) -> None:
+    def __init__(self, url: str, events_dir: Path, epoch: int | None = None) -> None:
         from store import Store
 
         # Two connections at most: the event writer and the outcome writer (README: sizing).
-        self._store = Store(url, events_dir, pool_size=2, max_overflow=0)
+        self._store = Store(url, events_dir, pool_size=2, max_overflow=0, epoch=epoch)
 
     @property
     def local_commits(self) -> bool:
