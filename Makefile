@@ -6,7 +6,7 @@ STAMP := $(VENV)/.metastream-installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup run test test-postgres lint bench clean
+.PHONY: setup run cluster test test-postgres test-cluster lint bench clean
 
 setup: $(STAMP)
 
@@ -20,13 +20,19 @@ run: setup
 
 test: setup
 	@echo "==> running the test suite (the PostgreSQL runs: make test-postgres)"
-	@$(BIN)/python -m pytest -m "not postgres" $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest -m "not postgres and not cluster" $(PYTEST_ARGS)
 
 # The store, event-log, log-reader, outbox and end-to-end tests again on a real PostgreSQL
 # server the session starts itself (kept apart so that `make test` stays under ~20 minutes).
 test-postgres: setup
 	@echo "==> running the PostgreSQL tests"
-	@$(BIN)/python -m pytest -m postgres $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest -m "postgres and not cluster" $(PYTEST_ARGS)
+
+# Several nodes as real processes (one PostgreSQL, a CURVE bus on tcp, two supervisors and two
+# gateways): claims, node death, fencing, cross-node cancel (tests/cluster, docs/deploy.md).
+test-cluster: setup
+	@echo "==> running the cluster tests"
+	@$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)
 
 lint: setup
 	@$(BIN)/ruff format --check .
