@@ -22,12 +22,6 @@ FAST = {
 }
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/cluster/" in str(item.fspath):
-            item.add_marker(pytest.mark.cluster)
-
-
 @pytest.fixture
 def cluster_factory(pg_server: PgServer, tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     made: list[Cluster] = []

@@ -7,9 +7,12 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from metastream.cluster import Cluster
 from tests.helpers import collect, create_task, log_events, poll_for, wait_status
+
+pytestmark = pytest.mark.cluster
 
 
 def test_eight_tasks_on_two_nodes_each_run_once_and_complete(cluster: Cluster) -> None:
