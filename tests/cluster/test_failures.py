@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 import time
 
 import httpx
@@ -78,21 +79,15 @@ def test_a_lost_node_s_tasks_fail_with_the_exact_last_event_and_its_queue_runs_e
         victim_name = "b"
         victims = [tid for tid, n in owners.items() if n == victim_name]
         assert len(victims) == 2, owners
-        watchers = [
-            asyncio.get_event_loop_policy().new_event_loop() for _ in victims
-        ]  # one loop per watcher thread below
-        import threading
+        results: list[Received] = []
 
-        results: dict[str, Received] = {}
+        async def watch_all() -> None:
+            results.extend(
+                await asyncio.gather(*(collect(a.ws_url, t, timeout=90) for t in victims))
+            )
 
-        def watch(tid: str, loop: asyncio.AbstractEventLoop) -> None:
-            results[tid] = loop.run_until_complete(collect(a.ws_url, tid, timeout=90))
-
-        threads = [
-            threading.Thread(target=watch, args=(tid, lp)) for tid, lp in zip(victims, watchers)
-        ]
-        for th in threads:
-            th.start()
+        watcher = threading.Thread(target=asyncio.run, args=(watch_all(),))
+        watcher.start()
         poll_for(lambda: api.get(f"/api/tasks/{victims[0]}").json()["last_event_id"] > 10, 30)
         killed_at = time.monotonic()
         _signal(_tree(cluster.nodes[victim_name]), signal.SIGKILL)
@@ -105,10 +100,8 @@ def test_a_lost_node_s_tasks_fail_with_the_exact_last_event_and_its_queue_runs_e
             logged = [e["event_id"] for e in log_events(api, tid)]
             assert end["last_event_id"] == len(logged) and logged == list(range(1, len(logged) + 1))
         took = time.monotonic() - killed_at
-        for th in threads:
-            th.join(60)
-        for tid in victims:
-            got = results[tid]
+        watcher.join(90)
+        for tid, got in zip(victims, results, strict=True):
             assert got.event_ids == list(range(1, len(got.event_ids) + 1))
             final = got.of("state")[-1]
             assert final["status"] == "FAILED" and got.close_code == 1000, final
