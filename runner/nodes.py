@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import uuid
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,7 @@ class NodeLoop:
         self.boot_id = uuid.uuid4().hex
         self.host = f"{socket.gethostname()}:{_boot_id()}"
         self._wake = asyncio.Event()
+        self._stop_beating = threading.Event()
 
     async def register(self) -> None:
         """Claim our node name (raises store.nodes.NodeTaken while it is live elsewhere)."""
@@ -59,9 +61,25 @@ class NodeLoop:
         )
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._listen())
-            tg.create_task(self._rounds())
+        beating = threading.Thread(target=self._beat_forever, name="node-heartbeat", daemon=True)
+        beating.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._listen())
+                tg.create_task(self._rounds())
+        finally:
+            self._stop_beating.set()
+
+    def _beat_forever(self) -> None:
+        """The heartbeat on a thread of its own: a busy event loop or a full worker pool
+        (a burst of starts) must not make a live node look dead to the others."""
+        sup = self.sup
+        while not self._stop_beating.wait(self.interval):
+            try:
+                if not self.nodes.beat(sup.node, self.boot_id, len(sup.running)):
+                    log.error("node %s: another supervisor took this node name", sup.node)
+            except (psycopg.Error, sa_exc.DBAPIError, OSError) as exc:
+                log.warning("node heartbeat failed: %s", _one_line(exc))
 
     async def _rounds(self) -> None:
         while True:
@@ -74,7 +92,7 @@ class NodeLoop:
             self._wake.clear()
 
     async def round(self) -> None:
-        """One pass: heartbeat, takeovers, fencing, remote cancels, claims."""
+        """One pass: takeovers, fencing, remote cancels, claims (the heartbeat has a thread)."""
         sup = self.sup
         if not await asyncio.to_thread(self.nodes.beat, sup.node, self.boot_id, len(sup.running)):
             log.error("node %s: another supervisor took this node name", sup.node)
