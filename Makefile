@@ -18,6 +18,13 @@ run: setup
 	@echo "==> starting bus, supervisor and gateway (honcho start); Ctrl-C stops everything"
 	@$(BIN)/honcho start
 
+# Two nodes on this machine (PostgreSQL, one CURVE bus on tcp, supervisors a and b, gateways on
+# :8001 and :8002), see docs/deploy.md; state under var/cluster.
+cluster: setup
+	@$(BIN)/python -m bench.cluster_dev prepare var/cluster
+	@echo "==> gateways at http://127.0.0.1:8001 (node a) and http://127.0.0.1:8002 (node b)"
+	@$(BIN)/honcho -f Procfile.cluster -e var/cluster/cluster.env start
+
 test: setup
 	@echo "==> running the test suite (the PostgreSQL runs: make test-postgres)"
 	@$(BIN)/python -m pytest -m "not postgres and not cluster" $(PYTEST_ARGS)

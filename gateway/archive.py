@@ -20,8 +20,8 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
+from core.workspace import _DIR_FLAGS, _FILE_FLAGS, _servable
 from gateway.api import SettingsDep, StoreDep, _task_or_404
-from gateway.files import _DIR_FLAGS, _FILE_FLAGS, _servable
 
 router = APIRouter(prefix="/api")
 MAX_FILES = 5_000

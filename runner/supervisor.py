@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+from sqlalchemy import exc as sa_exc
 
 from bus import auth as bus_auth
 from bus.client import Publisher
@@ -574,11 +575,24 @@ class Supervisor:
             )
         # An adopted child's status is not ours to read: the code the task recorded stands in.
         code = run.child.returncode if run.child.returncode is not None else exit_told
+        await self._share_files(task_id)
         await self._finish(task_id, status, message, code, error=error, epoch=run.epoch)
         # Only now is its slot free: the store no longer shows it RUNNING.
         self.running.pop(task_id, None)
         self.on_ended(task_id)
         await self.pump()
+
+    async def _share_files(self, task_id: str) -> None:
+        """Several nodes: copy the run's files into the database before its final state, so
+        that every gateway can serve them once a client sees the end (docs/deploy.md)."""
+        shared = self.store.files
+        if shared is None:
+            return
+        try:
+            files = await asyncio.to_thread(nodes.snapshot_files, self.cfg.task_dir(task_id))
+            await self._db(shared.replace, task_id, files)
+        except (OSError, sa_exc.SQLAlchemyError) as exc:  # the files stay on this node
+            log.warning("task %s: files not shared: %s", task_id, exc)
 
     async def _settle_version(
         self, run: Running, row: TaskRow | None, told: dict[str, Any]

@@ -25,6 +25,7 @@ from core.task import TaskRow
 from store import migrate, pg
 from store.dburl import StoreError, is_sqlite, redact, scrub
 from store.eventlog import TaskLogs
+from store.files import TaskFiles
 from store.nodes import Nodes
 from store.rowwriter import RowWriter
 from store.runs import Runs
@@ -109,6 +110,11 @@ class Store:
     def nodes(self) -> Nodes | None:
         """Node rows and claims (several nodes share a PostgreSQL database); None on SQLite."""
         return None if self._sqlite else Nodes(self._write)
+
+    @property
+    def files(self) -> TaskFiles | None:
+        """Tasks' generated files for other nodes' gateways (PostgreSQL only)."""
+        return None if self._sqlite else TaskFiles(self._write)
 
     @property
     def local_commits(self) -> bool:

@@ -19,6 +19,7 @@ FAST = {
     "METASTREAM_STOP_TERM_TIMEOUT": "1",
     "METASTREAM_NODE_TTL": "4",
     "METASTREAM_MAX_RUNNING": "2",
+    "METASTREAM_TEST_HOOKS": "1",  # a task that writes a file (synthetic run_python)
 }
 
 

@@ -56,7 +56,8 @@ def test_a_task_streams_through_the_other_nodes_gateway_and_resumes_through_its_
 ) -> None:
     """Gateway X serves a task that node Y runs (X's home has none of Y's files)."""
     with httpx.Client(base_url=cluster.nodes["a"].url, timeout=30) as api:
-        t = create_task(api, synthetic={"events": 120, "rate": 60})
+        hook = "open('report.txt', 'w').write('written on the owner node')"
+        t = create_task(api, synthetic={"events": 120, "rate": 60, "run_python": hook})
         api.post(f"/api/tasks/{t['id']}/run")
         owner = poll_for(lambda: api.get(f"/api/tasks/{t['id']}").json()["node"], 30)
         other = cluster.nodes["b" if owner == "a" else "a"]
@@ -69,3 +70,11 @@ def test_a_task_streams_through_the_other_nodes_gateway_and_resumes_through_its_
         assert later.event_ids == list(range(71, 121))
         row = api.get(f"/api/tasks/{t['id']}").json()
         assert row["node"] == owner and row["run_count"] == 1
+        # Its files through the other gateway, whose home has no copy of the workspace.
+        assert not (other.home / "tasks" / t["id"]).exists()
+        with httpx.Client(base_url=other.url, timeout=30) as api_other:
+            listed = api_other.get(f"/api/tasks/{t['id']}/files").json()["files"]
+            assert listed == [{"path": "report.txt", "size": 25}], listed
+            body = api_other.get(f"/api/tasks/{t['id']}/files/report.txt")
+            assert body.status_code == 200 and body.text == "written on the owner node"
+            assert api_other.get(f"/api/tasks/{t['id']}/files/nope.txt").status_code == 404
