@@ -6,7 +6,7 @@ STAMP := $(VENV)/.metastream-installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup run cluster test test-postgres test-cluster lint bench clean
+.PHONY: setup run cluster test test-slow test-postgres test-cluster lint bench clean
 
 setup: $(STAMP)
 
@@ -26,8 +26,15 @@ cluster: setup
 	@$(BIN)/honcho -f Procfile.cluster -e var/cluster/cluster.env start
 
 test: setup
-	@echo "==> running the test suite (the PostgreSQL runs: make test-postgres)"
-	@$(BIN)/python -m pytest -m "not postgres and not cluster" $(PYTEST_ARGS)
+	@echo "==> running the test suite (CI also runs make test-slow, test-postgres, test-cluster)"
+	@$(BIN)/python -m pytest -m "not postgres and not slow and not cluster" $(PYTEST_ARGS)
+
+# The long end-to-end runs (100,000 events through three clients, the bench and curve smoke runs,
+# a MetaGPT task from the browser, zygote death): minutes each, kept apart so that `make test`
+# stays under ~20 minutes on two cores.
+test-slow: setup
+	@echo "==> running the slow end-to-end tests"
+	@$(BIN)/python -m pytest -m "slow and not postgres and not cluster" $(PYTEST_ARGS)
 
 # The store, event-log, log-reader, outbox and end-to-end tests again on a real PostgreSQL
 # server the session starts itself (kept apart so that `make test` stays under ~20 minutes).

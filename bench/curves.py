@@ -177,6 +177,7 @@ def _tasks_point(cx: Ctx, t: int, total_rate: float, out: list[dict[str, Any]]) 
     env = {
         "METASTREAM_MAX_RUNNING": str(t + 4),
         "METASTREAM_WS_MAX_PER_CLIENT": str(t + 10),
+        "METASTREAM_CREATE_RATE": "0",  # 200 tasks at once exceed the default burst of 100
         "METASTREAM_WARM_METAGPT": "0",  # synthetic tasks only: no MetaGPT in the fork server
     }
     window = cx.size(4.0, 1.0)
