@@ -27,6 +27,7 @@ from sqlalchemy import exc as sa_exc
 from core.clock import utcnow
 from core.status import TaskStatus
 from core.workspace import list_files, read_inside
+from store import Store
 from store.dburl import engine_url
 from store.files import MAX_FILE_BYTES, MAX_FILES, MAX_TASK_BYTES
 from store.nodes import CANCEL_CHANNEL, QUEUE_CHANNEL, Nodes
@@ -176,12 +177,12 @@ class NodeLoop:
         await asyncio.to_thread(self.nodes.stopped, self.sup.node, self.boot_id)
 
 
-async def wait_ended(sup: Supervisor, task_id: str, timeout: float) -> TaskStatus | None:
+async def wait_ended(store: Store, task_id: str, timeout: float) -> TaskStatus | None:
     """Poll the task's row until it is terminal (a cancel done by another node)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        row = await asyncio.to_thread(sup.store.get_task, task_id)
+        row = await asyncio.to_thread(store.get_task, task_id)
         if row is None or row.status.terminal or loop.time() >= deadline:
             return row.status if row is not None else None
         await asyncio.sleep(0.1)

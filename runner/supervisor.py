@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -14,13 +13,11 @@ from typing import Any, TypeVar
 import msgspec
 from sqlalchemy import exc as sa_exc
 
-from bus import auth as bus_auth
 from bus.client import Publisher
 from bus.messages import (
     Heartbeat,
     ProcessLifecycle,
     Readopted,
-    Reply,
     Spawned,
     State,
     Stopped,
@@ -32,18 +29,18 @@ from core.clock import utcnow
 from core.ids import SYSTEM_TOPIC_PREFIX
 from core.metrics import Registry
 from core.options import TaskOptions
-from core.settings import INTERNAL_ENV, SECRET_ENV, Settings
+from core.settings import Settings
 from core.status import TaskStatus, TransitionError
 from runner import nodes, process, sandbox
-from runner.forkserver import ForkServer, ForkServerError
-from runner.metagpt_flow.checkpoint import has_checkpoint
+from runner.commands import Commands
+from runner.forkserver import ForkServer
 from runner.metrics import SupervisorMetrics
 from runner.outcome import outcome
 from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits, StopFrom
+from runner.spawning import Spawning
 from runner.task import spec as task_spec
 from store import Store, TaskRow
 from store.eventlog import EventLogUnreadable
-from store.nodes import QUEUE_CHANNEL
 from store.runs import RunRow
 
 log = logging.getLogger("metastream.supervisor")
@@ -52,8 +49,6 @@ T = TypeVar("T")
 STARTUP_GRACE = 5.0  # to start the interpreter and send a first beat
 # A running task's row (progress, message) is written from its states at most this often.
 ROW_INTERVAL = 1.0
-# Never inherited by a task from the supervisor's environment (_spawn sets its own).
-_NOT_FOR_TASKS = ("METASTREAM_API_TOKEN_FILE", *INTERNAL_ENV)
 MAX_VERSION = 2**53  # a task's own word on its state version is clamped below this
 
 
@@ -80,7 +75,7 @@ class Running:
         self.epoch: int | None = None  # the run epoch its writes are fenced with
 
 
-class Supervisor:
+class Supervisor(Commands, Spawning):
     """Starts, watches and stops task processes on this node."""
 
     def __init__(
@@ -138,168 +133,6 @@ class Supervisor:
     def _announce(self, msg: ProcessLifecycle) -> None:
         """Publish a process lifecycle event on ``_sys/process/<kind>`` (docs/subscribers.md)."""
         self.pub.publish_system(process_topic(msg), msg)
-
-    # --- commands ------------------------------------------------------------------------
-
-    async def start(self, task_id: str) -> Reply:
-        async with self._lock(task_id):
-            row = await self._db(self.store.get_task, task_id)
-            if row is None:
-                return Reply(ok=False, error="Task not found")
-            if row.status in (TaskStatus.RUNNING, TaskStatus.QUEUED):
-                return Reply(ok=True, status=row.status)
-            # COMPLETED and CANCELLED leave only through a follow-up or a resume.
-            if row.status not in (TaskStatus.PENDING, TaskStatus.FAILED):
-                return Reply(ok=False, status=row.status, error=f"Task already {row.status}")
-            kind = "start" if row.status == TaskStatus.PENDING else "retry"
-            reply = await self._queue(row, kind, row.requirement)
-        return self._queued(reply)
-
-    async def follow_up(self, task_id: str, requirement: str) -> Reply:
-        """A new run of a COMPLETED task, on its workspace (MetaGPT incremental mode)."""
-        async with self._lock(task_id):
-            row = await self._db(self.store.get_task, task_id)
-            if row is None:
-                return Reply(ok=False, error="Task not found")
-            if row.status != TaskStatus.COMPLETED:
-                return Reply(
-                    ok=False,
-                    status=row.status,
-                    error=f"Task is {row.status}: a follow-up starts only once the task is "
-                    "COMPLETED (wait for the current run to end"
-                    + (", or resume it first)" if row.status.terminal else ")"),
-                )
-            reply = await self._queue(row, "follow_up", requirement)
-        return self._queued(reply)
-
-    async def resume(self, task_id: str) -> Reply:
-        """Continue a CANCELLED or FAILED task from the team serialized in its workspace."""
-        async with self._lock(task_id):
-            row = await self._db(self.store.get_task, task_id)
-            if row is None:
-                return Reply(ok=False, error="Task not found")
-            if row.status not in (TaskStatus.CANCELLED, TaskStatus.FAILED):
-                return Reply(
-                    ok=False,
-                    status=row.status,
-                    error=f"Task is {row.status}: only a CANCELLED or FAILED task can be resumed",
-                )
-            workspace = self.cfg.task_dir(task_id)
-            if not await asyncio.to_thread(has_checkpoint, workspace):
-                return Reply(
-                    ok=False,
-                    status=row.status,
-                    error="Nothing to resume: no serialized team in the task's workspace (the "
-                    "run ended before its first round finished, or was not a MetaGPT run)"
-                    + ("; run it again with POST /run" if row.status == "FAILED" else ""),
-                )
-            last = await self._db(self.store.runs.latest, task_id)
-            requirement = last.requirement if last is not None else row.requirement
-            reply = await self._queue(row, "resume", requirement)
-        return self._queued(reply)
-
-    async def _queue(self, row: TaskRow, kind: str, requirement: str) -> Reply | None:
-        """Queue the task's next run and add its run row; a Reply if another writer won."""
-        try:
-            queued = await self._db(
-                self.store.transition,
-                row.id,
-                TaskStatus.QUEUED,
-                (row.status,),
-                queued_at=utcnow(),
-                # On PostgreSQL no node yet: whichever supervisor has a free slot claims it.
-                node=None if self.claims is not None else self.node,
-                cancel_request=None,
-                progress=0.0,
-                current_agent=None,
-                last_message="Waiting for a free slot",
-                completed_at=None,
-                exit_code=None,
-                error=None,
-            )
-        except TransitionError as exc:  # someone else moved it meanwhile
-            return Reply(ok=True, status=exc.got)
-        await self._db(self.store.runs.add, row.id, kind, requirement, "QUEUED", utcnow())
-        self._publish(queued)
-        if self.claims is not None:  # wake the other nodes: one of them may be idle
-            await self._db(self.claims.notify, QUEUE_CHANNEL)
-        return None
-
-    def _queued(self, early: Reply | None) -> Reply:
-        """Admission is recorded: answer now and start it in the background. Waiting for the
-        pump here made a burst of starts queue behind each other's spawns (cold ones take
-        long while the zygote loads) and clients gave up after the gateway's 5 s."""
-        if early is not None:
-            return early
-        self._pump_soon()
-        return Reply(ok=True, status=TaskStatus.QUEUED)
-
-    def _pump_soon(self) -> None:
-        task = asyncio.create_task(self.pump())
-        self._background.add(task)
-        task.add_done_callback(self._pumped)
-
-    def _pumped(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("starting queued tasks failed", exc_info=task.exception())
-
-    async def cancel(self, task_id: str, reason: str) -> Reply:
-        run = self.running.get(task_id)
-        if run is not None:
-            await self.stop_task(run, TaskStatus.CANCELLED, reason, how="ask")
-            row = await self._db(self.store.get_task, task_id)
-            return Reply(ok=True, status=row.status if row else None)
-        async with self._lock(task_id):
-            row = await self._db(self.store.get_task, task_id)
-            if row is None:
-                return Reply(ok=False, error="Task not found")
-            if row.status.terminal:
-                return Reply(ok=True, status=row.status)
-            try:
-                ended = await self._db(
-                    self.store.transition,
-                    task_id,
-                    TaskStatus.CANCELLED,
-                    (TaskStatus.PENDING, TaskStatus.QUEUED),
-                    completed_at=utcnow(),
-                    last_message=reason,
-                )
-            except TransitionError:
-                pass  # it became RUNNING while we looked
-            else:
-                self._publish(ended)
-                self.metrics.ended(task_id, ended.status)
-                return Reply(ok=True, status=ended.status)
-        # It became RUNNING while we looked: stop the process, wherever it runs.
-        run = self.running.get(task_id)
-        if run is not None:
-            await self.stop_task(run, TaskStatus.CANCELLED, reason, how="ask")
-        elif self.claims is not None:
-            return await self._cancel_elsewhere(task_id, reason)
-        row = await self._db(self.store.get_task, task_id)
-        return Reply(ok=True, status=row.status if row else None)
-
-    async def _cancel_elsewhere(self, task_id: str, reason: str) -> Reply:
-        """Another node runs it: ask that node through the database, wait for its end there.
-
-        The owner acts on the NOTIFY (runner/nodes.py) and writes the final row only once
-        the task's process tree is gone, so the answer comes after the stop, as locally.
-        """
-        assert self.claims is not None
-        await self._db(self.claims.request_cancel, task_id, reason)
-        budget = self.cfg.stop_ask_timeout + self.cfg.stop_term_timeout + 1.0
-        status = await nodes.wait_ended(self, task_id, budget)
-        return Reply(ok=True, status=status)
-
-    async def ended_elsewhere(self, row: TaskRow) -> None:
-        """A lost node's task we ended (runner/nodes.py): its run row, the bus, metrics."""
-        await self._run_update(
-            row.id, status=row.status.value, last_event_id=row.last_event_id,
-            ended_at=row.completed_at,
-        )  # fmt: skip
-        self._publish(row)
-        self.metrics.ended(row.id, row.status, row.last_event_id)
 
     async def stop_task(self, run: Running, status: TaskStatus, message: str, how: StopFrom) -> str:
         """Stop a running task (once, however many ask) and wait until it is down.
@@ -433,82 +266,6 @@ class Supervisor:
         )
         self._publish(started)
 
-    def _plan(self, task_id: str) -> tuple[sandbox.Plan, list[Path]]:
-        """The task's sandbox and its own directories (workspace, log, private tmp)."""
-        cfg = self.cfg
-        dirs = sandbox.task_dirs(
-            cfg.task_dir(task_id), self.store.event_dir(task_id), cfg.sandbox_tmp_dir / task_id
-        )
-        if cfg.sandbox_mode == "off":
-            return sandbox.Plan(mode="off"), dirs
-        if self._read_only is None:
-            self._read_only = sandbox.interpreter_paths(cfg.home)
-        uid = self.uids.acquire() if cfg.sandbox_mode == "uid" else None
-        bus = [cfg.bus_pub[len("ipc://") :]] if cfg.bus_pub.startswith("ipc://") else []
-        plan = sandbox.Plan(
-            mode=cfg.sandbox_mode,
-            uid=uid,
-            gid=uid,
-            read_only=(*self._read_only, "/dev"),
-            read_write=(*(str(d) for d in dirs), *sandbox.DEVICES),
-            reach=tuple(sandbox.unreachable([*self._read_only, *map(str, dirs), *bus]))
-            if uid is not None
-            else (),
-            nofile=cfg.task_nofile,
-            nproc=cfg.task_nproc,
-            address_space_mb=cfg.task_address_space_mb,
-            cpu_seconds=cfg.task_cpu_seconds,
-        )
-        return plan, dirs
-
-    def _prepare(self, plan: sandbox.Plan, dirs: list[Path], spec: task_spec.TaskSpec) -> Path:
-        """Make the task's directories its own and leave its spec in its private tmp."""
-        sandbox.prepare(plan, dirs)
-        path = dirs[-1] / "task.json"
-        task_spec.write(path, spec)
-        if plan.uid is not None and plan.gid is not None:
-            os.chown(path, plan.uid, plan.gid)
-        return path
-
-    async def _spawn(
-        self,
-        task_id: str,
-        workspace: Path,
-        plan: sandbox.Plan,
-        spec_path: Path,
-        needs_llm: bool = False,
-    ) -> process.Child:
-        """The task's process: forked warm from the zygote when it is ready, else cold."""
-        env = self._task_env(llm=needs_llm)
-        env[task_spec.SPEC_ENV] = str(spec_path)
-        if self._bus_master is not None:
-            env.update(bus_auth.task_env(self._bus_master, task_id))
-        if plan.mode != "off":
-            env[sandbox.PLAN_ENV] = msgspec.json.encode(plan).decode()
-            env["TMPDIR"] = env["HOME"] = str(spec_path.parent)
-        if plan.uid is not None:
-            # Its uid has no passwd entry: getpass.getuser() (MetaGPT calls it) asks these.
-            env["USER"] = env["LOGNAME"] = f"task{plan.uid}"
-        log_path = self.cfg.logs_dir / f"task-{task_id}.log"
-        if self.forkserver is not None and self.forkserver.ready:
-            try:
-                return await self.forkserver.spawn(task_id, env, workspace, log_path)
-            except ForkServerError as exc:
-                log.warning("task %s starts cold: %s", task_id, exc)
-        argv = [self.cfg.python, "-m", "runner.task", task_id]
-        return process.spawn(argv, env=env, cwd=workspace, log_path=log_path)
-
-    def start_forkserver(self) -> ForkServer:
-        """Start the zygote in the background: tasks start cold until it is ready."""
-        self.forkserver = ForkServer(
-            self.cfg.python,
-            env=self._task_env(),
-            cwd=self.cfg.home,
-            log_path=self.cfg.logs_dir / "forkserver.log",
-        )
-        self.forkserver.start()
-        return self.forkserver
-
     def _track(self, task_id: str, child: process.Child, options: TaskOptions) -> Running:
         run = Running(task_id, child, options)
         run.started = self._clock()
@@ -517,35 +274,6 @@ class Supervisor:
         self.on_started(task_id)
         run.watcher = asyncio.create_task(self._watch(run))
         return run
-
-    def _task_env(self, llm: bool = False) -> dict[str, str]:
-        # Only what a task needs: paths, bus, its interpreter's basics; no secrets of the
-        # gateway (API tokens never reach task processes), the LLM key only to a task that
-        # calls a real LLM, the bus key only its own (added by _spawn).
-        keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "TMPDIR", "VIRTUAL_ENV")
-        env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("METASTREAM_")}
-        for secret in (*SECRET_ENV, *_NOT_FOR_TASKS):
-            env.pop(secret, None)
-        for k in list(env):
-            if k.startswith("METASTREAM_LLM_"):
-                del env[k]
-        env.update(
-            METASTREAM_HOME=str(self.cfg.home),
-            METASTREAM_DB_URL=self.cfg.db_url,
-            METASTREAM_BUS_PUB=self.cfg.bus_pub,
-            METASTREAM_BUS_SUB=self.cfg.bus_sub,
-            PYTHONUNBUFFERED="1",
-        )
-        # `python` on the task's PATH is its own interpreter: MetaGPT's QA engineer runs the
-        # generated code with whatever `python` it finds, and the sandbox hides the others
-        # (pyenv's shims under /root, for one).
-        bin_dir = os.path.dirname(self.cfg.python)
-        env["PATH"] = os.pathsep.join(
-            [bin_dir, *(p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir)]
-        )
-        if llm:
-            env.update((k, v) for k, v in os.environ.items() if k.startswith("METASTREAM_LLM_"))
-        return env
 
     async def _watch(self, run: Running) -> None:
         await run.child.wait()
@@ -801,23 +529,6 @@ class Supervisor:
             epoch = row.epoch if self.claims is not None else None
             await self._finish(row.id, status, message, exit_told, error=error, epoch=epoch)
         await self.pump()
-
-    def _adopted_plan(self, task_id: str) -> tuple[sandbox.Plan, list[Path]]:
-        """An adopted task's uid (its workspace's owner), so that its end releases it."""
-        cfg = self.cfg
-        dirs = sandbox.task_dirs(
-            cfg.task_dir(task_id), self.store.event_dir(task_id), cfg.sandbox_tmp_dir / task_id
-        )
-        if cfg.sandbox_mode != "uid":
-            return sandbox.Plan(mode=cfg.sandbox_mode), dirs
-        try:
-            uid = cfg.task_dir(task_id).stat().st_uid
-        except OSError:
-            return sandbox.Plan(mode="off"), dirs
-        if uid == os.getuid():
-            return sandbox.Plan(mode="off"), dirs
-        self.uids.reserve(uid)
-        return sandbox.Plan(mode="uid", uid=uid, gid=uid), dirs
 
     async def shutdown(self, reason: str = "Supervisor shut down") -> None:
         """Stop every task (recording why) so nothing outlives the supervisor."""
