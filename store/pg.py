@@ -29,6 +29,7 @@ log = logging.getLogger("metastream.store")
 STATEMENT_TIMEOUT_MS = 30_000
 LOCK_TIMEOUT_MS = 10_000
 IDLE_TX_TIMEOUT_MS = 60_000
+TASK_IDLE_TX_TIMEOUT_MS = 5_000  # a task's writes are one COPY and a commit
 CONNECT_TIMEOUT_S = 5
 POOL_TIMEOUT_S = 30  # waiting for a pooled connection
 RETRY_SECONDS = 30.0  # how long a lost server is waited for before the call fails
@@ -46,7 +47,12 @@ def make_engine(url: str, pool_size: int, max_overflow: int, epoch: int | None =
         f"-c idle_in_transaction_session_timeout={IDLE_TX_TIMEOUT_MS}"
     )
     if epoch is not None:
-        options += f" -c metastream.epoch={int(epoch)}"
+        # A task process's connection: its writes lock its task's row until they commit, so
+        # one paused mid-commit (its node SIGSTOPped) must not hold a takeover for long.
+        options += (
+            f" -c metastream.epoch={int(epoch)}"
+            f" -c idle_in_transaction_session_timeout={TASK_IDLE_TX_TIMEOUT_MS}"
+        )
     return create_engine(
         engine_url(url),
         pool_size=pool_size,

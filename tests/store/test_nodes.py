@@ -87,3 +87,22 @@ def test_a_taken_over_run_can_write_nothing_more(store: Store) -> None:
         assert final.last_message == "node b lost" and final.exit_code is None
     finally:
         task.close()
+
+
+def test_a_takeover_waits_for_a_write_under_way_and_counts_it(store: Store) -> None:
+    """The race of a paused node: its write passed the fence but had not committed yet."""
+    (tid,) = _queued(store, 1)
+    nodes = store.nodes
+    assert nodes is not None
+    nodes.claim("b", 1)
+    store.transition(tid, TaskStatus.RUNNING, at_epoch=1)
+    store.append_events(tid, [(1, b"{}")])
+    with psycopg.connect(store.url, options="-c metastream.epoch=1") as task:
+        task.execute("INSERT INTO events (task_id, event_id, data) VALUES (%s, 2, '{}')", (tid,))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            taking = pool.submit(nodes.take_over, tid, "b", 1, "node b lost", NOW)
+            with pytest.raises(concurrent.futures.TimeoutError):
+                taking.result(timeout=1.0)  # it waits for the write's transaction
+            task.commit()
+            row = taking.result(timeout=10)
+    assert row is not None and row["last_event_id"] == 2 == store.last_event_id(tid)

@@ -19,24 +19,26 @@ branch_labels = None
 depends_on = None
 
 # Statement-level, after the rows are in: one lock on the task row per COPY, not one per
-# event. FOR SHARE waits for a takeover that holds the row, then sees its new epoch, so the
-# taker's "last event id" read is exact.
+# event. The row is locked whatever its epoch (a lock taken only on a stale row would let a
+# write race a takeover: the takeover would not wait for it), so a takeover waits for a write
+# under way and the write that follows it sees the new epoch: the taker's "last event id" is
+# exact.
 _EVENTS_FENCE = """
 CREATE FUNCTION metastream_events_fence() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
   want text := current_setting('metastream.epoch', true);
-  stale text;
+  r record;
 BEGIN
   IF want IS NULL OR want = '' THEN
     RETURN NULL;
   END IF;
-  SELECT t.id INTO stale FROM tasks t
-    WHERE t.id IN (SELECT DISTINCT task_id FROM new_rows) AND t.epoch::text <> want
-    FOR SHARE OF t;
-  IF stale IS NOT NULL THEN
-    RAISE EXCEPTION 'stale run epoch % for task %: its run was taken over', want, stale
-      USING ERRCODE = 'MS409';
-  END IF;
+  FOR r IN SELECT t.id, t.epoch FROM tasks t
+      WHERE t.id IN (SELECT DISTINCT task_id FROM new_rows) FOR SHARE OF t LOOP
+    IF r.epoch::text <> want THEN
+      RAISE EXCEPTION 'stale run epoch % for task %: its run was taken over', want, r.id
+        USING ERRCODE = 'MS409';
+    END IF;
+  END LOOP;
   RETURN NULL;
 END $$;
 CREATE TRIGGER events_fence AFTER INSERT ON events
