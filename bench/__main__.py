@@ -38,8 +38,8 @@ SCENARIOS: dict[str, Callable[[Ctx, list[Row]], None]] = {
     "cluster": cluster.s_cluster,  # two nodes + two gateways vs one (issue 15)
 }
 # Minutes even at small sizes: --quick leaves them out unless named (python -m bench.curves
-# --quick is their own smoke test).
-NOT_QUICK = {"curves"}
+# --quick is their own smoke test; ``--quick --only cluster`` the cluster's).
+NOT_QUICK = {"curves", "cluster"}
 DEFAULT_JSON = Path(__file__).parent / "results" / "latest.json"
 
 
