@@ -20,7 +20,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 
 from core.options import TaskOptions
-from core.status import INITIAL, TaskStatus, TransitionError, check, sources
+from core.status import INITIAL, Fenced, TaskStatus, TransitionError, check, sources
 from core.task import TaskRow
 from store import migrate, pg
 from store.dburl import StoreError, is_sqlite, redact, scrub
@@ -285,6 +285,8 @@ class Store:
             raise KeyError(task_id)
         row = _row(r)
         if changed == 0:
+            if at_epoch is not None and row.status in allowed and row.epoch != at_epoch:
+                raise Fenced(task_id, row.status, target, at_epoch, row.epoch)
             raise TransitionError(task_id, allowed, row.status, target)
         return row
 

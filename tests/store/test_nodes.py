@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from core.status import TaskStatus, TransitionError
+from core.status import Fenced, TaskStatus, TransitionError
 from store import Store
 from store.nodes import Nodes, NodeTaken
 from tests.pgserver import PgServer
@@ -106,3 +106,19 @@ def test_a_takeover_waits_for_a_write_under_way_and_counts_it(store: Store) -> N
             task.commit()
             row = taking.result(timeout=10)
     assert row is not None and row["last_event_id"] == 2 == store.last_event_id(tid)
+
+
+def test_a_lost_node_s_claimed_tasks_become_claimable_and_its_old_claim_is_void(
+    store: Store,
+) -> None:
+    ids = _queued(store, 2)
+    nodes = store.nodes
+    assert nodes is not None
+    assert nodes.claim("b", 2) == ids
+    assert nodes.release_queued("b") == 2
+    assert nodes.claim("a", 5) == ids
+    # b, back, cannot start what it had claimed: its epoch is gone (a's claim is epoch 3).
+    with pytest.raises(Fenced, match="run epoch 1 is stale"):
+        store.transition(ids[0], TaskStatus.RUNNING, at_epoch=1)
+    row = store.transition(ids[0], TaskStatus.RUNNING, at_epoch=3)
+    assert row.node == "a" and row.epoch == 3
