@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,6 +56,21 @@ def prepare(root: Path) -> Path:
     return env
 
 
+def run_postgres(server: PgServer) -> None:
+    """The server in the foreground; honcho's SIGTERM or SIGINT is a fast shutdown.
+
+    Not exec: through ``runuser`` (as root) the server would get no signal, and its own
+    SIGTERM is a "smart" shutdown that waits for every client.
+    """
+    proc = subprocess.Popen(server.foreground())
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # taken by sigtimedwait below, not handled
+    while proc.poll() is None:
+        if signal.sigtimedwait(stop, 0.5) is not None:
+            server.stop("fast")
+            proc.wait(60)
+
+
 def wait_db(url: str, timeout: float) -> None:
     """Wait until the database answers (the cluster's processes start together)."""
     conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)  # a libpq URI
@@ -80,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "postgres":
         bindir = pg_bin()
         assert bindir is not None
-        argv_pg = PgServer(bindir, root=args.dir / "pg", port=DEV_PG_PORT).foreground()
-        os.execvp(argv_pg[0], argv_pg)
+        run_postgres(PgServer(bindir, root=args.dir / "pg", port=DEV_PG_PORT))
     else:
         wait_db(os.environ["METASTREAM_DB_URL"], args.timeout)
     return 0
