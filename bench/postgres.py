@@ -16,9 +16,10 @@ from pathlib import Path
 import httpx
 
 from bench import procs
-from bench.clients import percentile, throughput
+from bench.clients import percentile
 from bench.common import PAYLOAD_BYTES as B
 from bench.common import Ctx, create, row
+from bench.measure import flat_out
 from bench.persistence import NullStore, _run
 from bench.pgserver import PgServer, pg_bin
 from bench.scenarios import LATENCY_RATE, _steady
@@ -87,13 +88,9 @@ def s_pg_persistence(cx: Ctx, rows: list[Row]) -> None:
             for rep in range(cx.reps):
                 v_pg, v_sync = one(stores["pg"]), one(stores["pg-fsync"])
                 v_lite, v_off = one(stores["sqlite"]), one(None)
-                assert pg.baseline and pg_off.baseline and pg_sync.baseline
-                pg.value.samples.append(v_pg)
-                pg_off.value.samples.append(v_pg)
-                pg_sync.value.samples.append(v_sync)
-                pg.baseline.samples.append(v_lite)
-                pg_sync.baseline.samples.append(v_lite)
-                pg_off.baseline.samples.append(v_off)
+                pg.add(v_pg, v_lite)
+                pg_off.add(v_pg, v_off)
+                pg_sync.add(v_sync, v_lite)
                 cx.log(
                     f"  [pg persistence] rep {rep + 1}: PostgreSQL {v_pg:,.0f}, fsync=on "
                     f"{v_sync:,.0f}, SQLite {v_lite:,.0f}, off {v_off:,.0f} events/s"
@@ -132,8 +129,7 @@ def s_pg_stack(cx: Ctx, rows: list[Row]) -> None:
 
             def rate(name: str, events: int) -> float:
                 st, api = stacks[name]
-                tid = create(api, synthetic={"events": events, "rate": 0, "payload_bytes": B})
-                return throughput(cx.clients([f"{st.ws_url}/ws/tasks/{tid}"], events))
+                return flat_out(cx, st, api, 1, events, start_after_ready=False).per_s
 
             def late(name: str, events: int) -> float:
                 st, api = stacks[name]
@@ -147,12 +143,9 @@ def s_pg_stack(cx: Ctx, rows: list[Row]) -> None:
             for rep in range(cx.reps):
                 v_pg, v_lite = rate("pg", n), rate("sqlite", n)
                 l_pg, l_lite = late("pg", k), late("sqlite", k)
-                assert vs_lite.baseline and p99.baseline
-                tput.value.samples.append(v_pg)
-                vs_lite.value.samples.append(v_pg)
-                vs_lite.baseline.samples.append(v_lite)
-                p99.value.samples.append(l_pg)
-                p99.baseline.samples.append(l_lite)
+                tput.add(v_pg)
+                vs_lite.add(v_pg, v_lite)
+                p99.add(l_pg, l_lite)
                 cx.log(
                     f"  [1 on PostgreSQL] rep {rep + 1}: {v_pg:,.0f} vs SQLite {v_lite:,.0f} "
                     f"events/s; p99 {l_pg:.2f} vs {l_lite:.2f} ms"

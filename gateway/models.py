@@ -8,7 +8,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from store import TaskRow
-from store.runs import RunRow
+from store.runs import RunKind, RunRow
 
 # The configured maximum (METASTREAM_MAX_REQUIREMENT) is checked by the route, not here:
 # field constraints are fixed when the class is built, the limit is per gateway.
@@ -103,10 +103,14 @@ class MessageIn(BaseModel):
 
 
 class RunOut(BaseModel):
-    """One run of a task: the first, a follow-up, a resume (``GET /api/tasks/{id}``)."""
+    """One run of a task: the first, a follow-up, a resume (``GET /api/tasks/{id}``).
 
-    run: int
-    kind: Literal["start", "retry", "follow_up", "resume"]
+    The store's ``RunRow`` under its API names (``run_no`` is ``run``; tests/gateway/
+    test_models.py checks that the fields agree).
+    """
+
+    run: int = Field(validation_alias="run_no")
+    kind: RunKind
     requirement: str
     status: str
     first_event_id: int | None
@@ -117,17 +121,7 @@ class RunOut(BaseModel):
 
     @classmethod
     def of(cls, r: RunRow) -> RunOut:
-        return cls(
-            run=r.run_no,
-            kind=r.kind,  # type: ignore[arg-type]
-            requirement=r.requirement,
-            status=r.status,
-            first_event_id=r.first_event_id,
-            last_event_id=r.last_event_id,
-            created_at=r.created_at,
-            started_at=r.started_at,
-            ended_at=r.ended_at,
-        )
+        return cls.model_validate(r, from_attributes=True)
 
 
 class TaskOut(BaseModel):

@@ -93,72 +93,59 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    run = sub.add_parser("run", parents=[common], help="create a task and follow it", epilog=EPILOG)
+    def command(name: str, help: str, *, task: str = "") -> argparse.ArgumentParser:
+        """A subcommand (``task``: the help of its task id argument, if it takes one)."""
+        cmd = sub.add_parser(name, parents=[common], help=help, epilog=EPILOG)
+        cmd.set_defaults(command=name)
+        if task:
+            cmd.add_argument("task_id", help=task)
+        return cmd
+
+    def follows(cmd: argparse.ArgumentParser) -> None:
+        """It follows the task's run, or with ``--detach`` prints its id."""
+        cmd.add_argument("--detach", action="store_true", help="print the task id and exit")
+        _following(cmd)
+
+    prefix = "task id (or a unique prefix of a recent one)"
+    run = command("run", "create a task and follow it")
     _creating(run)
-    run.add_argument("--detach", action="store_true", help="print the task id and exit")
-    _following(run)
-    run.set_defaults(command="run")
+    follows(run)
 
-    create = sub.add_parser(
-        "create",
-        parents=[common],
-        help="create a task without starting it (prints its id)",
-        epilog=EPILOG,
-    )
-    _creating(create)
-    create.set_defaults(command="create")
+    _creating(command("create", "create a task without starting it (prints its id)"))
 
-    tail = sub.add_parser(
-        "tail", parents=[common], help="follow a task (resumes after errors)", epilog=EPILOG
-    )
-    tail.add_argument("task_id", help="task id (or a unique prefix of a recent one)")
+    tail = command("tail", "follow a task (resumes after errors)", task=prefix)
     tail.add_argument("--after", type=int, default=0, metavar="N", help="start after event N")
     tail.add_argument("--bus", action="store_true", help="read the ZeroMQ bus (live only)")
     tail.add_argument("--endpoint", default=None, help="bus XPUB endpoint (METASTREAM_BUS_SUB)")
     _following(tail)
-    tail.set_defaults(command="tail")
 
-    say = sub.add_parser(
+    say = command(
         "say",
-        parents=[common],
-        help="send a follow-up requirement to a COMPLETED task and follow the new run",
-        epilog=EPILOG,
+        "send a follow-up requirement to a COMPLETED task and follow the new run",
+        task=prefix,
     )
-    say.add_argument("task_id", help="task id (or a unique prefix of a recent one)")
     say.add_argument("requirement", help="what to change or add")
-    say.add_argument("--detach", action="store_true", help="print the task id and exit")
-    _following(say)
-    say.set_defaults(command="say")
+    follows(say)
 
-    resume = sub.add_parser(
-        "resume",
-        parents=[common],
-        help="continue a CANCELLED or FAILED task from its last completed round",
-        epilog=EPILOG,
+    follows(
+        command(
+            "resume",
+            "continue a CANCELLED or FAILED task from its last completed round",
+            task=prefix,
+        )
     )
-    resume.add_argument("task_id", help="task id (or a unique prefix of a recent one)")
-    resume.add_argument("--detach", action="store_true", help="print the task id and exit")
-    _following(resume)
-    resume.set_defaults(command="resume")
 
-    ls = sub.add_parser("ls", parents=[common], help="list tasks, newest first")
+    ls = command("ls", "list tasks, newest first")
     ls.add_argument("--limit", type=int, default=20)
     ls.add_argument("--offset", type=int, default=0)
-    ls.set_defaults(command="ls")
 
-    cancel = sub.add_parser("cancel", parents=[common], help="cancel a task")
-    cancel.add_argument("task_id")
-    cancel.set_defaults(command="cancel")
+    command("cancel", "cancel a task").add_argument("task_id")
+    command("files", "list a task's generated files").add_argument("task_id")
 
-    files = sub.add_parser("files", parents=[common], help="list a task's generated files")
-    files.add_argument("task_id")
-    files.set_defaults(command="files")
-
-    get = sub.add_parser("get", parents=[common], help="print one generated file")
+    get = command("get", "print one generated file")
     get.add_argument("task_id")
     get.add_argument("path", help="path as listed by `metastream files`")
     get.add_argument("-o", "--output", help="write to this file instead of stdout")
-    get.set_defaults(command="get")
 
     from metastream import cli_db
 

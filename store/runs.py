@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import msgspec
 from sqlalchemy import Engine, func, insert, select, update
 
 from store.schema import runs
 
-RUN_KINDS = ("start", "retry", "follow_up", "resume")
+# A run's kind, declared once: the REST answer (gateway.models.RunOut) has the same type.
+RunKind = Literal["start", "retry", "follow_up", "resume"]
+RUN_KINDS: tuple[str, ...] = get_args(RunKind)
 
 
 class RunRow(msgspec.Struct, kw_only=True):
-    """One run of a task."""
+    """One run of a task.
+
+    The REST answer's ``RunOut`` (gateway/models.py) is this row without ``task_id`` and with
+    ``run_no`` as ``run``; tests/gateway/test_models.py checks that the two agree.
+    """
 
     task_id: str
     run_no: int
-    kind: str
+    kind: RunKind
     requirement: str
     status: str
     first_event_id: int | None

@@ -50,6 +50,17 @@ def api(stack: Stack) -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.fixture
+def backend_stack(
+    stack_factory: Callable[..., Stack], stack_env: dict[str, str], workers: int
+) -> Stack:
+    """A stack on each store backend (``stack_env``), with ``workers`` gateway processes."""
+    env = dict(stack_env)
+    if workers > 1:
+        env["METASTREAM_GATEWAY_WORKERS"] = str(workers)
+    return stack_factory(env)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """A real PostgreSQL server for the whole session (skipped when PostgreSQL is missing)."""

@@ -14,11 +14,27 @@ import msgspec
 import pytest
 import websockets
 
+from metastream import ws_resume
+
 T = TypeVar("T")
 
 # Runs a test against one gateway process and against two gateway workers on one port (the
 # ``workers`` fixture in conftest.py, which the stack fixtures read).
 WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["1gw", "2workers"], indirect=True)
+
+
+# The seed's WebSocket message fields (shared/seed, CONTRACT.md), written here once and apart
+# from the code on purpose: the tests hold the code to the contract.
+SEED_EVENT_KEYS = {"event_id", "task_id", "timestamp", "agent_role", "event_type", "payload"}
+SEED_STATE_KEYS = {
+    "task_id",
+    "status",
+    "progress",
+    "current_agent",
+    "last_message",
+    "started_at",
+    "completed_at",
+}
 
 
 def poll_for(fn: Callable[[], T], timeout: float, interval: float = 0.05, what: str = "") -> T:
@@ -158,35 +174,43 @@ async def follow(
 ) -> Received:
     """Follow a task to its end like a resilient client: reconnect with ``last_event_id``.
 
+    Built from the client library's resume parts (``metastream.ws_resume``), but it keeps
+    every message as it came, repeats included, so that the tests see what the server sent.
     ``drop_every`` makes the client hang up on purpose after that many events per connection;
     lost connections (a gateway restart) are retried with a short backoff until ``timeout``.
     """
     got = Received()
-    last = 0
+    cursor = ws_resume.Cursor()
+    sub = SUBPROTOCOLS[fmt]
     async with asyncio.timeout(timeout):
         while True:
-            url = f"{ws_url}/ws/tasks/{task_id}?last_event_id={last}"
+            url = ws_resume.resume_url(ws_url, task_id, cursor.last)
             try:
-                async with _connect(url, fmt, open_timeout=5) as ws:
+                async with ws_resume.connect(
+                    url, (sub,) if sub else (), 5, ping_interval=None
+                ) as ws:
                     got.subprotocol = ws.subprotocol
                     in_this = 0
-                    async for raw in ws:
+                    async for messages in ws_resume.frames(ws, timeout):
                         got.frames += 1
-                        for msg in decode_frame(raw, fmt):
+                        for msg in messages:
                             if drop_every is not None and in_this >= drop_every:
                                 break  # hang up mid-frame: the rest comes again on resume
                             got.messages.append(msg)
                             if msg["type"] == "event":
-                                last = msg["data"]["event_id"]
+                                cursor.last = msg["data"]["event_id"]
                                 in_this += 1
                                 if on_events is not None:
-                                    on_events(last)
+                                    on_events(cursor.last)
                         if drop_every is not None and in_this >= drop_every:
                             break
-                    if ws.close_code == 1000 and not (drop_every and in_this >= drop_every):
-                        got.close_code = 1000
-                        return got
-            except (OSError, websockets.ConnectionClosed, websockets.InvalidStatus):
+            except websockets.ConnectionClosedOK as exc:
+                if exc.rcvd is not None and exc.rcvd.code == 1000:
+                    got.close_code = 1000
+                    return got
+                await asyncio.sleep(0.2)
+            except ws_resume.RETRYABLE as exc:
+                ws_resume.retry_reason(exc)  # raises where retrying is futile (4404, 4401, 4xx)
                 await asyncio.sleep(0.2)
 
 

@@ -18,6 +18,7 @@ from bus.messages import (
     topic,
     utcnow,
 )
+from tests.helpers import SEED_STATE_KEYS
 
 
 def test_bus_body_is_a_plain_msgpack_map_with_websocket_fields() -> None:
@@ -45,15 +46,7 @@ def test_bus_body_is_a_plain_msgpack_map_with_websocket_fields() -> None:
 
 def test_state_data_is_exactly_the_seed_fields() -> None:
     st = State(task_id=new_task_id(), status="RUNNING", progress=0.5, last_event_id=9, version=4)
-    assert set(state_data(st)) == {
-        "task_id",
-        "status",
-        "progress",
-        "current_agent",
-        "last_message",
-        "started_at",
-        "completed_at",
-    }
+    assert set(state_data(st)) == SEED_STATE_KEYS
 
 
 def test_subscribing_to_a_task_id_matches_that_tasks_topics_only() -> None:

@@ -2,17 +2,27 @@
 
 Debian's ``chromium`` package is the browser (``playwright install`` would download one, and
 this machine has no internet); Playwright for Python only drives it through ``executable_path``.
+The browser test modules share their set-up from here: import the fixtures (``stack``, ``api``,
+``browser``, ``page``) into the module, as ``from tests.e2e.browser_support import ...``.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from metastream.stack import Stack
 
 PLAYWRIGHT_PIN = "playwright==1.65.2"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
@@ -89,3 +99,89 @@ def artifacts_dir() -> Path:
     path = Path(__file__).resolve().parents[2] / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack per test module (shadows conftest's): every test works on its own tasks, and
+    starting and stopping a stack per test would double a module's run time."""
+    s = Stack(tmp_path_factory.mktemp("browser") / "home")
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def api(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api, why = ensure_playwright()
+    if sync_api is None:
+        pytest.skip(f"Playwright for Python is unavailable: {why}")
+    chromium, why = ensure_chromium()
+    if chromium is None:
+        pytest.skip(f"Chromium cannot be installed here: {why}")
+    pw = sync_api.sync_playwright().start()
+    try:
+        b = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+    except Exception as exc:  # a browser that will not start is an environment problem
+        pw.stop()
+        pytest.skip(f"Chromium at {chromium} does not start: {exc}")
+    yield b
+    b.close()
+    pw.stop()
+
+
+class Page:
+    """A fresh browser page plus what it reported (page errors, WebSocket URLs)."""
+
+    def __init__(self, browser: Any):
+        self.context = browser.new_context(viewport={"width": 1440, "height": 1000})
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(30_000)
+        self.errors: list[str] = []
+        self.ws_urls: list[str] = []
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        self.page.on("websocket", lambda ws: self.ws_urls.append(ws.url))
+
+    def info(self) -> dict[str, Any]:
+        return self.page.evaluate("window.__metastream.info()")
+
+    def wait_js(self, expr: str, timeout: float = 30) -> None:
+        self.page.wait_for_function(
+            f"() => {{ const i = window.__metastream.info(); return {expr}; }}",
+            timeout=timeout * 1000,
+        )
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(artifacts_dir() / f"{name}.png"), full_page=False)
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Page]:
+    p = Page(browser)
+    yield p
+    p.context.close()
+
+
+def create_from_page(p: Page, url: str, requirement: str, **opts: Any) -> str:
+    """Fill and submit the create form; returns the id of the task it opened."""
+    pg = p.page
+    pg.goto(url + "/")
+    pg.fill("#requirement", requirement)
+    if opts.get("test_mode"):
+        pg.locator("#test-mode").set_checked(True, force=True)  # styled switch: input is hidden
+    if opts.get("use_qa"):
+        pg.locator("#use-qa").set_checked(True, force=True)
+    if "events" in opts:
+        pg.click("#synthetic-box summary")
+        pg.locator("#synthetic-on").set_checked(True, force=True)
+        pg.fill("#synthetic-events", str(opts["events"]))
+        pg.fill("#synthetic-rate", str(opts["rate"]))
+    pg.click("#create-btn")
+    pg.wait_for_url(re.compile(r"#/task/[0-9a-f-]{36}$"))
+    return pg.text_content("#t-id") or ""

@@ -6,16 +6,20 @@ import httpx
 import pytest
 
 from metastream.stack import Stack
-from tests.e2e.test_browser import Page, api, browser, create_from_page, page, stack  # noqa: F401
+from tests.e2e import browser_support as bs
+from tests.e2e.browser_support import Page, create_from_page
+
+# The shared browser set-up (browser_support), as this module's fixtures.
+stack, api, browser, page = bs.stack, bs.api, bs.browser, bs.page
 
 pytestmark = [pytest.mark.metagpt, pytest.mark.timeout(600)]
 RUN_S = 240
 
 
 def test_a_follow_up_sent_from_the_page_streams_into_the_thread(
-    page: Page,  # noqa: F811
-    stack: Stack,  # noqa: F811
-    api: httpx.Client,  # noqa: F811
+    page: Page,
+    stack: Stack,
+    api: httpx.Client,
 ) -> None:
     tid = create_from_page(page, stack.url, "a calculator with add and subtract", test_mode=True)
     page.wait_js("i.status === 'COMPLETED'", timeout=RUN_S)

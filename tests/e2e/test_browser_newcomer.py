@@ -6,7 +6,6 @@ Real stack, headless Chromium (see browser_support); screenshots in ``test-artif
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,31 +14,13 @@ import pytest
 
 from metastream.stack import Stack
 from tests.e2e import browser_support as bs
-from tests.e2e.test_browser import Page, browser, create_from_page  # noqa: F401 (fixture)
+from tests.e2e.browser_support import Page, create_from_page
 from tests.helpers import create_task, wait_status
 
+# The shared browser set-up (browser_support), as this module's fixtures.
+stack, api, browser, page = bs.stack, bs.api, bs.browser, bs.page
+
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("browser22") / "home")
-    s.start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def api(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.url, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Page]:  # noqa: F811
-    p = Page(browser)
-    yield p
-    p.context.close()
 
 
 def test_unknown_or_garbage_task_shows_only_not_found(
@@ -103,7 +84,7 @@ def test_cancel_asks_for_confirmation(stack: Stack, api: httpx.Client, page: Pag
     assert not page.errors, page.errors
 
 
-def test_phone_layout(stack: Stack, browser: Any) -> None:  # noqa: F811
+def test_phone_layout(stack: Stack, browser: Any) -> None:
     context = browser.new_context(
         viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True
     )

@@ -27,12 +27,9 @@ pytestmark = WORKERS
 
 
 @pytest.fixture
-def stack(stack_factory: Callable[..., Stack], stack_env: dict[str, str], workers: int) -> Stack:
-    """A stack on each store backend (tests/conftest.py: stack_env), with ``workers`` gateways."""
-    env = dict(stack_env)
-    if workers > 1:
-        env["METASTREAM_GATEWAY_WORKERS"] = str(workers)
-    return stack_factory(env)
+def stack(backend_stack: Stack) -> Stack:
+    """This module's stacks: on each store backend (tests/conftest.py)."""
+    return backend_stack
 
 
 async def until(fn: Callable[[], object], what: str, timeout: float = 30) -> None:

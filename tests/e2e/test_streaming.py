@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import httpx
 import pytest
 
 from metastream.stack import Stack
-from tests.helpers import collect, create_task, wait_status
-
-EVENT_KEYS = {"event_id", "task_id", "timestamp", "agent_role", "event_type", "payload"}
-STATE_KEYS = {
-    "task_id",
-    "status",
-    "progress",
-    "current_agent",
-    "last_message",
-    "started_at",
-    "completed_at",
-}
+from tests.helpers import SEED_EVENT_KEYS, SEED_STATE_KEYS, collect, create_task, wait_status
 
 
 @pytest.fixture
-def stack(stack_factory: Callable[..., Stack], stack_env: dict[str, str], workers: int) -> Stack:
-    """A stack on each store backend (tests/conftest.py: stack_env), with ``workers`` gateways."""
-    env = dict(stack_env)
-    if workers > 1:
-        env["METASTREAM_GATEWAY_WORKERS"] = str(workers)
-    return stack_factory(env)
+def stack(backend_stack: Stack) -> Stack:
+    """This module's stacks: on each store backend (tests/conftest.py)."""
+    return backend_stack
 
 
 def test_task_streams_in_seed_format(stack: Stack, api: httpx.Client) -> None:
@@ -45,10 +30,10 @@ def test_task_streams_in_seed_format(stack: Stack, api: httpx.Client) -> None:
     }
     assert got.event_ids == list(range(1, 501))
     for data in got.of("event"):
-        assert set(data) == EVENT_KEYS and data["task_id"] == task["id"]
+        assert set(data) == SEED_EVENT_KEYS and data["task_id"] == task["id"]
         assert data["timestamp"].endswith("Z") and isinstance(data["payload"], dict)
     states = got.of("state")
-    assert all(set(s) == STATE_KEYS for s in states)
+    assert all(set(s) == SEED_STATE_KEYS for s in states)
     progress = [s["progress"] for s in states]
     assert progress == sorted(progress) and progress[-1] == 1.0
     assert got.messages[-1]["type"] == "state"

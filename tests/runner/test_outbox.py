@@ -189,8 +189,8 @@ def _count_row_writes(rig: Rig) -> list[float]:
 def test_the_task_row_is_written_less_often_than_states_are_published(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("runner.task.outbox.STATE_INTERVAL", 0.02)
-    monkeypatch.setattr("runner.task.outbox.ROW_INTERVAL", 0.3)
+    monkeypatch.setattr("runner.task.state_throttle.STATE_INTERVAL", 0.02)
+    monkeypatch.setattr("runner.task.task_row.ROW_INTERVAL", 0.3)
     rows = _count_row_writes(rig)
     box = outbox(rig)
     states = 0
@@ -222,7 +222,7 @@ def test_the_task_row_is_written_less_often_than_states_are_published(
 def test_a_flush_writes_the_task_row_without_waiting_for_the_interval(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("runner.task.outbox.ROW_INTERVAL", 3600.0)
+    monkeypatch.setattr("runner.task.task_row.ROW_INTERVAL", 3600.0)
     box = outbox(rig)
     try:
         box.set_state(progress=0.5, last_message="first")
