@@ -41,6 +41,15 @@ class TaskFiles:
             ).all()
         return [{"path": p, "size": int(s)} for p, s in rows] if rows else None
 
+    def mtime(self, task_id: str, path: str) -> float | None:
+        with self._engine.connect() as c:
+            value = c.execute(
+                select(task_files.c.mtime).where(
+                    task_files.c.task_id == task_id, task_files.c.path == path
+                )
+            ).scalar_one_or_none()
+        return float(value) if value is not None else None
+
     def read(self, task_id: str, path: str) -> bytes | None:
         with self._engine.connect() as c:
             data = c.execute(

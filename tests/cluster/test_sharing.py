@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import subprocess
 import sys
+import zipfile
 
 import httpx
 import pytest
@@ -78,3 +80,7 @@ def test_a_task_streams_through_the_other_nodes_gateway_and_resumes_through_its_
             body = api_other.get(f"/api/tasks/{t['id']}/files/report.txt")
             assert body.status_code == 200 and body.text == "written on the owner node"
             assert api_other.get(f"/api/tasks/{t['id']}/files/nope.txt").status_code == 404
+            archive = api_other.get(f"/api/tasks/{t['id']}/archive")
+            with zipfile.ZipFile(io.BytesIO(archive.content)) as zf:
+                assert zf.namelist() == ["report.txt"]
+                assert zf.read("report.txt") == b"written on the owner node"
