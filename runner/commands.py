@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from bus.messages import Reply
 from core.clock import utcnow
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from runner.supervisor import Running
 
 log = logging.getLogger("metastream.supervisor")
-T = TypeVar("T")
 
 
 class Commands:
