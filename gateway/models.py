@@ -109,6 +109,9 @@ class RunOut(BaseModel):
     test_models.py checks that the fields agree).
     """
 
+    # Read from the row by its own names; also by the field names (a re-validated answer).
+    model_config = ConfigDict(populate_by_name=True)
+
     run: int = Field(validation_alias="run_no")
     kind: RunKind
     requirement: str
@@ -127,8 +130,10 @@ class RunOut(BaseModel):
 class TaskOut(BaseModel):
     """A task and its current state."""
 
+    model_config = ConfigDict(populate_by_name=True)  # (as RunOut's)
+
     id: str
-    task_id: str
+    task_id: str = Field(validation_alias="id")  # the seed's name for it
     requirement: str
     test_mode: bool
     status: str
@@ -155,26 +160,10 @@ class TaskOut(BaseModel):
 
     @classmethod
     def of(cls, row: TaskRow, runs: list[RunRow] | None = None) -> TaskOut:
-        return cls(
-            id=row.id,
-            task_id=row.id,
-            requirement=row.requirement,
-            test_mode=row.test_mode,
-            status=row.status,
-            progress=row.progress,
-            current_agent=row.current_agent,
-            last_message=row.last_message,
-            created_at=row.created_at,
-            started_at=row.started_at,
-            completed_at=row.completed_at,
-            last_event_id=row.last_event_id,
-            exit_code=row.exit_code,
-            options=row.options,
-            llm=_llm_of(row),
-            runs=None if runs is None else [RunOut.of(r) for r in runs],
-            node=row.node,
-            run_count=row.run_count,
-        )
+        out = cls.model_validate(row, from_attributes=True)  # the row's fields, by name
+        out.llm = _llm_of(row)
+        out.runs = None if runs is None else [RunOut.of(r) for r in runs]
+        return out
 
 
 def _llm_of(row: TaskRow) -> str | None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,6 +32,34 @@ def task_socket(ctx: zmq.Context, home: Path, endpoint: str, task_id: str) -> zm
     sock.curve_serverkey = keys.server
     sock.connect(endpoint)
     return sock
+
+
+@contextlib.contextmanager
+def rogue_task(s: Stack, task_id: str) -> Iterator[zmq.Socket]:
+    """The task's own bus socket in a hostile hand (see task_socket), closed afterwards.
+
+    An XPUB rather than a PUB: it hears the subscriptions forwarded to publishers, so a test
+    knows when what it sends will reach the gateway instead of being dropped at the source.
+    """
+    cfg = settings.load(s.env)
+    ctx = zmq.Context()
+    rogue = task_socket(ctx, cfg.home, cfg.bus_pub, task_id)
+    try:
+        yield rogue
+    finally:
+        rogue.close()
+        ctx.term()
+
+
+async def gateway_listens(rogue: zmq.Socket, task_id: str) -> None:
+    """Wait (20 s at most) until the gateway's subscription to the task reaches ``rogue``."""
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                if rogue.recv(zmq.NOBLOCK) == b"\x01" + task_id.encode():
+                    return
+            except zmq.Again:
+                await asyncio.sleep(0.02)
 
 
 def _junk(task_id: str, rnd: random.Random) -> list[list[bytes]]:
@@ -62,29 +91,17 @@ def _junk(task_id: str, rnd: random.Random) -> list[list[bytes]]:
 def test_rogue_publisher_flood(stack_factory) -> None:  # type: ignore[no-untyped-def]
     s: Stack = stack_factory()
     n = 400
-    cfg = settings.load(s.env)
     with httpx.Client(base_url=s.url, timeout=30) as api:
         task = create_task(api, synthetic={"events": n, "rate": 80})
         tid = task["id"]
-        ctx = zmq.Context()
-        # An XPUB rather than a PUB: it hears the subscriptions forwarded to publishers, so we
-        # know when the flood will reach the gateway instead of being dropped at the source.
-        # The task's own key, as a hostile task holds it: the proxy forwards its frames for
-        # its own topics, and the consumers must survive them.
-        rogue = task_socket(ctx, cfg.home, cfg.bus_pub, tid)
-        rogue.setsockopt(zmq.SNDHWM, 0)
         rnd = random.Random(6)
         sent = 0
 
-        async def flood() -> None:
+        # The task's own key, as a hostile task holds it: the proxy forwards its frames for
+        # its own topics, and the consumers must survive them.
+        async def flood(rogue: zmq.Socket) -> None:
             nonlocal sent
-            async with asyncio.timeout(20):
-                heard: set[bytes] = set()
-                while b"\x01" + tid.encode() not in heard:
-                    try:
-                        heard.add(rogue.recv(zmq.NOBLOCK))
-                    except zmq.Again:
-                        await asyncio.sleep(0.02)
+            await gateway_listens(rogue, tid)
             for _ in range(400):
                 for frames in _junk(tid, rnd):
                     rogue.send_multipart(frames)
@@ -92,16 +109,14 @@ def test_rogue_publisher_flood(stack_factory) -> None:  # type: ignore[no-untype
                 await asyncio.sleep(0.01)  # spread it over the task's life
             rogue.send_multipart([topic(tid, "event"), os.urandom(8 * 1024 * 1024)])
 
-        async def scenario():  # type: ignore[no-untyped-def]
+        async def scenario(rogue: zmq.Socket):  # type: ignore[no-untyped-def]
             good = asyncio.create_task(collect(s.ws_url, tid, timeout=90))
-            await flood()
+            await flood(rogue)
             return await good
 
-        try:
-            got = asyncio.run(scenario())
-        finally:
-            rogue.close()
-            ctx.term()
+        with rogue_task(s, tid) as rogue:
+            rogue.setsockopt(zmq.SNDHWM, 0)
+            got = asyncio.run(scenario(rogue))
         assert got.event_ids == list(range(1, n + 1)) and got.close_code == 1000
         assert got.of("state")[-1]["status"] == "COMPLETED"
         health = api.get("/healthz").json()
@@ -181,34 +196,22 @@ def test_curve_bus_admits_only_key_holders(tmp_path, monkeypatch) -> None:  # ty
 def test_a_forged_final_state_does_not_end_a_stream(stack_factory) -> None:  # type: ignore[no-untyped-def]
     s: Stack = stack_factory()
     n = 200
-    cfg = settings.load(s.env)
     with httpx.Client(base_url=s.url, timeout=30) as api:
         task = create_task(api, synthetic={"events": n, "rate": 100})
         tid = task["id"]
-        ctx = zmq.Context()
-        # The task itself forges its end: the proxy drops it (the outcome is the supervisor's).
-        rogue = task_socket(ctx, cfg.home, cfg.bus_pub, tid)
-        forged = bus_encoder.encode(State(task_id=tid, status="COMPLETED", progress=1.0))
+    # The task itself forges its end: the proxy drops it (the outcome is the supervisor's).
+    forged = bus_encoder.encode(State(task_id=tid, status="COMPLETED", progress=1.0))
 
-        async def scenario():  # type: ignore[no-untyped-def]
-            good = asyncio.create_task(collect(s.ws_url, tid, timeout=60))
-            async with asyncio.timeout(20):  # wait until the gateway's subscription reaches us
-                while True:
-                    try:
-                        if rogue.recv(zmq.NOBLOCK) == b"\x01" + tid.encode():
-                            break
-                    except zmq.Again:
-                        await asyncio.sleep(0.02)
-            for _ in range(20):
-                rogue.send_multipart([topic(tid, "state"), forged])
-                await asyncio.sleep(0.05)
-            return await good
+    async def scenario(rogue: zmq.Socket):  # type: ignore[no-untyped-def]
+        good = asyncio.create_task(collect(s.ws_url, tid, timeout=60))
+        await gateway_listens(rogue, tid)
+        for _ in range(20):
+            rogue.send_multipart([topic(tid, "state"), forged])
+            await asyncio.sleep(0.05)
+        return await good
 
-        try:
-            got = asyncio.run(scenario())
-        finally:
-            rogue.close()
-            ctx.term()
+    with rogue_task(s, tid) as rogue:
+        got = asyncio.run(scenario(rogue))
     # The stream went on to the real end: every event, then the true final state.
     assert got.event_ids == list(range(1, n + 1)) and got.close_code == 1000
     assert got.of("state")[-1]["status"] == "COMPLETED"

@@ -41,9 +41,10 @@ async def until(fn: Callable[[], object], what: str, timeout: float = 30) -> Non
         await asyncio.sleep(0.02)
 
 
-def assert_exactly(ids: list[int], n: int) -> None:
+def assert_exactly(ids: list[int], n: int, who: str = "client") -> None:
     assert len(ids) == n and ids == list(range(1, n + 1)), (
-        f"{len(ids)} ids, first bad at {next((i for i, v in enumerate(ids, 1) if v != i), None)}"
+        f"{who}: {len(ids)} ids, first bad at "
+        f"{next((i for i, v in enumerate(ids, 1) if v != i), None)}"
     )
 
 
@@ -74,8 +75,8 @@ def test_100k_events_three_clients(stack: Stack, api: httpx.Client) -> None:
 
     start = time.monotonic()
     fast, slow, resumer = asyncio.run(scenario())
-    for got in (fast, slow, resumer):
-        assert_exactly(got.event_ids, n)
+    for name, got in (("fast", fast), ("slow", slow), ("resumer", resumer)):
+        assert_exactly(got.event_ids, n, f"{name} (closed {got.close_code})")
         assert got.of("state")[-1]["status"] == "COMPLETED"
     # The resumer really did reconnect several times.
     assert sum(1 for m in resumer.messages if m["type"] == "connected") >= 5
