@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import curves, metrics_ab, persistence, postgres, scenarios, startup
+from bench import cluster, curves, metrics_ab, persistence, postgres, scenarios, startup
 from bench.common import Ctx
 from bench.table import Row, render, write_json
 
@@ -35,10 +35,11 @@ SCENARIOS: dict[str, Callable[[Ctx, list[Row]], None]] = {
     "pg-persistence": postgres.s_pg_persistence,
     "pg-stack": postgres.s_pg_stack,
     "metrics": metrics_ab.s1_metrics,  # scenario 1, metrics on vs off
+    "cluster": cluster.s_cluster,  # two nodes + two gateways vs one (issue 15)
 }
 # Minutes even at small sizes: --quick leaves them out unless named (python -m bench.curves
-# --quick is their own smoke test).
-NOT_QUICK = {"curves"}
+# --quick is their own smoke test; ``--quick --only cluster`` the cluster's).
+NOT_QUICK = {"curves", "cluster"}
 DEFAULT_JSON = Path(__file__).parent / "results" / "latest.json"
 
 

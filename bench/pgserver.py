@@ -42,11 +42,13 @@ def free_port() -> int:
 class PgServer:
     """One PostgreSQL cluster owned by the test session."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, root: Path | None = None, port: int | None = None) -> None:
+        """A throwaway server in a temp dir, or one kept in ``root`` (``make cluster``)."""
         self.bindir = bindir
-        self.root = Path(tempfile.mkdtemp(prefix="metastream-pg-"))
+        self.root = root or Path(tempfile.mkdtemp(prefix="metastream-pg-"))
         self.data = self.root / "data"
-        self.port = free_port()
+        self.port = port or free_port()
+        self.root.mkdir(parents=True, exist_ok=True)
         self._as_user: list[str] = []
         if os.geteuid() == 0:
             entry = pwd.getpwnam("postgres")
@@ -80,6 +82,10 @@ class PgServer:
                 "shared_buffers = 64MB\n"
             )
         return self
+
+    def foreground(self) -> list[str]:
+        """The argv that runs the server in the foreground (under honcho)."""
+        return [*self._as_user, str(self.bindir / "postgres"), "-D", str(self.data)]
 
     def start(self) -> None:
         self._run(

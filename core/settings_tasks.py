@@ -34,6 +34,15 @@ class SupervisorSettings(OperatingSettings, frozen=True, kw_only=True):
             gt=0,
         ),
     ] = 5.0
+    node_ttl: Annotated[
+        float,
+        env(
+            "METASTREAM_NODE_TTL",
+            "PostgreSQL, several nodes: seconds without a node's heartbeat before another node "
+            "fails its running tasks and runs its queued ones",
+            gt=0,
+        ),
+    ] = 15.0
     stop_ask_timeout: Annotated[
         float,
         env(

@@ -50,6 +50,18 @@ class TransitionError(ValueError):
         super().__init__(f"task {task_id} -> {to}: expected {wanted}, got {got}")
 
 
+class Fenced(TransitionError):
+    """The row is in an expected status but at another run epoch (several nodes): the run
+    that asked was taken over or its claim released."""
+
+    def __init__(self, task_id: str, got: str, to: str, epoch: int, current: int) -> None:
+        super().__init__(task_id, (got,), got, to)
+        self.args = (
+            f"task {task_id} -> {to}: run epoch {epoch} is stale (now {current}): "
+            "the run was taken over",
+        )
+
+
 def sources(to: TaskStatus) -> tuple[TaskStatus, ...]:
     """Every status the table allows to move to ``to``, in declaration order."""
     return tuple(s for s in TaskStatus if to in TRANSITIONS[s])

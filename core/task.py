@@ -33,3 +33,5 @@ class TaskRow(msgspec.Struct, kw_only=True):
     pid_create_time: float | None
     exit_code: int | None
     error: str | None
+    epoch: int = 0  # the run's fencing epoch (several nodes, issue 15)
+    cancel_request: str | None = None  # a cancel asked through another node

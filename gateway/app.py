@@ -26,7 +26,7 @@ from bus.messages import Ping
 from core import settings as settings_mod
 from core.metrics import Registry
 from core.settings import Settings
-from gateway import api, archive, files, readiness, ws
+from gateway import api, archive, files, nodes_api, readiness, ws
 from gateway.browser import BrowserGuardMiddleware
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.frames import MsgpackCache
@@ -118,6 +118,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     app.include_router(api.router, responses=COMMON_RESPONSES)
     app.include_router(files.router, responses=COMMON_RESPONSES)
     app.include_router(archive.router, responses=COMMON_RESPONSES)
+    app.include_router(nodes_api.router, responses=COMMON_RESPONSES)
     app.include_router(ws.router)
 
     @app.get("/healthz")
@@ -162,7 +163,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     # (path pattern, methods) of the REST routes, for honest 405 answers.
     method_table = [
         (r.path_regex, r.methods or set())
-        for router in (api.router, files.router, archive.router)
+        for router in (api.router, files.router, archive.router, nodes_api.router)
         for r in router.routes
         if isinstance(r, APIRoute)
     ]

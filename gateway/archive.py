@@ -20,8 +20,9 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
+from core.workspace import _DIR_FLAGS, _FILE_FLAGS, _servable
 from gateway.api import SettingsDep, StoreDep, _task_or_404
-from gateway.files import _DIR_FLAGS, _FILE_FLAGS, _servable
+from store.files import TaskFiles
 
 router = APIRouter(prefix="/api")
 MAX_FILES = 5_000
@@ -116,13 +117,38 @@ def zip_stream(root: Path) -> Iterator[bytes]:
     yield sink.take()
 
 
+def zip_shared(shared: TaskFiles, task_id: str) -> Iterator[bytes]:
+    """The zip of a task's files as its node copied them into the database (docs/deploy.md),
+    one file read at a time."""
+    sink = _Sink()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for entry in (shared.list(task_id) or [])[:MAX_FILES]:
+            path = str(entry["path"])
+            data = shared.read(task_id, path)
+            if data is None:
+                continue  # replaced by a newer run meanwhile
+            info = zipfile.ZipInfo(path, time.localtime(shared.mtime(task_id, path) or 0)[:6])
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            zf.writestr(info, data)
+            yield sink.take()
+    yield sink.take()
+
+
 @router.get("/tasks/{task_id}/archive", response_class=StreamingResponse)
 async def task_archive(task_id: str, store: StoreDep, cfg: SettingsDep) -> StreamingResponse:
     """The whole workspace as a zip (what `GET /files` lists), streamed as it is built."""
     await _task_or_404(store, task_id)
     name = f"task-{task_id[:8]}.zip"
+    workspace, shared = cfg.task_dir(task_id), store.files
+    # Another node ran it: its files as that node copied them into the database.
+    body = (
+        zip_shared(shared, task_id)
+        if shared is not None and not workspace.is_dir()
+        else zip_stream(workspace)
+    )
     return StreamingResponse(
-        zip_stream(cfg.task_dir(task_id)),  # a sync iterator: Starlette runs it in a thread
+        body,  # a sync iterator: Starlette runs it in a thread
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )

@@ -153,6 +153,10 @@ class TaskOut(BaseModel):
     )
     # The conversation's runs, oldest first; only on single-task answers (None in lists).
     runs: list[RunOut] | None = None
+    node: str | None = Field(
+        None, description="the node that runs or last ran it (null: queued, not yet claimed)"
+    )
+    run_count: int = Field(0, description="task processes started for it so far")
 
     @classmethod
     def of(cls, row: TaskRow, runs: list[RunRow] | None = None) -> TaskOut:
@@ -222,3 +226,19 @@ COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorOut, "description": "the supervisor refused the command"},
     503: {"model": ErrorOut, "description": "the supervisor did not answer in time"},
 }
+
+
+class NodeOut(BaseModel):
+    """One supervisor of a deployment on PostgreSQL (``GET /api/nodes``)."""
+
+    name: str
+    state: Literal["up", "stopped", "lost"]
+    heartbeat_age: float = Field(description="seconds since its last heartbeat (database time)")
+    capacity: int = Field(description="its METASTREAM_MAX_RUNNING")
+    running: int
+    control: str
+    started_at: str
+
+
+class NodeList(BaseModel):
+    nodes: list[NodeOut]

@@ -30,8 +30,17 @@ def free_port() -> int:
 class Stack:
     """One metastream stack under its own home directory and port."""
 
-    def __init__(self, home: Path, port: int | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        home: Path,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        components: tuple[str, ...] = tuple(COMPONENTS),
+    ):
+        """``components``: which of bus, supervisor, gateway this home runs (a node of a
+        cluster runs no bus of its own, metastream/cluster.py)."""
         self.home = Path(home)
+        self.components = components
         self.port = port or free_port()
         self.env = {
             **os.environ,
@@ -56,9 +65,10 @@ class Stack:
         for d in (self.home, self.home / "logs"):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(d, 0o700)
-        for name in COMPONENTS:
+        for name in self.components:
             self.start_component(name)
-        self.wait_healthy(timeout)
+        if "gateway" in self.components:
+            self.wait_healthy(timeout)
         return self
 
     def start_component(self, name: str) -> None:

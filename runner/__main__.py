@@ -19,8 +19,10 @@ from core import logs, settings
 from core.harden import harden_trusted
 from core.metrics import Registry, Server
 from runner.control import ControlServer
+from runner.nodes import NodeLoop
 from runner.supervisor import Supervisor
 from store import Store, StoreError, migrate
+from store.nodes import NodeTaken
 
 log = logging.getLogger("metastream.supervisor")
 
@@ -83,6 +85,14 @@ async def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)  # record and wake; the loop does the rest
 
+    node_loop = None
+    if sup.claims is not None:  # PostgreSQL: one node of possibly several (runner/nodes.py)
+        node_loop = NodeLoop(sup, sup.claims, cfg.node_ttl)
+        try:
+            await node_loop.register()
+        except NodeTaken as exc:
+            print(f"supervisor: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
     if cfg.warm:
         sup.start_forkserver()  # imports for seconds in the background: readiness does not wait
     await sup.recover()
@@ -93,11 +103,15 @@ async def main() -> None:
             tg.create_task(_listen(sub, sup)),
             tg.create_task(_tick(sup, publisher, cfg.heartbeat_interval)),
         ]
+        if node_loop is not None:
+            tasks.append(tg.create_task(node_loop.run()))
         await stop.wait()
         log.info("supervisor stopping: stopping %d running task(s)", len(sup.running))
         await sup.shutdown()
         for t in tasks:
             t.cancel()
+    if node_loop is not None:
+        await node_loop.stopped()
     control.close()
     metrics_server.close()
     sub.close()

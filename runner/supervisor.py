@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -12,14 +11,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+from sqlalchemy import exc as sa_exc
 
-from bus import auth as bus_auth
 from bus.client import Publisher
 from bus.messages import (
     Heartbeat,
     ProcessLifecycle,
     Readopted,
-    Reply,
     Spawned,
     State,
     Stopped,
@@ -31,14 +29,15 @@ from core.clock import utcnow
 from core.ids import SYSTEM_TOPIC_PREFIX
 from core.metrics import Registry
 from core.options import TaskOptions
-from core.settings import INTERNAL_ENV, SECRET_ENV, Settings
+from core.settings import Settings
 from core.status import TaskStatus, TransitionError
-from runner import process, sandbox
-from runner.forkserver import ForkServer, ForkServerError
-from runner.metagpt_flow.checkpoint import has_checkpoint
+from runner import nodes, process, sandbox
+from runner.commands import Commands
+from runner.forkserver import ForkServer
 from runner.metrics import SupervisorMetrics
 from runner.outcome import outcome
 from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits, StopFrom
+from runner.spawning import Spawning
 from runner.task import spec as task_spec
 from store import Store, StoreError, TaskRow
 from store.dburl import is_sqlite
@@ -52,8 +51,6 @@ T = TypeVar("T")
 STARTUP_GRACE = 5.0  # to start the interpreter and send a first beat
 # A running task's row (progress, message) is written from its states at most this often.
 ROW_INTERVAL = 1.0
-# Never inherited by a task from the supervisor's environment (_spawn sets its own).
-_NOT_FOR_TASKS = ("METASTREAM_API_TOKEN_FILE", *INTERNAL_ENV)
 MAX_VERSION = 2**53  # a task's own word on its state version is clamped below this
 
 
@@ -77,9 +74,10 @@ class Running:
         self.row_due = 0.0
         self.row_lock = asyncio.Lock()
         self.finished = False
+        self.epoch: int | None = None  # the run epoch its writes are fenced with
 
 
-class Supervisor:
+class Supervisor(Commands, Spawning):
     """Starts, watches and stops task processes on this node."""
 
     def __init__(
@@ -118,6 +116,8 @@ class Supervisor:
         self._bus_master = bus_master  # each task gets its own key from it, never the master
         self.uids = sandbox.UidPool(cfg.sandbox_uid_base, cfg.sandbox_uid_count)
         self._read_only: list[str] | None = None
+        # Several nodes on PostgreSQL (runner/nodes.py); None on SQLite: one node, no claims.
+        self.claims = store.nodes
         self.on_started: Callable[[str], None] = lambda _tid: None
         self.on_ended: Callable[[str], None] = lambda _tid: None
         self.metrics = SupervisorMetrics(metrics or Registry(enabled=False), self.node)
@@ -139,141 +139,6 @@ class Supervisor:
     def _announce(self, msg: ProcessLifecycle) -> None:
         """Publish a process lifecycle event on ``_sys/process/<kind>`` (docs/subscribers.md)."""
         self.pub.publish_system(process_topic(msg), msg)
-
-    # --- commands ------------------------------------------------------------------------
-
-    async def start(self, task_id: str) -> Reply:
-        async with self._lock(task_id):
-            row = await self._db(self.store.get_task, task_id)
-            if row is None:
-                return Reply(ok=False, error="Task not found")
-            if row.status in (TaskStatus.RUNNING, TaskStatus.QUEUED):
-                return Reply(ok=True, status=row.status)
-            # COMPLETED and CANCELLED leave only through a follow-up or a resume.
-            if row.status not in (TaskStatus.PENDING, TaskStatus.FAILED):
-                return Reply(ok=False, status=row.status, error=f"Task already {row.status}")
-            kind = "start" if row.status == TaskStatus.PENDING else "retry"
-            reply = await self._queue(row, kind, row.requirement)
-        return self._queued(reply)
-
-    async def follow_up(self, task_id: str, requirement: str) -> Reply:
-        """A new run of a COMPLETED task, on its workspace (MetaGPT incremental mode)."""
-        async with self._lock(task_id):
-            row = await self._db(self.store.get_task, task_id)
-            if row is None:
-                return Reply(ok=False, error="Task not found")
-            if row.status != TaskStatus.COMPLETED:
-                return Reply(
-                    ok=False,
-                    status=row.status,
-                    error=f"Task is {row.status}: a follow-up starts only once the task is "
-                    "COMPLETED (wait for the current run to end"
-                    + (", or resume it first)" if row.status.terminal else ")"),
-                )
-            reply = await self._queue(row, "follow_up", requirement)
-        return self._queued(reply)
-
-    async def resume(self, task_id: str) -> Reply:
-        """Continue a CANCELLED or FAILED task from the team serialized in its workspace."""
-        async with self._lock(task_id):
-            row = await self._db(self.store.get_task, task_id)
-            if row is None:
-                return Reply(ok=False, error="Task not found")
-            if row.status not in (TaskStatus.CANCELLED, TaskStatus.FAILED):
-                return Reply(
-                    ok=False,
-                    status=row.status,
-                    error=f"Task is {row.status}: only a CANCELLED or FAILED task can be resumed",
-                )
-            workspace = self.cfg.task_dir(task_id)
-            if not await asyncio.to_thread(has_checkpoint, workspace):
-                return Reply(
-                    ok=False,
-                    status=row.status,
-                    error="Nothing to resume: no serialized team in the task's workspace (the "
-                    "run ended before its first round finished, or was not a MetaGPT run)"
-                    + ("; run it again with POST /run" if row.status == "FAILED" else ""),
-                )
-            last = await self._db(self.store.runs.latest, task_id)
-            requirement = last.requirement if last is not None else row.requirement
-            reply = await self._queue(row, "resume", requirement)
-        return self._queued(reply)
-
-    async def _queue(self, row: TaskRow, kind: str, requirement: str) -> Reply | None:
-        """Queue the task's next run and add its run row; a Reply if another writer won."""
-        try:
-            queued = await self._db(
-                self.store.transition,
-                row.id,
-                TaskStatus.QUEUED,
-                (row.status,),
-                queued_at=utcnow(),
-                node=self.node,
-                progress=0.0,
-                current_agent=None,
-                last_message="Waiting for a free slot",
-                completed_at=None,
-                exit_code=None,
-                error=None,
-            )
-        except TransitionError as exc:  # someone else moved it meanwhile
-            return Reply(ok=True, status=exc.got)
-        await self._db(self.store.runs.add, row.id, kind, requirement, "QUEUED", utcnow())
-        self._publish(queued)
-        return None
-
-    def _queued(self, early: Reply | None) -> Reply:
-        """Admission is recorded: answer now and start it in the background. Waiting for the
-        pump here made a burst of starts queue behind each other's spawns (cold ones take
-        long while the zygote loads) and clients gave up after the gateway's 5 s."""
-        if early is not None:
-            return early
-        self._pump_soon()
-        return Reply(ok=True, status=TaskStatus.QUEUED)
-
-    def _pump_soon(self) -> None:
-        task = asyncio.create_task(self.pump())
-        self._background.add(task)
-        task.add_done_callback(self._pumped)
-
-    def _pumped(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("starting queued tasks failed", exc_info=task.exception())
-
-    async def cancel(self, task_id: str, reason: str) -> Reply:
-        run = self.running.get(task_id)
-        if run is not None:
-            await self.stop_task(run, TaskStatus.CANCELLED, reason, how="ask")
-            row = await self._db(self.store.get_task, task_id)
-            return Reply(ok=True, status=row.status if row else None)
-        async with self._lock(task_id):
-            row = await self._db(self.store.get_task, task_id)
-            if row is None:
-                return Reply(ok=False, error="Task not found")
-            if row.status.terminal:
-                return Reply(ok=True, status=row.status)
-            try:
-                ended = await self._db(
-                    self.store.transition,
-                    task_id,
-                    TaskStatus.CANCELLED,
-                    (TaskStatus.PENDING, TaskStatus.QUEUED),
-                    completed_at=utcnow(),
-                    last_message=reason,
-                )
-            except TransitionError:
-                pass  # it became RUNNING while we looked
-            else:
-                self._publish(ended)
-                self.metrics.ended(task_id, ended.status)
-                return Reply(ok=True, status=ended.status)
-        # It became RUNNING while we looked: stop the process.
-        run = self.running.get(task_id)
-        if run is not None:
-            await self.stop_task(run, TaskStatus.CANCELLED, reason, how="ask")
-        row = await self._db(self.store.get_task, task_id)
-        return Reply(ok=True, status=row.status if row else None)
 
     async def stop_task(self, run: Running, status: TaskStatus, message: str, how: StopFrom) -> str:
         """Stop a running task (once, however many ask) and wait until it is down.
@@ -320,6 +185,15 @@ class Supervisor:
             if free == 0:
                 return
             queued = await self._db(self.store.tasks_with_status, (TaskStatus.QUEUED,), self.node)
+            # Claim only as many as we have slots for: the rest stay for an idle node.
+            if (
+                self.claims is not None
+                and len(queued) < free
+                and len(await self._db(self.claims.claim, self.node, free - len(queued))) > 0
+            ):
+                queued = await self._db(
+                    self.store.tasks_with_status, (TaskStatus.QUEUED,), self.node
+                )
             for row in queued[:free]:
                 if self.closing:
                     return
@@ -333,12 +207,14 @@ class Supervisor:
                 self.store.transition,
                 task_id,
                 TaskStatus.RUNNING,
+                at_epoch=row.epoch,  # released meanwhile (we were declared lost): not ours
                 started_at=utcnow(),
                 last_message="Task process starting",
                 run_count=row.run_count + 1,
             )
         except TransitionError:
-            return  # cancelled while queued
+            return  # cancelled while queued, or released to other nodes
+        epoch = row.epoch if self.claims is not None else None
         this_run = await self._run_update(
             task_id,
             status="RUNNING",
@@ -366,6 +242,7 @@ class Supervisor:
                 run_no=this_run.run_no if this_run is not None else 1,
                 run_kind=this_run.kind if this_run is not None else "start",
                 run_requirement=this_run.requirement if this_run else row.requirement,
+                epoch=epoch,
             )
             spec.db_url = await self._db(self._task_db_url, task_id)
             spec_path = await self._db(self._prepare, plan, dirs, spec)
@@ -376,7 +253,11 @@ class Supervisor:
             self.uids.release(plan.uid)
             await self._revoke_role(task_id)
             await self._finish(
-                task_id, TaskStatus.FAILED, f"Could not start the task process: {exc}", None
+                task_id,
+                TaskStatus.FAILED,
+                f"Could not start the task process: {exc}",
+                None,
+                epoch=epoch,
             )
             return
         await self._db(self.store.set_process, task_id, child.pid, child.create_time)
@@ -387,47 +268,20 @@ class Supervisor:
         )
         run = self._track(task_id, child, TaskOptions.of(row.options))
         run.plan, run.dirs, run.reported_version = plan, dirs, started.state_version
+        run.epoch = epoch
         self.metrics.started(
             task_id, "warm" if warm else "cold", row.queued_at, row.last_event_id + 1
         )
         self._publish(started)
 
-    def _plan(self, task_id: str) -> tuple[sandbox.Plan, list[Path]]:
-        """The task's sandbox and its own directories (workspace, log, private tmp)."""
-        cfg = self.cfg
-        dirs = sandbox.task_dirs(
-            cfg.task_dir(task_id), self.store.event_dir(task_id), cfg.sandbox_tmp_dir / task_id
-        )
-        if cfg.sandbox_mode == "off":
-            return sandbox.Plan(mode="off"), dirs
-        if self._read_only is None:
-            self._read_only = sandbox.interpreter_paths(cfg.home)
-        uid = self.uids.acquire() if cfg.sandbox_mode == "uid" else None
-        bus = [cfg.bus_pub[len("ipc://") :]] if cfg.bus_pub.startswith("ipc://") else []
-        plan = sandbox.Plan(
-            mode=cfg.sandbox_mode,
-            uid=uid,
-            gid=uid,
-            read_only=(*self._read_only, "/dev"),
-            read_write=(*(str(d) for d in dirs), *sandbox.DEVICES),
-            reach=tuple(sandbox.unreachable([*self._read_only, *map(str, dirs), *bus]))
-            if uid is not None
-            else (),
-            nofile=cfg.task_nofile,
-            nproc=cfg.task_nproc,
-            address_space_mb=cfg.task_address_space_mb,
-            cpu_seconds=cfg.task_cpu_seconds,
-            tcp_ports=self._tcp_ports() if cfg.task_network == "restricted" else None,
-        )
-        return plan, dirs
-
-    def _tcp_ports(self) -> tuple[int, ...]:
-        """What a task must reach over TCP: the database, the LLM endpoint, a tcp bus."""
-        cfg = self.cfg
-        urls = [cfg.llm_base_url, cfg.bus_pub]
-        if not is_sqlite(cfg.db_url):
-            urls.append(cfg.db_url)
-        return tuple(sorted({p for u in urls if (p := sandbox.tcp_port(u)) is not None}))
+    def _track(self, task_id: str, child: process.Child, options: TaskOptions) -> Running:
+        run = Running(task_id, child, options)
+        run.started = self._clock()
+        self.running[task_id] = run
+        self.heartbeats.started(task_id)
+        self.on_started(task_id)
+        run.watcher = asyncio.create_task(self._watch(run))
+        return run
 
     def _task_db_url(self, task_id: str) -> str:
         """The database URL the task gets in its spec ("" for its own SQLite log file)."""
@@ -445,96 +299,6 @@ class Supervisor:
             await self._db(self.roles.revoke, task_id)
         except StoreError as exc:
             log.warning("task %s: its database role stays until the next start: %s", task_id, exc)
-
-    def _prepare(self, plan: sandbox.Plan, dirs: list[Path], spec: task_spec.TaskSpec) -> Path:
-        """Make the task's directories its own and leave its spec in its private tmp."""
-        sandbox.prepare(plan, dirs)
-        path = dirs[-1] / "task.json"
-        task_spec.write(path, spec)
-        if plan.uid is not None and plan.gid is not None:
-            os.chown(path, plan.uid, plan.gid)
-        return path
-
-    async def _spawn(
-        self,
-        task_id: str,
-        workspace: Path,
-        plan: sandbox.Plan,
-        spec_path: Path,
-        needs_llm: bool = False,
-    ) -> process.Child:
-        """The task's process: forked warm from the zygote when it is ready, else cold."""
-        env = self._task_env(llm=needs_llm)
-        env[task_spec.SPEC_ENV] = str(spec_path)
-        if self._bus_master is not None:
-            env.update(bus_auth.task_env(self._bus_master, task_id))
-        if plan.mode != "off":
-            env[sandbox.PLAN_ENV] = msgspec.json.encode(plan).decode()
-            env["TMPDIR"] = env["HOME"] = str(spec_path.parent)
-        if plan.uid is not None:
-            # Its uid has no passwd entry: getpass.getuser() (MetaGPT calls it) asks these.
-            env["USER"] = env["LOGNAME"] = f"task{plan.uid}"
-        log_path = self.cfg.logs_dir / f"task-{task_id}.log"
-        if self.forkserver is not None and self.forkserver.ready:
-            try:
-                return await self.forkserver.spawn(task_id, env, workspace, log_path)
-            except ForkServerError as exc:
-                log.warning("task %s starts cold: %s", task_id, exc)
-        argv = [self.cfg.python, "-m", "runner.task", task_id]
-        return process.spawn(argv, env=env, cwd=workspace, log_path=log_path)
-
-    def start_forkserver(self) -> ForkServer:
-        """Start the zygote in the background: tasks start cold until it is ready."""
-        self.forkserver = ForkServer(
-            self.cfg.python,
-            env=self._task_env(),
-            cwd=self.cfg.home,
-            log_path=self.cfg.logs_dir / "forkserver.log",
-        )
-        self.forkserver.start()
-        return self.forkserver
-
-    def _track(self, task_id: str, child: process.Child, options: TaskOptions) -> Running:
-        run = Running(task_id, child, options)
-        run.started = self._clock()
-        self.running[task_id] = run
-        self.heartbeats.started(task_id)
-        self.on_started(task_id)
-        run.watcher = asyncio.create_task(self._watch(run))
-        return run
-
-    def _task_env(self, llm: bool = False) -> dict[str, str]:
-        # Only what a task needs: paths, bus, its interpreter's basics; no secrets of the
-        # gateway (API tokens never reach task processes), the LLM key only to a task that
-        # calls a real LLM, the bus key only its own (added by _spawn).
-        keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "TMPDIR", "VIRTUAL_ENV")
-        env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("METASTREAM_")}
-        for secret in (*SECRET_ENV, *_NOT_FOR_TASKS):
-            env.pop(secret, None)
-        for k in list(env):
-            if k.startswith("METASTREAM_LLM_"):
-                del env[k]
-        # A server database's URL carries the stack's credentials: a task gets its own role's
-        # URL in its spec file instead (store.taskroles), and the zygote gets none.
-        env.pop("METASTREAM_DB_URL", None)
-        if is_sqlite(self.cfg.db_url):
-            env["METASTREAM_DB_URL"] = self.cfg.db_url
-        env.update(
-            METASTREAM_HOME=str(self.cfg.home),
-            METASTREAM_BUS_PUB=self.cfg.bus_pub,
-            METASTREAM_BUS_SUB=self.cfg.bus_sub,
-            PYTHONUNBUFFERED="1",
-        )
-        # `python` on the task's PATH is its own interpreter: MetaGPT's QA engineer runs the
-        # generated code with whatever `python` it finds, and the sandbox hides the others
-        # (pyenv's shims under /root, for one).
-        bin_dir = os.path.dirname(self.cfg.python)
-        env["PATH"] = os.pathsep.join(
-            [bin_dir, *(p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir)]
-        )
-        if llm:
-            env.update((k, v) for k, v in os.environ.items() if k.startswith("METASTREAM_LLM_"))
-        return env
 
     async def _watch(self, run: Running) -> None:
         await run.child.wait()
@@ -565,11 +329,24 @@ class Supervisor:
             )
         # An adopted child's status is not ours to read: the code the task recorded stands in.
         code = run.child.returncode if run.child.returncode is not None else exit_told
-        await self._finish(task_id, status, message, code, error=error)
+        await self._share_files(task_id)
+        await self._finish(task_id, status, message, code, error=error, epoch=run.epoch)
         # Only now is its slot free: the store no longer shows it RUNNING.
         self.running.pop(task_id, None)
         self.on_ended(task_id)
         await self.pump()
+
+    async def _share_files(self, task_id: str) -> None:
+        """Several nodes: copy the run's files into the database before its final state, so
+        that every gateway can serve them once a client sees the end (docs/deploy.md)."""
+        shared = self.store.files
+        if shared is None:
+            return
+        try:
+            files = await asyncio.to_thread(nodes.snapshot_files, self.cfg.task_dir(task_id))
+            await self._db(shared.replace, task_id, files)
+        except (OSError, sa_exc.SQLAlchemyError) as exc:  # the files stay on this node
+            log.warning("task %s: files not shared: %s", task_id, exc)
 
     async def _settle_version(
         self, run: Running, row: TaskRow | None, told: dict[str, Any]
@@ -587,7 +364,7 @@ class Supervisor:
         columns = dict(run.pending_row or {})
         if version > row.state_version or columns:
             columns["state_version"] = version
-            await self._db(self.store.save_state, run.task_id, columns)
+            await self._db(self.store.save_state, run.task_id, columns, run.epoch)
 
     def reported(self, msg: State) -> None:
         """A running task's own progress state (the proxy checked who sent it)."""
@@ -616,7 +393,7 @@ class Supervisor:
                 if run.finished or row is None:
                     continue
                 run.row_due = now + ROW_INTERVAL
-                await self._db(self.store.save_state, run.task_id, row)
+                await self._db(self.store.save_state, run.task_id, row, run.epoch)
 
     async def _finish(
         self,
@@ -625,8 +402,13 @@ class Supervisor:
         message: str,
         exit_code: int | None,
         error: str | None = None,
+        epoch: int | None = None,
     ) -> TaskRow | None:
-        """The one way a RUNNING task ends: its final row written, then published."""
+        """The one way a RUNNING task ends: its final row written, then published.
+
+        ``epoch`` (several nodes): only while the run is still ours; one taken over by
+        another node was ended there.
+        """
         fields: dict[str, Any] = dict(completed_at=utcnow(), last_message=message, pid=None)
         try:
             # Exact, from the log: the final state tells clients which events precede it.
@@ -641,7 +423,12 @@ class Supervisor:
             fields["progress"] = 1.0
         try:
             ended = await self._db(
-                self.store.transition, task_id, status, (TaskStatus.RUNNING,), **fields
+                self.store.transition,
+                task_id,
+                status,
+                (TaskStatus.RUNNING,),
+                at_epoch=epoch,
+                **fields,
             )
         except TransitionError as exc:
             log.warning("task %s not ended %s: %s", task_id, status, exc)
@@ -702,7 +489,7 @@ class Supervisor:
                 continue
             msg = f"Task process unresponsive: no heartbeat for {silent:.1f} s; killed"
             self.metrics.heartbeat_misses.inc()
-            self._stop_soon(run, TaskStatus.FAILED, msg, how="kill")
+            self.stop_soon(run, TaskStatus.FAILED, msg, how="kill")
         if not self.heartbeats.bus_ok():
             return  # leases can't arrive either: judge nobody's absence
         for run in list(self.running.values()):
@@ -714,7 +501,7 @@ class Supervisor:
             if self.disconnects.should_stop(run.task_id, mode, grace):
                 why = "last client left" if mode == "kill" else f"no client for {grace:g} s"
                 message = f"Cancelled: {why} (policy {mode})"
-                self._stop_soon(run, TaskStatus.CANCELLED, message, how="ask")
+                self.stop_soon(run, TaskStatus.CANCELLED, message, how="ask")
                 continue
             limits = Limits(
                 opts.timeout_seconds or self.cfg.task_timeout,
@@ -723,7 +510,7 @@ class Supervisor:
             rss = process.tree_rss_mb(run.child, limits.memory_mb) if limits.memory_mb else 0.0
             breach = limits.breach(self._clock() - run.started, rss)
             if breach is not None:
-                self._stop_soon(run, TaskStatus.FAILED, breach.message, how=breach.stop_from)
+                self.stop_soon(run, TaskStatus.FAILED, breach.message, how=breach.stop_from)
 
     def _watch_zygote(self) -> None:
         # The fork server counts its restarts; each new one is announced once (polled on the
@@ -733,7 +520,7 @@ class Supervisor:
             self._zygote_restarts = fs.restarts
             self._announce(ZygoteRestarted(node=self.node, at=utcnow(), restarts=fs.restarts))
 
-    def _stop_soon(self, run: Running, status: TaskStatus, message: str, how: StopFrom) -> None:
+    def stop_soon(self, run: Running, status: TaskStatus, message: str, how: StopFrom) -> None:
         log.warning("task %s: %s", run.task_id, message)
         task = asyncio.create_task(self.stop_task(run, status, message, how=how))
         self._background.add(task)
@@ -756,6 +543,7 @@ class Supervisor:
                 run = self._track(row.id, child, TaskOptions.of(row.options))
                 run.plan, run.dirs = self._adopted_plan(row.id)
                 run.reported_version = row.state_version
+                run.epoch = row.epoch if self.claims is not None else None
                 self.metrics.started(row.id, "adopted", None)
                 continue
             # Gone while nobody watched: its own record says how it ended, if it got that far.
@@ -764,7 +552,8 @@ class Supervisor:
             exit_told = exit_told if isinstance(exit_told, int) else None
             error = error[:2000] if isinstance(error, str) and error else None
             status, message = outcome(None, exit_told, error, adopted=False, lost=True)
-            await self._finish(row.id, status, message, exit_told, error=error)
+            epoch = row.epoch if self.claims is not None else None
+            await self._finish(row.id, status, message, exit_told, error=error, epoch=epoch)
         if self.roles is not None:
             await self._sweep_roles()
         await self.pump()
@@ -782,23 +571,6 @@ class Supervisor:
             await self._db(self.roles.sweep, in_use)
         except StoreError as exc:
             log.warning("stale task roles not swept: %s", exc)
-
-    def _adopted_plan(self, task_id: str) -> tuple[sandbox.Plan, list[Path]]:
-        """An adopted task's uid (its workspace's owner), so that its end releases it."""
-        cfg = self.cfg
-        dirs = sandbox.task_dirs(
-            cfg.task_dir(task_id), self.store.event_dir(task_id), cfg.sandbox_tmp_dir / task_id
-        )
-        if cfg.sandbox_mode != "uid":
-            return sandbox.Plan(mode=cfg.sandbox_mode), dirs
-        try:
-            uid = cfg.task_dir(task_id).stat().st_uid
-        except OSError:
-            return sandbox.Plan(mode="off"), dirs
-        if uid == os.getuid():
-            return sandbox.Plan(mode="off"), dirs
-        self.uids.reserve(uid)
-        return sandbox.Plan(mode="uid", uid=uid, gid=uid), dirs
 
     async def shutdown(self, reason: str = "Supervisor shut down") -> None:
         """Stop every task (recording why) so nothing outlives the supervisor."""

@@ -30,6 +30,7 @@ log = logging.getLogger("metastream.store")
 STATEMENT_TIMEOUT_MS = 30_000
 LOCK_TIMEOUT_MS = 10_000
 IDLE_TX_TIMEOUT_MS = 60_000
+TASK_IDLE_TX_TIMEOUT_MS = 5_000  # a task's writes are one COPY and a commit
 CONNECT_TIMEOUT_S = 5
 POOL_TIMEOUT_S = 30  # waiting for a pooled connection
 RETRY_SECONDS = 30.0  # how long a lost server is waited for before the call fails
@@ -37,12 +38,22 @@ _BACKOFF = (0.05, 0.1, 0.2, 0.4, 0.8)  # then 1 s between tries
 _CONNECTION_STATES = ("57P01", "57P02", "57P03")  # admin/crash shutdown, cannot connect now
 
 
-def make_engine(url: str, pool_size: int, max_overflow: int) -> Engine:
-    """A bounded engine whose connections time out statements, locks and idle transactions."""
+def make_engine(url: str, pool_size: int, max_overflow: int, epoch: int | None = None) -> Engine:
+    """A bounded engine whose connections time out statements, locks and idle transactions.
+
+    ``epoch``: the run epoch a task process writes under (checked by the fencing triggers).
+    """
     options = (
         f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS} "
         f"-c idle_in_transaction_session_timeout={IDLE_TX_TIMEOUT_MS}"
     )
+    if epoch is not None:
+        # A task process's connection: its writes lock its task's row until they commit, so
+        # one paused mid-commit (its node SIGSTOPped) must not hold a takeover for long.
+        options += (
+            f" -c metastream.epoch={int(epoch)}"
+            f" -c idle_in_transaction_session_timeout={TASK_IDLE_TX_TIMEOUT_MS}"
+        )
     return create_engine(
         engine_url(url),
         pool_size=pool_size,

@@ -25,10 +25,11 @@ class TaskRows:
 
     local_commits = False  # a server round trip per commit: the outbox groups them
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, epoch: int | None = None) -> None:
         self._url = url
         # Two connections at most: the event writer and the outcome writer (README: sizing).
-        self._engine = pg.make_engine(url, pool_size=2, max_overflow=0)
+        # ``epoch``: the run's fencing epoch (several nodes; store.pg.make_engine).
+        self._engine = pg.make_engine(url, pool_size=2, max_overflow=0, epoch=epoch)
         own_role = (engine_url(url).username or "").startswith(PREFIX)
         self._events = pg.EventTable(self._engine, url, copy=not own_role)
 

@@ -4,6 +4,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    DateTime,
     Float,
     Integer,
     LargeBinary,
@@ -40,6 +41,10 @@ tasks = Table(
     Column("pid_create_time", Float),
     Column("exit_code", Integer),
     Column("error", Text),  # the task process's own account of a failure
+    # Several nodes (issue 15): bumped when a node claims the task and when its run is taken
+    # over; writes of an older run are refused (store/migrations 0003, runner/nodes.py).
+    Column("epoch", Integer, nullable=False, server_default="0"),
+    Column("cancel_request", Text),  # a cancel asked at another node's gateway, not yet done
 )
 
 # One row per event; ``data`` is the event's JSON object exactly as sent on the WebSocket, so
@@ -69,6 +74,35 @@ runs = Table(
     Column("started_at", String(32)),
     Column("ended_at", String(32)),
     sqlite_with_rowid=False,
+)
+
+# One row per supervisor (node) of a PostgreSQL deployment; its heartbeat is the database's
+# clock, so nodes' clocks need not agree.
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("boot_id", String(64), nullable=False),  # this run of the supervisor
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("heartbeat", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("capacity", Integer, nullable=False),
+    Column("running", Integer, nullable=False),
+    Column("control", Text, nullable=False),
+    Column("state", String(16), nullable=False),  # up | stopped | lost
+)
+
+# A task's generated files, copied in at its end and on file events so that every gateway
+# can list and serve them (the workspace is on one node's disk).
+task_files = Table(
+    "task_files",
+    metadata,
+    Column("task_id", String(36), primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime", Float, nullable=False),
+    Column("data", LargeBinary, nullable=False),
 )
 
 # A task's own record of how it ended (``exit_code``, ``error``, ``state_version``: JSON

@@ -20,11 +20,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 
 from core.options import TaskOptions
-from core.status import INITIAL, TaskStatus, TransitionError, check, sources
+from core.status import INITIAL, Fenced, TaskStatus, TransitionError, check, sources
 from core.task import TaskRow
 from store import migrate, pg
 from store.dburl import StoreError, is_sqlite, redact, scrub
 from store.eventlog import TaskLogs
+from store.files import TaskFiles
+from store.nodes import Nodes
 from store.rowwriter import RowWriter
 from store.runs import Runs
 from store.schema import events, task_meta, tasks
@@ -78,6 +80,7 @@ class Store:
         pool_size: int = 5,
         max_overflow: int = 5,
         migrate: bool = True,
+        epoch: int | None = None,
     ) -> None:
         """Nothing connects yet; :meth:`create_schema` checks the database at start-up.
 
@@ -100,9 +103,19 @@ class Store:
                 self._rows = RowWriter(database, BUSY_TIMEOUT_MS)
         else:
             # One engine: PostgreSQL needs no separate writer to order its transactions.
-            self._write = self._read = pg.make_engine(url, pool_size, max_overflow)
+            self._write = self._read = pg.make_engine(url, pool_size, max_overflow, epoch)
             self._table = pg.EventTable(self._write, url)
         self.runs = Runs(self._write, self._read)  # a task's runs (follow-ups, resumes)
+
+    @property
+    def nodes(self) -> Nodes | None:
+        """Node rows and claims (several nodes share a PostgreSQL database); None on SQLite."""
+        return None if self._sqlite else Nodes(self._write)
+
+    @property
+    def files(self) -> TaskFiles | None:
+        """Tasks' generated files for other nodes' gateways (PostgreSQL only)."""
+        return None if self._sqlite else TaskFiles(self._write)
 
     @property
     def local_commits(self) -> bool:
@@ -237,22 +250,32 @@ class Store:
         return self._reading(lambda c: [_row(r) for r in c.execute(q).mappings()])
 
     def transition(
-        self, task_id: str, to: str, expected: Iterable[str] | None = None, **values: Any
+        self,
+        task_id: str,
+        to: str,
+        expected: Iterable[str] | None = None,
+        *,
+        at_epoch: int | None = None,
+        **values: Any,
     ) -> TaskRow:
         """Move the task to status ``to`` if it is now one of ``expected``; the new row.
 
         ``expected`` defaults to every status the table (core.status) lets reach ``to``; a
         move the table forbids raises before anything is written, and a row whose status is
         not one of ``expected`` (another writer got there first) raises
-        :class:`TransitionError` "expected X, got Y" and is left as it is.
+        :class:`TransitionError` "expected X, got Y" and is left as it is. With ``at_epoch``
+        the row must also still be at that run epoch (a run taken over is fenced off).
         """
         target = TaskStatus(to)
         allowed = check(task_id, expected if expected is not None else sources(target), target)
 
         def change(c: Connection) -> tuple[int, Any]:
+            where = [tasks.c.id == task_id, tasks.c.status.in_([s.value for s in allowed])]
+            if at_epoch is not None:
+                where.append(tasks.c.epoch == at_epoch)
             res = c.execute(
                 update(tasks)
-                .where(tasks.c.id == task_id, tasks.c.status.in_([s.value for s in allowed]))
+                .where(*where)
                 .values(status=target.value, state_version=tasks.c.state_version + 1, **values)
             )
             r = c.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
@@ -263,6 +286,8 @@ class Store:
             raise KeyError(task_id)
         row = _row(r)
         if changed == 0:
+            if at_epoch is not None and row.status in allowed and row.epoch != at_epoch:
+                raise Fenced(task_id, row.status, target, at_epoch, row.epoch)
             raise TransitionError(task_id, allowed, row.status, target)
         return row
 
@@ -302,7 +327,9 @@ class Store:
 
             self._in_tx(add)
 
-    def save_state(self, task_id: str, columns: Mapping[str, Any]) -> None:
+    def save_state(
+        self, task_id: str, columns: Mapping[str, Any], at_epoch: int | None = None
+    ) -> None:
         """Store the running task's own row columns (progress, version, last event id...).
 
         The row's ``last_event_id`` advances only here, so it may lag the log between states;
@@ -313,9 +340,10 @@ class Store:
         if self._rows is not None:
             self._rows.update(task_id, columns)
             return
-        self._in_tx(
-            lambda c: c.execute(update(tasks).where(tasks.c.id == task_id).values(**columns))
-        )
+        where = [tasks.c.id == task_id]
+        if at_epoch is not None:  # a run taken over writes nothing more
+            where.append(tasks.c.epoch == at_epoch)
+        self._in_tx(lambda c: c.execute(update(tasks).where(*where).values(**columns)))
 
     def event_dir(self, task_id: str) -> Path | None:
         """The directory of the task's own log file (None: the events live in the database)."""

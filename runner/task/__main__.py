@@ -46,7 +46,9 @@ def main(argv: list[str]) -> int:
         print(f"task {task_id}: no task spec ({spec_path!r}): {exc}", file=sys.stderr)
         return 2
     store: task_spec.OwnLog | task_spec.SharedLog = (
-        task_spec.SharedLog(spec.db_url) if spec.db_url else task_spec.OwnLog(cfg.events_dir)
+        task_spec.SharedLog(spec.db_url, spec.epoch)
+        if spec.db_url
+        else task_spec.OwnLog(cfg.events_dir)
     )
     publisher = Publisher(cfg.bus_pub, track_interest=True)
     outbox = Outbox(

@@ -40,6 +40,9 @@ class TaskSpec(msgspec.Struct, kw_only=True):
     # stack's. Here, in its private file, not in its environment (which a process forked from
     # the same zygote, or a crash report, might show). Empty: its own SQLite log file.
     db_url: str = ""
+    # The run's fencing epoch on PostgreSQL (several nodes): the database refuses this
+    # process's writes once its run is taken over. None on SQLite (one node).
+    epoch: int | None = None
 
 
 def write(path: Path, spec: TaskSpec) -> None:
@@ -90,10 +93,10 @@ class SharedLog:
 
     local_commits = False
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, epoch: int | None = None) -> None:
         from store.pgtask import TaskRows
 
-        self._rows = TaskRows(url)
+        self._rows = TaskRows(url, epoch)
 
     def open_events(self, task_id: str) -> None:
         self._rows.open_events(task_id)

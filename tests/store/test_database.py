@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import MetaData, Table, create_engine, text
 
 from metastream.stack import Stack, free_port
 from store import Store, StoreError, migrate
@@ -96,11 +96,23 @@ def test_an_empty_database_is_migrated_and_then_current(db_url: str, tmp_path: P
 def test_a_home_from_before_migrations_is_stamped_and_keeps_its_tasks(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/old.db"
     engine = create_engine(url)
-    # What the previous version did at every start (its tables: the first revision's).
-    metadata.create_all(engine, tables=[metadata.tables["tasks"], metadata.tables["events"]])
-    old = Store(url, tmp_path / "events", migrate=False)
-    old.create_task("t-old", "kept", False, {}, "2026-01-01T00:00:00Z")
-    old.close()
+    # What the previous version did at every start (its tables: the first revision's, so
+    # without the columns later revisions added).
+    first = MetaData()
+    later = {"epoch", "cancel_request"}  # 0003
+    old_tasks = Table(
+        "tasks", first, *(c._copy() for c in metadata.tables["tasks"].c if c.name not in later)
+    )
+    metadata.tables["events"].to_metadata(first)
+    first.create_all(engine)
+    with engine.begin() as c:
+        c.execute(
+            old_tasks.insert().values(
+                id="t-old", requirement="kept", test_mode=False, options="{}",
+                status="PENDING", progress=0.0, created_at="2026-01-01T00:00:00Z",
+                created_ns=1, last_event_id=0, state_version=0, run_count=0,
+            )
+        )  # fmt: skip
     with engine.connect() as c:
         assert not engine.dialect.has_table(c, "alembic_version")
     store = Store(url, tmp_path / "events")
@@ -133,7 +145,11 @@ def test_two_supervisors_and_two_gateways_starting_together_migrate_once(
     pg_server: PgServer, tmp_path: Path
 ) -> None:
     url = pg_server.create_database()
-    stacks = [Stack(tmp_path / f"node{i}", env={"METASTREAM_DB_URL": url}) for i in (1, 2)]
+    # Two nodes: each its own name (one name is one live supervisor, runner/nodes.py).
+    stacks = [
+        Stack(tmp_path / f"node{i}", env={"METASTREAM_DB_URL": url, "METASTREAM_NODE": f"n{i}"})
+        for i in (1, 2)
+    ]
     for s in stacks:
         (s.home / "logs").mkdir(parents=True)
     try:

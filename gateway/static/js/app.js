@@ -168,7 +168,7 @@ function closeTask() {
 function applyTask(t) {
   ui.requirement.textContent = t.requirement;
   ui.requirement.title = t.requirement;
-  ui.llm.textContent = llmText(t);
+  ui.llm.textContent = llmText(t) + (t.node ? ` · node ${t.node}` : "");
   ui.llm.dataset.llm = t.llm || "";
   // The stream's state is fresher; only fill what it has not said yet.
   if (!current.status || current.status === "PENDING") applyState(t);

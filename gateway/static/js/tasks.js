@@ -71,7 +71,8 @@ export class TaskList {
     this.listEl.replaceChildren(
       ...tasks.map((t) => {
         const pct = Math.round((t.progress || 0) * 100);
-        const flags = [t.test_mode ? "test" : null, llmFlag(t)].filter(Boolean);
+        // Which node runs it (several nodes on PostgreSQL, docs/deploy.md).
+        const flags = [t.test_mode ? "test" : null, llmFlag(t), t.node ? `node ${t.node}` : null].filter(Boolean);
         return el(
           "li",
           null,

@@ -6,15 +6,15 @@ A task process on PostgreSQL connects as a role of its own (store.taskroles), na
 other; the tables' owner (the stack's own role, which runs this migration) is exempt, as
 owners are unless RLS is forced. On SQLite the table is made (one schema) and unused.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -35,10 +35,16 @@ def upgrade() -> None:
     for table in ("events", "task_meta"):
         op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
         op.execute(f"CREATE POLICY task_own_rows ON {table} USING ({_OWN}) WITH CHECK ({_OWN})")
+    # The events fence (0003) reads and share-locks the tasks row, which a task's role may not
+    # touch: it runs as its owner (the stack's role), with a fixed search path.
+    op.execute(
+        "ALTER FUNCTION metastream_events_fence() SECURITY DEFINER SET search_path FROM CURRENT"
+    )
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
+        op.execute("ALTER FUNCTION metastream_events_fence() SECURITY INVOKER RESET search_path")
         op.execute("DROP POLICY IF EXISTS task_own_rows ON events")
         op.execute("ALTER TABLE events DISABLE ROW LEVEL SECURITY")
     op.drop_table("task_meta")
