@@ -310,10 +310,13 @@ class Supervisor(Commands, Spawning):
         self.disconnects.forget(task_id)
         await self._db(sandbox.release, run.plan, run.dirs)
         self.uids.release(run.plan.uid)
-        await self._revoke_role(task_id)
         async with run.row_lock:
             run.finished = True  # no progress row after this: the final one follows
         row = await self._db(self.store.get_task, task_id)
+        # Its database role, unless its run was taken over (several nodes): the role is named
+        # after the task, so the run that took over uses it now.
+        if row is None or run.epoch is None or row.epoch == run.epoch:
+            await self._revoke_role(task_id)
         # The task's own word about itself (exit code, error, last state version), from its log.
         told = await self._db(self.store.task_outcome, task_id)
         await self._settle_version(run, row, told)
