@@ -9,7 +9,7 @@ drops any its predecessor left behind (:meth:`TaskRoles.sweep`).
 What such a role may do: it is a member of the database's group role
 ``metastream_tasks_<tag>``, which may SELECT and INSERT on ``events`` and SELECT, INSERT and
 UPDATE on ``task_meta``, and nothing else (no ``tasks``, ``runs``, nor DDL). Row-level
-security on both tables (migration 0003) limits every such statement to the rows whose task
+security on both tables (migration 0004) limits every such statement to the rows whose task
 id is the one in ``current_user``, which a session cannot change (no ``SET SESSION
 AUTHORIZATION`` without superuser; ``SET ROLE`` only to the group, whose name carries no task).
 
