@@ -28,8 +28,13 @@ class Beats:
         self.next_at = clock()
 
     def due(self, now: float) -> bool:
-        """The beat's time has come (the writer thread wakes for it even when not beating)."""
-        return now >= self.next_at
+        """The beat's time has come (never, once stopped)."""
+        return self.beating and now >= self.next_at
+
+    def wake_at(self, now: float) -> float:
+        """When the writer thread must wake for a beat; once stopped, not for one (a minute
+        on: any work wakes it sooner). A stopped beat that stayed due spun the thread."""
+        return self.next_at if self.beating else now + 60.0
 
     def sent(self) -> None:
         self.next_at = self._clock() + self._interval

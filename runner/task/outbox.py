@@ -288,7 +288,7 @@ class Outbox:
                         if self._stopping and state.dirty:
                             break
                     # Woken by an emit into an empty queue, a writer finishing, or a deadline.
-                    deadline = beats.next_at
+                    deadline = beats.wake_at(now)
                     if state.dirty:
                         deadline = min(deadline, state.next_at)
                     if self._pending and not self._busy:
@@ -297,7 +297,7 @@ class Outbox:
                 # Events only when the pacing allows (see ``pacing``).
                 claim = self._take(events=bool(self._pending) and quiet, flush_state=self._stopping)
                 # Within the same claim: the PUB socket is never used by two threads.
-                beat = beats.beating and beats.due(now)
+                beat = beats.due(now)
             try:
                 self._write(claim, beat=beat)
             except RuntimeError:

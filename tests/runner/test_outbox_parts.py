@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from bus.messages import State
+from bus.messages import State, WriteStats
 from runner.task import pacing
 from runner.task.accounting import LIMIT_SLACK, LogBudget, LogLimitExceeded, count_batch, new_stats
+from runner.task.heartbeat import Beats
 from runner.task.state_throttle import STATE_INTERVAL, StateThrottle
 from runner.task.task_row import TaskRowWriter
 
@@ -131,3 +132,13 @@ def test_batches_are_counted_into_buckets() -> None:
     count_batch(stats, 1, 0.001, wall_now=9.0)
     assert (stats.batches, stats.events, stats.first_event_at) == (2, 4, 5.0)
     assert sum(stats.write_buckets) == sum(stats.batch_buckets) == 2
+
+
+def test_a_stopped_beat_is_never_due_and_does_not_wake_the_writer() -> None:
+    now = [100.0]
+    beats = Beats("t", 1.0, WriteStats(), clock=lambda: now[0])
+    assert beats.due(100.0) and beats.wake_at(100.0) == 100.0
+    beats.beating = False
+    # Stopped while due: the writer thread must neither send nor wake again at once.
+    assert not beats.due(200.0)
+    assert beats.wake_at(200.0) >= 250.0
