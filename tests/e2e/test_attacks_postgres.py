@@ -86,6 +86,12 @@ attempt("set_session_authorization", lambda: q("SET SESSION AUTHORIZATION " + ST
 attempt("group_role_reads_victim", lambda: q(
     "SET ROLE " + '"metastream_tasks_' + tag + '"',
     "SELECT count(*) FROM events WHERE task_id = '" + V + "'"))
+# The fence runs as the stack's role: a temporary "tasks" of the task's own must not be read.
+attempt("temp_tasks_fools_fence", lambda: q(
+    "CREATE TEMP TABLE tasks (id text, epoch int)",
+    "INSERT INTO tasks VALUES ('" + own + "', 424242)",
+    "SET metastream.epoch = '424242'",
+    "INSERT INTO events SELECT '" + own + "', 900000, '{{}}'::bytea"))
 attempt("create_role", lambda: q("CREATE ROLE planted_" + own.replace("-", "") + " NOLOGIN"))
 victim_role = "metastream_task_" + tag + "_" + V
 attempt("login_as_victim", lambda: q("SELECT 1", target=url.replace(user, victim_role, 1)))
@@ -178,6 +184,7 @@ def test_a_task_reaches_only_its_own_rows(pg_stack: tuple[Stack, str]) -> None:
             assert res[name] == ["refused", "42501"], shown  # row-level security
         for name in ("update_tasks", "read_tasks", "read_runs", "create_table", "disable_rls"):
             assert res[name] == ["refused", "42501"], shown
+        assert res["temp_tasks_fools_fence"] == ["refused", "MS409"], shown  # the real row
         assert res["login_as_victim"] == ["refused", "auth"], shown  # wrong password
         assert res["login_as_stack_with_own_password"] == ["refused", "auth"], shown
 

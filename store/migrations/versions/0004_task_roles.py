@@ -36,9 +36,15 @@ def upgrade() -> None:
         op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
         op.execute(f"CREATE POLICY task_own_rows ON {table} USING ({_OWN}) WITH CHECK ({_OWN})")
     # The events fence (0003) reads and share-locks the tasks row, which a task's role may not
-    # touch: it runs as its owner (the stack's role), with a fixed search path.
+    # touch: it runs as its owner (the stack's role), with a fixed search path that names the
+    # schema and puts pg_temp LAST. "FROM CURRENT" left pg_temp implicitly first, so a task's
+    # temporary table named "tasks" would have been read (and its policies' functions run) as
+    # the stack's role (PostgreSQL's "Writing SECURITY DEFINER Functions Safely").
+    schema = op.get_bind().execute(sa.text("SELECT current_schema()")).scalar_one()
+    quoted = '"' + schema.replace('"', '""') + '"'
     op.execute(
-        "ALTER FUNCTION metastream_events_fence() SECURITY DEFINER SET search_path FROM CURRENT"
+        "ALTER FUNCTION metastream_events_fence() SECURITY DEFINER "
+        f"SET search_path = {quoted}, pg_temp"
     )
 
 
