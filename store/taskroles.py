@@ -197,6 +197,16 @@ class TaskRoles:
     def _drop(self, names: Collection[str]) -> None:
         def drop(c: psycopg.Connection) -> None:
             for name in names:
+                role = sql.Identifier(name)
+                if (
+                    c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+                    is None
+                ):
+                    continue
+                # Shut it first: what follows may fail (a large object the task created with
+                # lo_create, which needs no privilege, blocks DROP ROLE), and a role that stays
+                # must not log in with a password its task may have set itself.
+                c.execute(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(role))
                 # Its process is gone; a backend still running its last statement is ended
                 # (allowed to a superuser or pg_signal_backend; else it dies with its client).
                 c.execute("SAVEPOINT terminate")
@@ -208,7 +218,15 @@ class TaskRoles:
                     c.execute("RELEASE SAVEPOINT terminate")
                 except psycopg.errors.InsufficientPrivilege:
                     c.execute("ROLLBACK TO SAVEPOINT terminate")
-                c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+                # Per role: one that cannot be dropped must not stop the others' cleanup.
+                c.execute("SAVEPOINT drop_role")
+                try:
+                    c.execute(sql.SQL("DROP OWNED BY {}").format(role))
+                    c.execute(sql.SQL("DROP ROLE {}").format(role))
+                    c.execute("RELEASE SAVEPOINT drop_role")
+                except psycopg.Error as exc:
+                    c.execute("ROLLBACK TO SAVEPOINT drop_role")
+                    log.warning("task role %s kept, without login: %s", name, exc)
 
         self._run(drop)
 

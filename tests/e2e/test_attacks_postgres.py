@@ -92,6 +92,8 @@ attempt("temp_tasks_fools_fence", lambda: q(
     "INSERT INTO tasks VALUES ('" + own + "', 424242)",
     "SET metastream.epoch = '424242'",
     "INSERT INTO events SELECT '" + own + "', 900000, '{{}}'::bytea"))
+# Allowed to any role; the object it owns must not keep the role from being dropped.
+attempt("own_large_object", lambda: q("SELECT lo_create(0) > 0"))
 attempt("create_role", lambda: q("CREATE ROLE planted_" + own.replace("-", "") + " NOLOGIN"))
 victim_role = "metastream_task_" + tag + "_" + V
 attempt("login_as_victim", lambda: q("SELECT 1", target=url.replace(user, victim_role, 1)))
@@ -116,6 +118,7 @@ ALLOWED_OK = {
     "read_all_events",
     "read_victim_meta",
     "group_role_reads_victim",
+    "own_large_object",
 }
 
 
