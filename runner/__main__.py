@@ -87,7 +87,7 @@ async def main() -> None:
 
     node_loop = None
     if sup.claims is not None:  # PostgreSQL: one node of possibly several (runner/nodes.py)
-        node_loop = NodeLoop(sup, sup.claims, cfg.node_ttl)
+        node_loop = NodeLoop(sup, sup.claims, cfg.node_ttl, on_name_lost=stop.set)
         try:
             await node_loop.register()
         except NodeTaken as exc:

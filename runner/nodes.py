@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,15 +37,27 @@ if TYPE_CHECKING:
     from runner.supervisor import Supervisor
 
 log = logging.getLogger("metastream.nodes")
+MIN_ROUND_GAP = 0.2  # seconds between two rounds, however often NOTIFY wakes us
 
 
 class NodeLoop:
     """This node's part in the cluster (see the module docstring)."""
 
-    def __init__(self, sup: Supervisor, nodes: Nodes, ttl: float) -> None:
+    def __init__(
+        self,
+        sup: Supervisor,
+        nodes: Nodes,
+        ttl: float,
+        on_name_lost: Callable[[], None] | None = None,
+    ) -> None:
         self.sup = sup
         self.nodes = nodes
         self.ttl = ttl
+        # Another supervisor registered our name (we were judged dead): two supervisors under
+        # one name cannot tell their tasks apart, so this one must stop (the caller's stop).
+        self._on_name_lost = on_name_lost
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._beating: threading.Thread | None = None
         self.interval = max(0.2, min(ttl / 4, 2.0))
         self.boot_id = uuid.uuid4().hex
         self.host = f"{socket.gethostname()}:{_boot_id()}"
@@ -65,7 +78,9 @@ class NodeLoop:
         )
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         beating = threading.Thread(target=self._beat_forever, name="node-heartbeat", daemon=True)
+        self._beating = beating
         beating.start()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -74,6 +89,11 @@ class NodeLoop:
         finally:
             self._stop_beating.set()
 
+    def _name_lost(self) -> None:
+        log.error("node %s: another supervisor took this node name; stopping", self.sup.node)
+        if self._on_name_lost is not None:
+            self._on_name_lost()
+
     def _beat_forever(self) -> None:
         """The heartbeat on a thread of its own: a busy event loop or a full worker pool
         (a burst of starts) must not make a live node look dead to the others."""
@@ -81,25 +101,33 @@ class NodeLoop:
         while not self._stop_beating.wait(self.interval):
             try:
                 if not self.nodes.beat(sup.node, self.boot_id, len(sup.running)):
-                    log.error("node %s: another supervisor took this node name", sup.node)
-            except (psycopg.Error, sa_exc.DBAPIError, OSError) as exc:
+                    if self._loop is not None:
+                        self._loop.call_soon_threadsafe(self._name_lost)
+                    return
+            except (psycopg.Error, sa_exc.SQLAlchemyError, OSError) as exc:
                 log.warning("node heartbeat failed: %s", _one_line(exc))
 
     async def _rounds(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            began = loop.time()
             try:
                 await self.round()
-            except (psycopg.Error, sa_exc.DBAPIError, OSError) as exc:  # the database is away
+            except (psycopg.Error, sa_exc.SQLAlchemyError, OSError) as exc:  # the database
                 log.warning("node round failed (next in %.1f s): %s", self.interval, _one_line(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             self._wake.clear()
+            # Any role may NOTIFY any channel (a task's too): however often we are woken, a
+            # round costs the database a few queries, so rounds stay MIN_ROUND_GAP apart.
+            await asyncio.sleep(max(0.0, began + MIN_ROUND_GAP - loop.time()))
 
     async def round(self) -> None:
         """One pass: takeovers, fencing, remote cancels, claims (the heartbeat has a thread)."""
         sup = self.sup
         if not await asyncio.to_thread(self.nodes.beat, sup.node, self.boot_id, len(sup.running)):
-            log.error("node %s: another supervisor took this node name", sup.node)
+            self._name_lost()
+            return
         lost = await asyncio.to_thread(self.nodes.lost, sup.node, self.ttl)
         orphans = await asyncio.to_thread(self.nodes.orphans, sup.node, self.ttl)
         for name in dict.fromkeys([*lost, *orphans]):
@@ -174,6 +202,10 @@ class NodeLoop:
                 await asyncio.sleep(self.interval)
 
     async def stopped(self) -> None:
+        # A beat still in flight would mark the node "up" again after the clean stop.
+        self._stop_beating.set()
+        if self._beating is not None:
+            await asyncio.to_thread(self._beating.join, 5.0)
         await asyncio.to_thread(self.nodes.stopped, self.sup.node, self.boot_id)
 
 

@@ -332,7 +332,8 @@ class Supervisor(Commands, Spawning):
             )
         # An adopted child's status is not ours to read: the code the task recorded stands in.
         code = run.child.returncode if run.child.returncode is not None else exit_told
-        await self._share_files(task_id)
+        if row is None or run.epoch is None or row.epoch == run.epoch:
+            await self._share_files(task_id)  # not a taken-over run's stale files
         await self._finish(task_id, status, message, code, error=error, epoch=run.epoch)
         # Only now is its slot free: the store no longer shows it RUNNING.
         self.running.pop(task_id, None)

@@ -251,7 +251,8 @@ class Nodes:
                 .values(cancel_request=reason or "Cancelled")
             )
             if res.rowcount:
-                c.execute(select(func.pg_notify(CANCEL_CHANNEL, task_id)))
+                # No payload: any role may LISTEN, and task ids are not for tasks to learn.
+                c.execute(select(func.pg_notify(CANCEL_CHANNEL, "")))
             return bool(res.rowcount)
 
     def cancel_requests(self, node: str) -> dict[str, str]:

@@ -69,6 +69,10 @@ def _engine(url: str, begin: str) -> Engine:
     return engine
 
 
+# The outcome fields a task records about itself (store.pgtask, store.eventlog).
+OUTCOME_KEYS = ("exit_code", "error", "state_version")
+
+
 class Store:
     """Tasks and their event log."""
 
@@ -356,7 +360,11 @@ class Store:
         if not self._sqlite:  # its task_meta rows (store.pgtask)
             rows = self._reading(
                 lambda c: c.execute(
-                    select(task_meta.c.key, task_meta.c.value).where(task_meta.c.task_id == task_id)
+                    select(task_meta.c.key, task_meta.c.value).where(
+                        task_meta.c.task_id == task_id,
+                        # A task may write any number of rows of its own: read only these.
+                        task_meta.c.key.in_(OUTCOME_KEYS),
+                    )
                 ).all()
             )
             found: dict[str, Any] = {}

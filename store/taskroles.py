@@ -185,6 +185,8 @@ class TaskRoles:
             else:  # left by a crash, or the task runs again: a new password
                 stmt = "ALTER ROLE {} LOGIN PASSWORD {} CONNECTION LIMIT {}"
                 c.execute(sql.SQL(stmt).format(role, verifier, sql.Literal(CONNECTION_LIMIT)))
+                # A paused or taken-over run's sessions must not write into the new run.
+                _terminate_sessions(c, name)
 
         self._run(create)
         url = make_url(self._url).set(username=name, password=password)
@@ -207,17 +209,8 @@ class TaskRoles:
                 # lo_create, which needs no privilege, blocks DROP ROLE), and a role that stays
                 # must not log in with a password its task may have set itself.
                 c.execute(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(role))
-                # Its process is gone; a backend still running its last statement is ended
-                # (allowed to a superuser or pg_signal_backend; else it dies with its client).
-                c.execute("SAVEPOINT terminate")
-                try:
-                    c.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                        (name,),
-                    )
-                    c.execute("RELEASE SAVEPOINT terminate")
-                except psycopg.errors.InsufficientPrivilege:
-                    c.execute("ROLLBACK TO SAVEPOINT terminate")
+                # Its process is gone; a backend still running its last statement is ended.
+                _terminate_sessions(c, name)
                 # Per role: one that cannot be dropped must not stop the others' cleanup.
                 c.execute("SAVEPOINT drop_role")
                 try:
@@ -263,3 +256,16 @@ class _OpenSchema(Exception):
     def __init__(self, schema: str) -> None:
         super().__init__(schema)
         self.schema = schema
+
+
+def _terminate_sessions(c: psycopg.Connection, name: str) -> None:
+    """End the role's open sessions (allowed to a superuser or pg_signal_backend; without
+    that right a session ends with its client, and the fences refuse a stale run's writes)."""
+    c.execute("SAVEPOINT terminate")
+    try:
+        c.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
+        )
+        c.execute("RELEASE SAVEPOINT terminate")
+    except psycopg.errors.InsufficientPrivilege:
+        c.execute("ROLLBACK TO SAVEPOINT terminate")
