@@ -34,6 +34,7 @@ EXPECTED = [
     ("4b", "event log on PostgreSQL", "event log on SQLite"),
     ("4b", "event log on PostgreSQL", "event log off"),
     ("4b", "PostgreSQL fsync=on", "event log on SQLite"),
+    ("4b", "PostgreSQL, task's own role", "stack's role (COPY)"),
     ("1pg", "throughput 1 task", ""),
     ("1pg", "throughput on PostgreSQL vs", "same stack on SQLite"),
     ("1pg", "latency p99", "same stack on SQLite"),
