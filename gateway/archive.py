@@ -124,10 +124,11 @@ def zip_shared(shared: TaskFiles, task_id: str) -> Iterator[bytes]:
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for entry in (shared.list(task_id) or [])[:MAX_FILES]:
             path = str(entry["path"])
-            data = shared.read(task_id, path)
-            if data is None:
+            found = shared.read_with_mtime(task_id, path)
+            if found is None:
                 continue  # replaced by a newer run meanwhile
-            info = zipfile.ZipInfo(path, time.localtime(shared.mtime(task_id, path) or 0)[:6])
+            data, mtime = found
+            info = zipfile.ZipInfo(path, time.localtime(mtime)[:6])
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = (stat.S_IFREG | 0o644) << 16
             zf.writestr(info, data)

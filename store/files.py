@@ -41,20 +41,16 @@ class TaskFiles:
             ).all()
         return [{"path": p, "size": int(s)} for p, s in rows] if rows else None
 
-    def mtime(self, task_id: str, path: str) -> float | None:
-        with self._engine.connect() as c:
-            value = c.execute(
-                select(task_files.c.mtime).where(
-                    task_files.c.task_id == task_id, task_files.c.path == path
-                )
-            ).scalar_one_or_none()
-        return float(value) if value is not None else None
-
     def read(self, task_id: str, path: str) -> bytes | None:
+        found = self.read_with_mtime(task_id, path)
+        return found[0] if found is not None else None
+
+    def read_with_mtime(self, task_id: str, path: str) -> tuple[bytes, float] | None:
+        """A file's bytes and modification time, in one round trip (a zip needs both)."""
         with self._engine.connect() as c:
-            data = c.execute(
-                select(task_files.c.data).where(
+            row = c.execute(
+                select(task_files.c.data, task_files.c.mtime).where(
                     task_files.c.task_id == task_id, task_files.c.path == path
                 )
-            ).scalar_one_or_none()
-        return bytes(data) if data is not None else None
+            ).one_or_none()
+        return (bytes(row[0]), float(row[1] or 0)) if row is not None else None
