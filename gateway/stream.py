@@ -330,7 +330,11 @@ class TaskStream:
             rows = await self.log.read(self.task_id, self.next_id - 1)
             if not rows:
                 break
-            await self._send_many([frame for _, frame in rows])
+            frames = [frame for _, frame in rows]
+            if self.out.fmt.binary:  # converted once per gateway, a page at once
+                await self._send_many(frames, self.log.packed(self.task_id, rows))
+            else:
+                await self._send_many(frames)
             self.next_id = rows[-1][0] + 1
             sent += len(rows)
         self.metrics.ws_log_events += sent

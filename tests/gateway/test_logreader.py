@@ -177,3 +177,41 @@ def test_forget_drops_an_ended_tasks_blocks(store: Store) -> None:
         assert await read_all(reader) == list(range(1, 301))  # read again on demand
 
     asyncio.run(main())
+
+
+def test_messagepack_pages_are_converted_once_and_match_the_row_path(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bus.messages import Event, event_data_json
+    from gateway import logreader
+    from gateway.frames import seed_to_msgpack
+
+    def ev(i: int) -> bytes:
+        return event_data_json(
+            Event(event_id=i, task_id=TASK, timestamp="ts", agent_role="r", event_type="E",
+                  payload={"seq": i, "t": i / 3})
+        )  # fmt: skip
+
+    store.append_events(TASK, [(i, ev(i)) for i in range(1, 101)])
+    converted: list[int] = []
+    real = logreader.events_to_msgpack
+
+    def counting(frames: list[bytes]) -> list[bytes]:
+        converted.append(len(frames))
+        return real(frames)
+
+    monkeypatch.setattr(logreader, "events_to_msgpack", counting)
+
+    async def main() -> None:
+        reader = LogReader(store, block=40, first_read=40)
+        for _ in range(3):  # three binary connections reading the whole log
+            after = 0
+            while rows := await reader.read(TASK, after):
+                packed = reader.packed(TASK, rows)
+                assert packed == [seed_to_msgpack(f) for _, f in rows]
+                after = rows[-1][0]
+        rows = await reader.read(TASK, 55)  # a resume in the middle of a block
+        assert reader.packed(TASK, rows) == [seed_to_msgpack(f) for _, f in rows]
+
+    asyncio.run(main())
+    assert sum(converted) == 100  # each row once, for all the connections
