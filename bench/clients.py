@@ -51,7 +51,62 @@ def _emit_times(msg: str | bytes, fmt: str) -> list[float]:
     return out
 
 
+async def _one_lean(url: str, spec: dict[str, Any], on_ready: Any) -> dict[str, Any]:
+    """As :func:`_one`, through :class:`bench.leanws.LeanConnection` (no deflate)."""
+    from bench.leanws import LeanConnection
+
+    expect, latency = spec["expect"], spec["latency"]
+    fmt = spec.get("format", "json")
+    sub = SUBPROTOCOLS[fmt]
+    text = fmt in ("json", "batch")
+    prefix = EVENT_PREFIX.encode()
+    res: dict[str, Any] = {"events": 0, "first": None, "last": None, "ready": None, "error": None}
+    emit: list[float] = []
+    recv: list[float] = []
+    n = 0
+    conn = None
+    try:
+        conn = await asyncio.wait_for(LeanConnection.connect(url, sub), 30)
+        if conn.subprotocol != sub:
+            raise RuntimeError(f"asked for {sub}, got {conn.subprotocol}")
+        first = True
+        async for msg in conn.messages():
+            if first:  # "connected": the subscription is live
+                first = False
+                res["ready"] = time.time()
+                on_ready()
+                continue
+            if fmt == "json":
+                k = 1 if msg.startswith(prefix) else 0
+            else:
+                k = msg.count(MSGPACK_EVENT if not text else prefix)
+            if not k:
+                continue
+            now = time.time()
+            if n == 0:
+                res["first"] = now
+            n += k
+            res["last"] = now
+            if latency:
+                times = _emit_times(msg.decode() if text else msg, fmt)
+                emit += times
+                recv += [now] * len(times)
+            if n >= expect:
+                break
+    except Exception as exc:  # a failed connection is reported, not fatal to the others
+        res["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        if conn is not None:
+            await conn.close()
+    res["events"] = n
+    if latency:
+        res["emit"], res["recv"] = emit, recv
+    return res
+
+
 async def _one(url: str, spec: dict[str, Any], on_ready: Any) -> dict[str, Any]:
+    if spec.get("lean") and not spec.get("deflate"):
+        return await _one_lean(url, spec, on_ready)
     from websockets.asyncio.client import connect
 
     expect, latency = spec["expect"], spec["latency"]
@@ -153,6 +208,7 @@ class ClientGroup:
         timeout: float = 60.0,
         deflate: bool = False,
         fmt: str = "json",
+        lean: bool = False,
     ) -> None:
         self.timeout = timeout
         self._procs: list[subprocess.Popen[str]] = []
@@ -168,6 +224,7 @@ class ClientGroup:
                 "timeout": timeout,
                 "deflate": deflate,
                 "format": fmt,
+                "lean": lean,
                 "out": str(self._outs[k]),
             }
             p = subprocess.Popen(

@@ -51,6 +51,7 @@ class Ctx:
         fmt: str = "json",
         deflate: bool | None = None,
         ready_timeout: float = 30.0,
+        lean: bool = False,
     ) -> list[dict[str, Any]]:
         """Connect, wait until all are live, run ``after_ready``, return every result."""
         with ClientGroup(
@@ -61,6 +62,7 @@ class Ctx:
             timeout=timeout,
             deflate=self.deflate if deflate is None else deflate,
             fmt=fmt,
+            lean=lean,
         ) as group:
             group.wait_ready(ready_timeout)
             if after_ready is not None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import accumulate
 from operator import add
 from typing import Any
@@ -38,7 +38,7 @@ from typing import Any
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.wsprotocol import SEND_TEXTS
+from gateway.wsprotocol import SEND_TEXTS, frame_header
 
 BATCH_BYTES = 64 * 1024  # a batch frame closes before it would pass this (one message: any)
 BATCH_MESSAGES = 1024  # ... or at this many messages
@@ -206,6 +206,8 @@ class FrameWriter:
         # Many frames per call, framed by the server itself (see gateway.wsprotocol).
         self._send_texts = ext.get("send_texts")
         self._send_binaries = ext.get("send_binaries")
+        # Writes one framed message now if the protocol can (see wsprotocol.write_now).
+        self.write_now: Callable[[bytes], bool] | None = ext.get("write_now")
         self._held = False
         self._units: list[bytes] = []  # messages in the format's unit, not yet framed
         self._size = 0
@@ -227,6 +229,30 @@ class FrameWriter:
         self._size += sum(map(len, units)) + len(units)  # in C: a log page is 2,000 rows
         if not self._held or self._size >= BATCH_BYTES or len(self._units) >= BATCH_MESSAGES:
             await self._write_batches(final=not self._held)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing held back: a message written now would be in order."""
+        return not self._held and not self._units
+
+    def wire(self, frame: bytes, body: bytes) -> bytes | None:
+        """One live event as this format's whole WebSocket frame, header included.
+
+        The same bytes :meth:`send` would write for it alone (a batch of one, for the batched
+        formats); None if a binary format has no bus body to forward.
+        """
+        match self.fmt:
+            case Format.JSON:
+                payload, first = frame, 0x81
+            case Format.BATCH:
+                payload, first = b"[" + frame + b"]", 0x81
+            case Format.MSGPACK:
+                payload, first = body, 0x82
+            case Format.MSGPACK_BATCH:
+                payload, first = msgpack_array_header(1) + body, 0x82
+        if not payload:
+            return None
+        return frame_header(first, len(payload)) + payload
 
     def hold(self) -> None:
         """Collect what is sent into batch frames until :meth:`flush`."""

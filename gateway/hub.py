@@ -12,7 +12,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import zmq.asyncio
 
@@ -37,6 +37,9 @@ class LiveEvent:
     event_id: int
     frame: bytes  # the WebSocket message, UTF-8
     body: bytes = b""  # the bus body as received (MessagePack), for binary-format clients
+    # Whole WebSocket frames of this event per format, built by the first connection that
+    # writes it directly (gateway/stream.py ``_direct``) for all the others.
+    wire: dict[object, bytes | None] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,9 @@ class Listener:
         self.maxsize = maxsize
         self.overflowed = False
         self._waiter: asyncio.Future[None] | None = None
+        # Set by the connection while it waits with nothing queued: takes an item and writes
+        # it at once if it can (True), sparing a wake-up of the connection's task per message.
+        self.direct: Callable[[Item], bool] | None = None
         # Told when this listener starts or stops taking live messages.
         self._on_live_change = on_live_change
 
@@ -217,7 +223,9 @@ class Hub:
             case _:
                 return  # leases and future kinds are not for clients
         for listener in live:
-            listener.offer(item)
+            direct = listener.direct
+            if direct is None or listener.items or not direct(item):
+                listener.offer(item)
 
     def close(self) -> None:
         self._sub.close()

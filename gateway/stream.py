@@ -251,7 +251,15 @@ class TaskStream:
                     await self._heartbeat()
                 if not items:
                     wait = min(next_poll, self._last_send + self.cfg.ws_heartbeat_interval) - now
-                    if not await listener.wait(max(wait, 0.001)):
+                    # Parked with nothing queued or held: the hub may write live events for
+                    # us meanwhile (_direct), in order, without waking this task.
+                    if self.out.write_now is not None and self.out.idle:
+                        listener.direct = self._direct
+                    try:
+                        woke = await listener.wait(max(wait, 0.001))
+                    finally:
+                        listener.direct = None
+                    if not woke:
                         if time.monotonic() >= next_poll:
                             next_poll = time.monotonic() + QUIET_POLL
                             if await self._on_quiet():
@@ -267,6 +275,28 @@ class TaskStream:
                 await self.out.flush()
         finally:
             scope.cancel()
+
+    def _direct(self, item: Item) -> bool:
+        """Write a live event now, from the hub, if it is the next one; else False (queue it).
+
+        Only while :meth:`_forward` waits with nothing queued and nothing held, so nothing of
+        this connection can be in flight: the event goes out exactly as :meth:`_handle` would
+        send it, as the frame every other connection of this format gets (built once).
+        """
+        if type(item) is not LiveEvent or item.event_id != self.next_id:
+            return False  # states, beats, gaps: the task decides
+        fmt = self.out.fmt
+        wire = item.wire.get(fmt, b"")
+        if wire == b"":
+            wire = item.wire[fmt] = self.out.wire(item.frame, item.body)
+        write_now = self.out.write_now
+        if wire is None or write_now is None or not write_now(wire):
+            return False
+        self.next_id += 1
+        self.out.frames_sent += 1
+        self.metrics.ws_sent += 1
+        self._last_send = time.monotonic()
+        return True
 
     async def _handle(self, item: Item) -> bool:
         """Send one live item; True once the stream has ended."""

@@ -55,6 +55,20 @@ INTERNALS = {
 }
 
 
+def frame_header(first: int, n: int) -> bytes:
+    """An unmasked server frame's header: FIN + opcode, then the length in 7, 7+16 or 7+64 bits."""
+    if n < 126:
+        return bytes((first, n))
+    if n < 65536:
+        return bytes((first, 0x7E)) + n.to_bytes(2, "big")
+    return bytes((first, 0x7F)) + n.to_bytes(8, "big")
+
+
+def _payload_len(wire: bytes) -> int:
+    code = wire[1] & 0x7F
+    return len(wire) - (2 if code < 126 else 4 if code == 126 else 10)
+
+
 class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
     """Offers ``send_texts``: many text frames per call, those of one loop turn in one write."""
 
@@ -68,7 +82,30 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
             scope["extensions"][SEND_TEXTS] = {
                 "send_texts": self.send_texts,
                 "send_binaries": self.send_binaries,
+                "write_now": self.write_now,
             }
+
+    def write_now(self, wire: bytes) -> bool:
+        """Write one whole framed message (header included) at once, if that is safe now.
+
+        For the hub's live fan-out (gateway/stream.py ``_direct``): one event's frame, built
+        once, goes to every idle connection without waking each connection's task. False (and
+        nothing written) whenever the ordinary path must decide: a paused or closing
+        transport, frames of this loop turn not yet written, or a message that
+        permessage-deflate would compress.
+        """
+        if (
+            self._flush_handle is not None
+            or self.conn.writes
+            or not self.writable.is_set()
+            or self.disconnected
+            or self.close_sent
+            or self.conn.state is not State.OPEN
+            or (self.conn.extensions and _payload_len(wire) >= deflate_min_bytes())
+        ):
+            return False
+        self.transport.write(wire)
+        return True
 
     async def send_texts(self, texts: Sequence[bytes]) -> None:
         """Send text frames (given as UTF-8) in order, FLUSH_BYTES at most per write."""
@@ -95,15 +132,8 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
             if n >= deflate_from:
                 send(data)
             else:
-                # FIN + opcode (text or binary), then the payload length in 7, 7+16 or 7+64 bits.
-                if n < 126:
-                    head = bytes((first, n))
-                elif n < 65536:
-                    head = bytes((first, 0x7E)) + n.to_bytes(2, "big")
-                else:
-                    head = bytes((first, 0x7F)) + n.to_bytes(8, "big")
                 # The protocol's own output buffer: frames of every path stay in order.
-                self.conn.writes += (head, data)
+                self.conn.writes += (frame_header(first, n), data)
             self._pending += FRAME_OVERHEAD + n
         if self._flush_handle is None:
             # As in send: what this turn sends first goes out at once, later sends in the
