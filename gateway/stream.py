@@ -110,6 +110,7 @@ class TaskStream:
         self._ended = False  # the final state was sent
         self._last_state_version = -1
         self._last_send = time.monotonic()
+        self._next_poll = self._last_send + QUIET_POLL  # when to look at the log if all is quiet
         # Frames in the format the client asked for (gateway.frames; the seed's by default).
         self.out = FrameWriter(ws, fmt, frame_cache)
         self._subprotocol = subprotocol
@@ -227,7 +228,7 @@ class TaskStream:
 
     async def _forward(self, listener: Listener, scope: anyio.CancelScope) -> None:
         try:
-            next_poll = time.monotonic() + QUIET_POLL
+            self._next_poll = time.monotonic() + QUIET_POLL
             items = listener.items
             while True:
                 if listener.overflowed:
@@ -250,7 +251,9 @@ class TaskStream:
                 if now - self._last_send >= self.cfg.ws_heartbeat_interval:
                     await self._heartbeat()
                 if not items:
-                    wait = min(next_poll, self._last_send + self.cfg.ws_heartbeat_interval) - now
+                    wait = (
+                        min(self._next_poll, self._last_send + self.cfg.ws_heartbeat_interval) - now
+                    )
                     # Parked with nothing queued or held: the hub may write live events for
                     # us meanwhile (_direct), in order, without waking this task.
                     if self.out.write_now is not None and self.out.idle:
@@ -260,12 +263,12 @@ class TaskStream:
                     finally:
                         listener.direct = None
                     if not woke:
-                        if time.monotonic() >= next_poll:
-                            next_poll = time.monotonic() + QUIET_POLL
+                        if time.monotonic() >= self._next_poll:
+                            self._next_poll = time.monotonic() + QUIET_POLL
                             if await self._on_quiet():
                                 return
                         continue
-                next_poll = time.monotonic() + QUIET_POLL
+                self._next_poll = time.monotonic() + QUIET_POLL
                 # Drain what is queued; stop at an overflow (reset drops the rest). What it
                 # sends leaves together: in one batch frame, for clients that asked for those.
                 self.out.hold()
@@ -295,7 +298,9 @@ class TaskStream:
         self.next_id += 1
         self.out.frames_sent += 1
         self.metrics.ws_sent += 1
-        self._last_send = time.monotonic()
+        # Traffic, as if the task had handled it: no heartbeat due, no quiet-poll of the store.
+        now = self._last_send = time.monotonic()
+        self._next_poll = now + QUIET_POLL
         return True
 
     async def _handle(self, item: Item) -> bool:

@@ -15,16 +15,28 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import zmq.asyncio
 
-from bus.messages import Event, State, event_data_json, json_encoder, state_data, ws_frame
+from bus.messages import (
+    Event,
+    State,
+    bus_encoder,
+    event_data_json,
+    json_encoder,
+    state_data,
+    topic,
+    ws_frame,
+)
 from core import settings
 from core.clock import utcnow
 from core.status import TaskStatus
+from gateway.frames import Format, FrameWriter
 from gateway.hub import Hub, Listener, LiveEvent, LiveState
 from gateway.logreader import LogReader
 from gateway.stream import MOVES, InvalidTransition, Phase, TaskStream
+from gateway.wsprotocol import SEND_TEXTS
 from store import Store
 
 pytestmark = pytest.mark.timeout(60)
@@ -234,3 +246,83 @@ def test_the_phase_table_refuses_a_skipped_step(tmp_path: Path) -> None:
         assert MOVES[Phase.CLOSED] == frozenset()
     finally:
         rig.close()
+
+
+class DirectClient(Client):
+    """A client whose server offers the gateway protocol's many-frame and direct writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writable = True
+        self.direct = 0  # messages written by the hub itself (write_now)
+
+        async def many(frames: list[bytes]) -> None:
+            for f in frames:
+                self._record(f)
+
+        def write_now(wire: bytes) -> bool:
+            if not self.writable:
+                return False
+            self.direct += 1
+            code = wire[1] & 0x7F
+            self._record(wire[2 if code < 126 else 4 if code == 126 else 10 :])
+            return True
+
+        ext = {"send_texts": many, "send_binaries": many, "write_now": write_now}
+        self.scope = {"extensions": {SEND_TEXTS: ext}}
+
+    def _record(self, payload: bytes) -> None:
+        if payload[:1] in (b"{", b"["):
+            obj = json.loads(payload)
+            self.sent += obj if isinstance(obj, list) else [obj]
+        else:
+            obj = msgspec.msgpack.decode(payload)
+            for m in obj if isinstance(obj, list) else [obj]:
+                self.sent.append({"type": m.pop("kind"), "data": m})
+
+
+@pytest.mark.parametrize("fmt", list(Format))
+def test_the_hub_writes_live_events_to_idle_connections_exactly_in_order(
+    tmp_path: Path, fmt: Format
+) -> None:
+    async def body() -> None:
+        rig = Rig(tmp_path)
+        client = rig.client = DirectClient()
+        rig.stream.ws = client  # type: ignore[assignment]
+        rig.stream.out = FrameWriter(client, fmt)  # type: ignore[arg-type]
+        log_events(rig.store, range(1, 4))
+        runner = asyncio.create_task(rig.stream.run())
+        try:
+            await until(lambda: rig.stream.phase is Phase.LIVE, "the replay to end")
+            assert rig.listener is not None
+            listener = rig.listener
+            for i in range(4, 41):
+                log_events(rig.store, range(i, i + 1))
+                if i % 10 == 0:  # a state between events: queued, the task sends it
+                    st = State(task_id=TID, status="RUNNING", progress=i / 100, version=i)
+                    rig.hub._dispatch([topic(TID, "state"), bus_encoder.encode(st)])
+                client.writable = i % 7 != 0  # a paused transport: the ordinary path
+                if i % 3:  # mostly while the connection is parked, sometimes not
+                    await until(
+                        lambda: listener.direct is not None and not listener.items,
+                        "the connection idle",
+                    )
+                rig.hub._dispatch([topic(TID, "event"), bus_encoder.encode(event(i))])
+            await until(lambda: client.event_ids[-1:] == [40], "event 40")
+            assert client.event_ids == list(range(1, 41))  # each once, in order
+            assert 15 < client.direct < 37  # both paths were taken
+            # Each state exactly where it was dispatched: after event i - 1, before event i.
+            order = [
+                m["data"]["event_id"] if m["type"] == "event" else m["data"]["progress"]
+                for m in client.sent
+                if m["type"] == "event" or m["data"].get("progress", 0) >= 0.1
+            ]
+            for i in (10, 20, 30, 40):
+                at = order.index(i / 100)
+                assert order[at - 1 : at + 2] == [i - 1, i / 100, i]
+        finally:
+            client.gone.set()
+            await asyncio.wait_for(runner, 10)
+            rig.close()
+
+    asyncio.run(body())
