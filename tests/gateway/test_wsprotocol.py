@@ -204,3 +204,32 @@ def test_deflate_compresses_only_messages_above_the_threshold(server: str) -> No
     compressed = [c for c, (op, _) in zip(client.rsv1, frames, strict=True) if op != 8][:10]
     assert compressed == [n >= deflate_min_bytes() for n in sizes]
     assert any(compressed) and not all(compressed)
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+def test_direct_writes_wait_for_the_turns_frames_and_keep_the_order(
+    server: str, compression: str | None
+) -> None:
+    """write_now refuses while frames of the loop turn are unwritten, and deflatable ones."""
+    n = 20
+
+    async def scenario() -> list[str]:
+        got: list[str] = []
+        async with websockets.connect(
+            f"ws://{server}/ws/direct?n={n}", open_timeout=10, max_size=None,
+            compression=compression,
+        ) as ws:  # fmt: skip
+            try:
+                while True:
+                    got.append(str(await asyncio.wait_for(ws.recv(), 10))[:6].rstrip("y"))
+            except websockets.ConnectionClosedOK:
+                pass
+        return got
+
+    got = asyncio.run(scenario())
+    assert got == [f"{i}-{x}" for i in range(n) for x in "abcd"]
+    counts = status(server)
+    # "c" always waits for the page's flush; "d" (70 kB) goes direct unless it would be
+    # compressed (deflate negotiated, above the 1 KiB default threshold).
+    assert counts["refused"] == (2 * n if compression else n)
+    assert counts["direct"] == (0 if compression else n)

@@ -5,6 +5,10 @@
   ``send`` returns (yielding to the loop every K frames; with ``via=texts``, through the
   protocol's ``send_texts`` in pages of 100); ``GET /status`` tells how many sends completed
   and how the loop ended.
+- ``/ws/direct?n=N``: N rounds of a ``send_texts`` page then ``write_now`` of one framed
+  message in the same loop turn (refused: the page's flush is pending; sent through
+  ``send_texts`` instead), then, after the flush, one more ``write_now`` (written); ``GET
+  /status`` counts what ``write_now`` wrote and refused.
 - ``/ws/mixed?pages=P``: P pages through ``send_texts`` (frames of 5 B, 200 B and 70 kB: every
   length encoding), each followed by one ordinary ``send_text``; then close 1000.
 """
@@ -74,6 +78,27 @@ async def flood(ws: WebSocket) -> None:
         status["outcome"] = f"disconnected ({type(exc).__name__})"
 
 
+async def direct(ws: WebSocket) -> None:
+    from gateway.wsprotocol import frame_header
+
+    await ws.accept()
+    ext = ws.scope["extensions"][SEND_TEXTS]
+    send_texts, write_now = ext["send_texts"], ext["write_now"]
+    status.update(direct=0, refused=0)
+    for i in range(int(ws.query_params["n"])):
+        await send_texts([f"{i}-a".encode(), f"{i}-b".encode()])
+        for text, big in ((f"{i}-c", False), (f"{i}-d", True)):
+            data = text.encode() + (b"y" * 70_000 if big else b"")
+            if write_now(frame_header(0x81, len(data)) + data):
+                status["direct"] += 1
+            else:
+                status["refused"] += 1
+                await send_texts([data])
+            await asyncio.sleep(0)  # the turn ends: the protocol's flush runs
+            await asyncio.sleep(0)
+    await ws.close(1000)
+
+
 async def get_status(_request: Any) -> JSONResponse:
     return JSONResponse(status)
 
@@ -83,6 +108,7 @@ app = Starlette(
         WebSocketRoute("/ws/burst", burst),
         WebSocketRoute("/ws/flood", flood),
         WebSocketRoute("/ws/mixed", mixed),
+        WebSocketRoute("/ws/direct", direct),
         Route("/status", get_status),
     ]
 )
