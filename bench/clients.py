@@ -1,7 +1,9 @@
 """The one WebSocket client every measurement uses, run in its own processes.
 
 ``python -m bench.clients SPEC_JSON`` opens ``spec["urls"]`` (one connection each), prints
-``READY`` once every connection got its first message (``connected``), reads until it has
+``READY`` once every connection got its first ``ready_messages`` messages (1: ``connected``,
+the subscription is live; 2: also the ``state`` a task that has not ended gets next, so the
+gateway has set the connection up and it is live), reads until it has
 ``expect`` events per connection, the server closes, or ``timeout`` passes, then writes the
 results as JSON to ``spec["out"]`` and prints ``RESULT``. The client is kept lean so that it
 is not what we measure: uvloop, no JSON parsing; an event is recognised by its frame prefix,
@@ -69,12 +71,13 @@ async def _one_lean(url: str, spec: dict[str, Any], on_ready: Any) -> dict[str, 
         conn = await asyncio.wait_for(LeanConnection.connect(url, sub), 30)
         if conn.subprotocol != sub:
             raise RuntimeError(f"asked for {sub}, got {conn.subprotocol}")
-        first = True
+        before_ready = spec.get("ready_messages", 1)
         async for msg in conn.messages():
-            if first:  # "connected": the subscription is live
-                first = False
-                res["ready"] = time.time()
-                on_ready()
+            if before_ready:  # "connected": the subscription is live (then "state": set up)
+                before_ready -= 1
+                if not before_ready:
+                    res["ready"] = time.time()
+                    on_ready()
                 continue
             if fmt == "json":
                 k = 1 if msg.startswith(prefix) else 0
@@ -127,7 +130,8 @@ async def _one(url: str, spec: dict[str, Any], on_ready: Any) -> dict[str, Any]:
         ) as ws:
             if ws.subprotocol != sub:
                 raise RuntimeError(f"asked for {sub}, got {ws.subprotocol}")
-            await ws.recv()  # "connected": the subscription is live
+            for _ in range(spec.get("ready_messages", 1)):
+                await ws.recv()  # "connected": the subscription is live (then "state": set up)
             res["ready"] = time.time()
             on_ready()
             async for msg in ws:
@@ -209,6 +213,7 @@ class ClientGroup:
         deflate: bool = False,
         fmt: str = "json",
         lean: bool = False,
+        ready_messages: int = 1,
     ) -> None:
         self.timeout = timeout
         self._procs: list[subprocess.Popen[str]] = []
@@ -225,6 +230,7 @@ class ClientGroup:
                 "deflate": deflate,
                 "format": fmt,
                 "lean": lean,
+                "ready_messages": ready_messages,
                 "out": str(self._outs[k]),
             }
             p = subprocess.Popen(

@@ -52,6 +52,7 @@ class Ctx:
         deflate: bool | None = None,
         ready_timeout: float = 30.0,
         lean: bool = False,
+        ready_messages: int = 1,
     ) -> list[dict[str, Any]]:
         """Connect, wait until all are live, run ``after_ready``, return every result."""
         with ClientGroup(
@@ -63,6 +64,7 @@ class Ctx:
             deflate=self.deflate if deflate is None else deflate,
             fmt=fmt,
             lean=lean,
+            ready_messages=ready_messages,
         ) as group:
             group.wait_ready(ready_timeout)
             if after_ready is not None:

@@ -36,6 +36,7 @@ from gateway.limits import ConnectionCounter, LimitsMiddleware
 from gateway.logreader import LogReader
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics, GatewayState
 from gateway.models import COMMON_RESPONSES
+from gateway.rowcache import TaskRowCache
 from gateway.security import AuthMiddleware, Guard
 from store import Store
 from store.eventlog import EventLogUnreadable
@@ -76,6 +77,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         app.state.settings = cfg
         app.state.store = store
         app.state.log_reader = LogReader(store, cfg.replay_page)
+        app.state.task_rows = TaskRowCache(store)  # connections' quiet polls, shared per task
         app.state.frame_cache = MsgpackCache()  # log rows as MessagePack, shared (frames.py)
         app.state.hub = hub
         app.state.control = control

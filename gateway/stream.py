@@ -33,6 +33,7 @@ from gateway.frames import Format, FrameWriter, MsgpackCache
 from gateway.hub import Hub, Item, Listener, LiveBeat, LiveEvent, LiveState
 from gateway.logreader import LogReader
 from gateway.metrics import GatewayMetrics
+from gateway.rowcache import TaskRowCache
 from store import Store
 
 log = logging.getLogger("metastream.stream")
@@ -91,11 +92,13 @@ class TaskStream:
         fmt: Format = Format.JSON,
         subprotocol: str | None = None,
         frame_cache: MsgpackCache | None = None,
+        rows: TaskRowCache | None = None,
     ) -> None:
         self.ws = ws
         self.task_id = task_id
         self.next_id = last_event_id + 1
         self.store = store
+        self.rows = rows or TaskRowCache(store)  # the quiet polls, shared per task
         self.log = log
         self.hub = hub
         self.control = control
@@ -343,7 +346,7 @@ class TaskStream:
 
     async def _on_quiet(self) -> bool:
         """Nothing arrived for a while: check the log; True once the task has ended."""
-        row = await self._db(self.store.get_task, self.task_id)
+        row = await self.rows.get(self.task_id)  # one read for all the task's connections
         if row is None:
             return True
         if row.last_event_id >= self.next_id:

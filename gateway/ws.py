@@ -126,6 +126,7 @@ async def task_stream(
             fmt=fmt,
             subprotocol=subprotocol,
             frame_cache=state.frame_cache,
+            rows=state.task_rows,
         )
         await stream.run()
     finally:
