@@ -201,7 +201,7 @@ class FrameWriter:
     def __init__(self, ws: WebSocket, fmt: Format, cache: MsgpackCache | None = None) -> None:
         self.ws = ws
         self.fmt = fmt
-        self._convert = (cache or MsgpackCache(1 << 20)).convert
+        self._convert = self.convert = (cache or MsgpackCache(1 << 20)).convert
         ext = (ws.scope.get("extensions") or {}).get(SEND_TEXTS) or {}
         # Many frames per call, framed by the server itself (see gateway.wsprotocol).
         self._send_texts = ext.get("send_texts")

@@ -46,6 +46,7 @@ class LiveEvent:
 class LiveState:
     state: State
     frame: bytes
+    wire: dict[object, bytes | None] = field(default_factory=dict, compare=False)  # as above
 
 
 @dataclass(frozen=True, slots=True)

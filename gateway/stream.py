@@ -283,22 +283,43 @@ class TaskStream:
             scope.cancel()
 
     def _direct(self, item: Item) -> bool:
-        """Write a live event now, from the hub, if it is the next one; else False (queue it).
+        """Send a live item now, from the hub, as :meth:`_handle` would; else False (queue it).
 
-        Only while :meth:`_forward` waits with nothing queued and nothing held, so nothing of
-        this connection can be in flight: the event goes out exactly as :meth:`_handle` would
-        send it, as the frame every other connection of this format gets (built once).
+        Events next in line and states that are not final are written; beats with nothing to
+        refill are done; anything else is left to the task. Only while :meth:`_forward` waits
+        with nothing queued and nothing held, so nothing of this connection can be in flight:
+        the item goes out as the same frame every other connection of this format gets.
         """
-        if type(item) is not LiveEvent or item.event_id != self.next_id:
-            return False  # states, beats, gaps: the task decides
+        data = None
+        if isinstance(item, LiveEvent):
+            if item.event_id != self.next_id:
+                return False  # a gap or a duplicate: the task decides
+            body = item.body
+        elif isinstance(item, LiveState):
+            st = item.state
+            if st.status in TERMINAL_STATUSES:
+                return False  # the end of the stream: the task checks the store
+            if st.version < self._last_state_version:
+                return True  # older than what the client has (as _offer_state drops it)
+            data = state_data(st)
+            if data == self._last_state:
+                return True
+            body = b""
+        else:
+            return item.last_event_id < self.next_id  # a beat: nothing to refill, or the task
         fmt = self.out.fmt
         wire = item.wire.get(fmt, b"")
         if wire == b"":
-            wire = item.wire[fmt] = self.out.wire(item.frame, item.body)
+            if data is not None and fmt.binary:  # the seed's state fields, not the bus's
+                body = self.out.convert([item.frame])[0]
+            wire = item.wire[fmt] = self.out.wire(item.frame, body)
         write_now = self.out.write_now
         if wire is None or write_now is None or not write_now(wire):
             return False
-        self.next_id += 1
+        if isinstance(item, LiveState):
+            self._last_state, self._last_state_version = data, item.state.version
+        else:
+            self.next_id += 1
         self.out.frames_sent += 1
         self.metrics.ws_sent += 1
         # Traffic, as if the task had handled it: no heartbeat due, no quiet-poll of the store.
