@@ -101,6 +101,12 @@ def _clients_point(
         deflate=deflate,
         ready_timeout=30 + n / 10,
         after_ready=lambda: go(tid),
+        # Ready once each connection's state came after its "connected" (it is set up and
+        # live); clients without deflate read through the lean loop (bench/leanws.py): with
+        # 1,000 connections the websockets library's ~30 us per message was the client
+        # processes' whole CPU, on the cores the gateway is measured on.
+        ready_messages=2,
+        lean=True,
     )
     used = {"gateway": cpu([gw]) - got["cpu0"]}
     point |= _paced(res, got["t0"], used, sum(r["events"] for r in res))
