@@ -83,9 +83,13 @@ class LogReader:
             i = bisect.bisect_right(blk.rows, after, key=_event_id)
             while i == len(blk.rows) and not blk.complete:
                 covered = blk.covered
+                # A shared read already under way may have begun before rows this caller
+                # knows of were committed (a final state's events): its "nothing new" only
+                # counts for a read that began after this call.
+                fresh = blk.reading is None
                 await self._fill(task_id, blk)
                 i = bisect.bisect_right(blk.rows, after, key=_event_id)
-                if blk.covered == covered:
+                if blk.covered == covered and fresh:
                     break  # the log's end, for now
             if i < len(blk.rows):
                 if blk.complete:  # a reader moving through the log: have the next one ready

@@ -215,3 +215,42 @@ def test_messagepack_pages_are_converted_once_and_match_the_row_path(
 
     asyncio.run(main())
     assert sum(converted) == 100  # each row once, for all the connections
+
+
+def test_a_read_under_way_before_new_rows_does_not_hide_them(store: Store) -> None:
+    """A caller that joins a shared read begun before rows it knows of were committed (a
+    final state's events) must still get them: that read's "nothing new" is not its answer."""
+    import threading
+
+    append(store, range(1, 6))
+    gate = threading.Event()
+    real = store.read_events
+
+    def snapshot_then_wait(task_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = real(task_id, after, limit)  # what the log held when the read began
+        gate.wait(10)
+        return rows
+
+    async def main() -> None:
+        reader = LogReader(store, block=50, first_read=50)
+        assert await read_all(reader) == [1, 2, 3, 4, 5]
+        store.read_events = snapshot_then_wait  # type: ignore[method-assign]
+        early = asyncio.ensure_future(reader.read(TASK, 5))  # begins a read: nothing new yet
+        await until_reading(reader)
+        store.read_events = real  # type: ignore[method-assign]
+        append(store, range(6, 11))  # committed while that read is under way
+        late = asyncio.ensure_future(reader.read(TASK, 5))  # joins it, then reads afresh
+        await asyncio.sleep(0)
+        gate.set()
+        assert await early == []  # it asked before the rows existed: fair
+        assert [i for i, _ in await late] == [6, 7, 8, 9, 10]
+
+    asyncio.run(main())
+
+
+async def until_reading(reader: LogReader) -> None:
+    for _ in range(1000):
+        if any(b.reading is not None for b in reader._blocks.values()):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("no read under way")
