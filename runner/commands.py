@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from bus.messages import Reply
@@ -38,14 +38,12 @@ class Commands:
     _db: Callable[..., Any]
     _lock: Callable[[str], asyncio.Lock]
     _publish: Callable[[TaskRow], None]
+    _run_update: Callable[..., Awaitable[RunRow | None]]
 
     async def pump(self) -> None:
         raise NotImplementedError
 
     async def stop_task(self, run: Running, status: TaskStatus, message: str, how: StopFrom) -> str:
-        raise NotImplementedError
-
-    async def _run_update(self, task_id: str, **values: Any) -> RunRow | None:
         raise NotImplementedError
 
     async def start(self, task_id: str) -> Reply:
