@@ -44,7 +44,7 @@ class Commands:
         raise NotImplementedError
 
     async def stop_task(self, run: Running, status: TaskStatus, message: str, how: StopFrom) -> str:
-        raise NotImplementedError
+        raise NotImplementedError  # runner.checks.Checks (before this class in the MRO)
 
     async def start(self, task_id: str) -> Reply:
         async with self._lock(task_id):

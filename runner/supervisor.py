@@ -12,12 +12,9 @@ from typing import Any, TypeVar
 
 from bus.client import Publisher
 from bus.messages import (
-    Heartbeat,
     ProcessLifecycle,
     Readopted,
     Spawned,
-    Stopped,
-    ZygoteRestarted,
     process_topic,
     state_of,
 )
@@ -27,14 +24,15 @@ from core.metrics import Registry
 from core.options import TaskOptions
 from core.settings import Settings
 from core.status import TaskStatus, TransitionError
-from runner import process, sandbox, stopping
+from runner import process, sandbox
+from runner.checks import Checks
 from runner.commands import Commands
 from runner.finishing import Finishing, own_word
 from runner.forkserver import ForkServer
 from runner.launchers import AdoptingLauncher, LaunchUnavailable, TaskLaunch
 from runner.metrics import SupervisorMetrics
 from runner.outcome import outcome
-from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits, StopFrom
+from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy
 from runner.running import Progress, Running
 from runner.spawning import Spawning
 from runner.task import spec as task_spec
@@ -48,7 +46,7 @@ T = TypeVar("T")
 STARTUP_GRACE = 5.0  # to start the interpreter and send a first beat
 
 
-class Supervisor(Finishing, Progress, Commands, Spawning):
+class Supervisor(Checks, Finishing, Progress, Commands, Spawning):
     """Starts, watches and stops task processes on this node."""
 
     def __init__(
@@ -110,40 +108,6 @@ class Supervisor(Finishing, Progress, Commands, Spawning):
     def _announce(self, msg: ProcessLifecycle) -> None:
         """Publish a process lifecycle event on ``_sys/process/<kind>`` (docs/subscribers.md)."""
         self.pub.publish_system(process_topic(msg), msg)
-
-    async def stop_task(self, run: Running, status: TaskStatus, message: str, how: StopFrom) -> str:
-        """Stop a running task (once, however many ask) and wait until it is down.
-
-        ``how`` is where the stop sequence starts: "ask" (a cancel: let the task flush and
-        exit), "term" (a limit: SIGTERM the group), or "kill" (hung or out of memory).
-        """
-        if run.stop_reason is None:
-            run.stop_reason = (status, message)
-        if run.stopping is None:
-            self.metrics.killed(_kill_reason(status, message))
-            ask_timeout = self.cfg.stop_ask_timeout if how == "ask" else 0.0
-            term_timeout = self.cfg.stop_term_timeout if how in ("ask", "term") else 0.0
-            run.stopping = asyncio.create_task(self._stop_sequence(run, ask_timeout, term_timeout))
-        ended = await run.stopping  # asked / terminated / killed / exited
-        if run.watcher is not None:
-            await run.watcher
-        return ended
-
-    async def _stop_sequence(self, run: Running, ask_timeout: float, term_timeout: float) -> str:
-        how = await stopping.stop(run.child, ask_timeout, term_timeout)
-        status, reason = run.stop_reason or (TaskStatus.CANCELLED, "")
-        self._announce(
-            Stopped(
-                task_id=run.task_id,
-                pid=run.child.pid,
-                node=self.node,
-                at=utcnow(),
-                how=how,
-                status=status,
-                reason=reason,
-            )
-        )
-        return how
 
     # --- admission and process lifecycle -------------------------------------------------
 
@@ -262,91 +226,29 @@ class Supervisor(Finishing, Progress, Commands, Spawning):
         restarts = self.forkserver.restarts if self.forkserver is not None else 0
         return {"zygote_restarts": restarts, "running": len(self.running)}
 
-    # --- heartbeats ----------------------------------------------------------------------
-
-    def heard(self, msg: Heartbeat) -> None:
-        self.heartbeats.beat(msg.task_id)
-        self.metrics.heard(msg)
-
-    def bus_beacon(self) -> None:
-        if self.heartbeats.beacon():
-            self.disconnects.pause()  # no lease could arrive while the bus was down
-
-    async def check(self) -> None:
-        """Apply the heartbeat, disconnect and limit policies to every running task."""
-        self._watch_zygote()
-        for task_id, silent in self.heartbeats.overdue():
-            run = self.running.get(task_id)
-            if run is None or run.stop_reason is not None:
-                self.heartbeats.forget(task_id)
-                continue
-            msg = f"Task process unresponsive: no heartbeat for {silent:.1f} s; killed"
-            self.metrics.heartbeat_misses.inc()
-            self.stop_soon(run, TaskStatus.FAILED, msg, how="kill")
-        if not self.heartbeats.bus_ok():
-            return  # leases can't arrive either: judge nobody's absence
-        for run in list(self.running.values()):
-            if run.stop_reason is not None:
-                continue
-            opts = run.options
-            mode = opts.disconnect_policy or self.cfg.disconnect_policy
-            grace = opts.grace_seconds if opts.grace_seconds else self.cfg.disconnect_grace
-            if self.disconnects.should_stop(run.task_id, mode, grace):
-                why = "last client left" if mode == "kill" else f"no client for {grace:g} s"
-                message = f"Cancelled: {why} (policy {mode})"
-                self.stop_soon(run, TaskStatus.CANCELLED, message, how="ask")
-                continue
-            limits = Limits(
-                opts.timeout_seconds or self.cfg.task_timeout,
-                opts.memory_limit_mb or self.cfg.task_memory_mb,
-            )
-            rss = run.child.rss_mb(limits.memory_mb) if limits.memory_mb else 0.0
-            breach = limits.breach(self._clock() - run.started, rss)
-            if breach is not None:
-                self.stop_soon(run, TaskStatus.FAILED, breach.message, how=breach.stop_from)
-
-    def _watch_zygote(self) -> None:
-        # The fork server counts its restarts; each new one is announced once (polled on the
-        # supervisor's tick, so the fork server needs no callback into the supervisor).
-        fs = self.forkserver
-        if fs is not None and fs.restarts > self._zygote_restarts:
-            self._zygote_restarts = fs.restarts
-            self._announce(ZygoteRestarted(node=self.node, at=utcnow(), restarts=fs.restarts))
-
-    def stop_soon(self, run: Running, status: TaskStatus, message: str, how: StopFrom) -> None:
-        log.warning("task %s: %s", run.task_id, message)
-        task = asyncio.create_task(self.stop_task(run, status, message, how=how))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     # --- start-up and shutdown -----------------------------------------------------------
 
     async def recover(self) -> None:
         """Re-adopt task processes a previous supervisor left running; fail the dead ones."""
         rows = await self._db(self.store.tasks_with_status, (TaskStatus.RUNNING,), self.node)
         for row in rows:
+            epoch = row.epoch if self.claims is not None else None
             req = TaskLaunch(row.id, self.cfg.task_dir(row.id), self._log_path(row.id))
             try:
                 child = await AdoptingLauncher(row.pid, row.pid_create_time).launch(req)
             except LaunchUnavailable as exc:
+                # Gone while nobody watched: its own record says how it ended, if it got that far.
                 log.info("not re-adopted: %s", exc)
-                child = None
-            if child is not None:
-                log.info("re-adopted task %s (pid %s)", row.id, row.pid)
-                self._announce(
-                    Readopted(task_id=row.id, pid=child.pid, node=self.node, at=utcnow())
-                )
-                run = self._track(row.id, child, TaskOptions.of(row.options))
-                run.plan, run.dirs = self._adopted_plan(row.id)
-                run.reported_version = row.state_version
-                run.epoch = row.epoch if self.claims is not None else None
-                self.metrics.started(row.id, child.kind, None)
+                exit_told, error = own_word(await self._db(self.store.task_outcome, row.id))
+                status, message = outcome(None, exit_told, error, lost=True)
+                await self._finish(row.id, status, message, exit_told, error=error, epoch=epoch)
                 continue
-            # Gone while nobody watched: its own record says how it ended, if it got that far.
-            exit_told, error = own_word(await self._db(self.store.task_outcome, row.id))
-            status, message = outcome(None, exit_told, error, lost=True)
-            epoch = row.epoch if self.claims is not None else None
-            await self._finish(row.id, status, message, exit_told, error=error, epoch=epoch)
+            log.info("re-adopted task %s (pid %s)", row.id, row.pid)
+            self._announce(Readopted(task_id=row.id, pid=child.pid, node=self.node, at=utcnow()))
+            run = self._track(row.id, child, TaskOptions.of(row.options))
+            run.plan, run.dirs = self._adopted_plan(row.id)
+            run.reported_version, run.epoch = row.state_version, epoch
+            self.metrics.started(row.id, child.kind, None)
         if self.roles is not None:
             await self._sweep_roles()
         await self.pump()
@@ -383,14 +285,3 @@ class Supervisor(Finishing, Progress, Commands, Spawning):
 def _wants_test_hook(options: dict[str, Any]) -> bool:
     synthetic = options.get("synthetic")
     return isinstance(synthetic, dict) and synthetic.get("run_python") is not None
-
-
-def _kill_reason(status: TaskStatus, message: str) -> str:
-    """A bounded label for why the supervisor stopped a task (see runner.metrics)."""
-    if status == TaskStatus.CANCELLED:
-        if message.startswith("Supervisor shut down"):
-            return "shutdown"
-        return "disconnect" if "(policy " in message else "cancel"
-    if "unresponsive" in message:
-        return "unresponsive"
-    return "memory" if "memory" in message else "timeout"
