@@ -20,7 +20,7 @@ from store.runs import RunRow
 
 if TYPE_CHECKING:
     from runner.policy import StopFrom
-    from runner.supervisor import Running
+    from runner.running import Running
 
 log = logging.getLogger("metastream.supervisor")
 
