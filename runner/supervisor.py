@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import exc as sa_exc
 
 from bus.client import Publisher
 from bus.messages import (
@@ -31,7 +30,7 @@ from core.metrics import Registry
 from core.options import TaskOptions
 from core.settings import Settings
 from core.status import TaskStatus, TransitionError
-from runner import nodes, process, sandbox
+from runner import process, sandbox
 from runner.commands import Commands
 from runner.forkserver import ForkServer
 from runner.metrics import SupervisorMetrics
@@ -39,6 +38,7 @@ from runner.outcome import outcome
 from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy, Limits, StopFrom
 from runner.spawning import Spawning
 from runner.task import spec as task_spec
+from runner.workspace_share import WorkspaceShare
 from store import Store, StoreError, TaskRow
 from store.dburl import is_sqlite
 from store.eventlog import EventLogUnreadable
@@ -118,6 +118,7 @@ class Supervisor(Commands, Spawning):
         self._read_only: list[str] | None = None
         # Several nodes on PostgreSQL (runner/nodes.py); None on SQLite: one node, no claims.
         self.claims = store.nodes
+        self.shares = WorkspaceShare(cfg, store, self.node)  # workspaces across nodes
         self.on_started: Callable[[str], None] = lambda _tid: None
         self.on_ended: Callable[[str], None] = lambda _tid: None
         self.metrics = SupervisorMetrics(metrics or Registry(enabled=False), self.node)
@@ -229,6 +230,9 @@ class Supervisor(Commands, Spawning):
                     "synthetic.run_python is a test hook; the supervisor refuses it unless "
                     "METASTREAM_TEST_HOOKS=1 (tests only)"
                 )
+            # Several nodes: the workspace as the store has it, if ours is missing or older.
+            run_no = this_run.run_no if this_run is not None else 1
+            await self.shares.before_launch(task_id, epoch, run_no)
             plan, dirs = self._plan(task_id)
             spec = task_spec.TaskSpec(
                 requirement=row.requirement,
@@ -239,7 +243,7 @@ class Supervisor(Commands, Spawning):
                 test_hooks=self.cfg.test_hooks,
                 # What to run: the run row this supervisor wrote (a task stored before runs
                 # existed has none: its first run).
-                run_no=this_run.run_no if this_run is not None else 1,
+                run_no=run_no,
                 run_kind=this_run.kind if this_run is not None else "start",
                 run_requirement=this_run.requirement if this_run else row.requirement,
                 epoch=epoch,
@@ -315,7 +319,8 @@ class Supervisor(Commands, Spawning):
         row = await self._db(self.store.get_task, task_id)
         # Its database role, unless its run was taken over (several nodes): the role is named
         # after the task, so the run that took over uses it now.
-        if row is None or run.epoch is None or row.epoch == run.epoch:
+        ours = row is None or run.epoch is None or row.epoch == run.epoch
+        if ours:
             await self._revoke_role(task_id)
         # The task's own word about itself (exit code, error, last state version), from its log.
         told = await self._db(self.store.task_outcome, task_id)
@@ -332,25 +337,14 @@ class Supervisor(Commands, Spawning):
             )
         # An adopted child's status is not ours to read: the code the task recorded stands in.
         code = run.child.returncode if run.child.returncode is not None else exit_told
-        if row is None or run.epoch is None or row.epoch == run.epoch:
-            await self._share_files(task_id)  # not a taken-over run's stale files
+        # Several nodes: its files into the store before its final state, so that every
+        # gateway serves them once a client sees the end (not a taken-over run's stale ones).
+        await self.shares.at_end(task_id, run.epoch, ours)
         await self._finish(task_id, status, message, code, error=error, epoch=run.epoch)
         # Only now is its slot free: the store no longer shows it RUNNING.
         self.running.pop(task_id, None)
         self.on_ended(task_id)
         await self.pump()
-
-    async def _share_files(self, task_id: str) -> None:
-        """Several nodes: copy the run's files into the database before its final state, so
-        that every gateway can serve them once a client sees the end (docs/deploy.md)."""
-        shared = self.store.files
-        if shared is None:
-            return
-        try:
-            files = await asyncio.to_thread(nodes.snapshot_files, self.cfg.task_dir(task_id))
-            await self._db(shared.replace, task_id, files)
-        except (OSError, sa_exc.SQLAlchemyError) as exc:  # the files stay on this node
-            log.warning("task %s: files not shared: %s", task_id, exc)
 
     async def _settle_version(
         self, run: Running, row: TaskRow | None, told: dict[str, Any]
@@ -486,6 +480,7 @@ class Supervisor(Commands, Spawning):
     async def check(self) -> None:
         """Apply the heartbeat, disconnect and limit policies to every running task."""
         self._watch_zygote()
+        self.shares.poll(self.running.values())  # checkpoints to the store (several nodes)
         for task_id, silent in self.heartbeats.overdue():
             run = self.running.get(task_id)
             if run is None or run.stop_reason is not None:
