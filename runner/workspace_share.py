@@ -135,12 +135,26 @@ def restore(workspace: Path, rows: Iterable[tuple[str, float, bytes]]) -> tuple[
         if d.exists():
             shutil.rmtree(d)
     staging.mkdir(parents=True, mode=0o700)
+    try:
+        files, size = _write_all(staging, rows)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if workspace.exists():
+        os.rename(workspace, old)
+    os.rename(staging, workspace)
+    if old.exists():
+        shutil.rmtree(old)
+    return files, size
+
+
+def _write_all(top: Path, rows: Iterable[tuple[str, float, bytes]]) -> tuple[int, int]:
     files = size = 0
     for path, mtime, data in rows:
         rel = PurePosixPath(path)
-        if rel.is_absolute() or not rel.parts or any(p in ("", ".", "..") for p in rel.parts):
+        if "\x00" in path or rel.is_absolute() or not rel.parts or ".." in rel.parts:
             raise OSError(f"a stored file has a bad path: {path!r}")
-        target = staging.joinpath(*rel.parts)
+        target = top.joinpath(*rel.parts)
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(target, flags, 0o600)
@@ -152,11 +166,6 @@ def restore(workspace: Path, rows: Iterable[tuple[str, float, bytes]]) -> tuple[
             os.close(fd)
         os.utime(target, (mtime, mtime), follow_symlinks=False)
         files, size = files + 1, size + len(data)
-    if workspace.exists():
-        os.rename(workspace, old)
-    os.rename(staging, workspace)
-    if old.exists():
-        shutil.rmtree(old)
     return files, size
 
 
