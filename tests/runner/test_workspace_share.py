@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -272,3 +273,18 @@ def test_resume_asks_the_store_when_this_disk_is_not_current(nodes: tuple[Node, 
     assert not b.share.can_resume("t1")
     _workspace(a.ws)
     assert a.share.can_resume("t1")  # a's own disk is current
+
+
+def test_a_serialized_team_restored_elsewhere_points_at_its_new_workspace(tmp_path: Path) -> None:
+    from runner.metagpt_flow.checkpoint import read_run, relocate
+
+    old, new = "/srv/a/tasks/t1", tmp_path / "b" / "tasks" / "t1"
+    team = {"context": {"kwargs": {"project_path": f"{old}/calc"}}, "other": f"{old}0/x"}
+    _write(new, TEAM, json.dumps(team))
+    _write(new, RUN, json.dumps({"rounds": 2, "workspace": old}))
+    assert relocate(new)
+    moved = json.loads((new / TEAM).read_text())
+    assert moved["context"]["kwargs"]["project_path"] == f"{new}/calc"
+    assert moved["other"] == f"{old}0/x"  # a longer name is another path
+    assert read_run(new) == {"rounds": 2, "workspace": str(new)}
+    assert not relocate(new)  # already here
