@@ -14,11 +14,12 @@ workspace into ``task_files`` (store/files.py), the task never does:
 - **Fencing**: a share carries its run's epoch and is refused once the run was taken over.
 - **Restore**: before a run starts, a node whose workspace is missing or older than the stored
   snapshot replaces it with the snapshot. "Older" is told by a marker this node keeps outside
-  the workspace (``<data>/shares/<task id>``): the snapshot generation its workspace is known to
-  be at. It is written after a restore and when a run ended here as its own (the generation of
-  its last share); it is removed when a run here was taken over, whose later local writes the
-  store refused. Marker equal to the stored generation: the local workspace is current (and may
-  hold more: files too big to share); anything else: restore.
+  the workspace (``<data>/shares/<task id>``, store.files): the snapshot generation its disk is
+  known to be at. It is written after a restore and after each share a run here made; it is
+  removed when a run here was taken over (its later local writes were refused by the store).
+  Marker equal to the stored generation: this disk is current (it may hold more: files too big
+  to share, MetaGPT's logs); anything else: restore. The gateway serves a task's files from
+  this disk by the same rule, else from the store.
 """
 
 from __future__ import annotations
@@ -41,7 +42,15 @@ from core.settings import Settings
 from core.workspace import open_inside, walk_files
 from runner.metagpt_flow.checkpoint import RUN_JSON, checkpoint_dir, has_checkpoint
 from store import Store, StoreError
-from store.files import CHECKPOINT, MAX_FILE_BYTES, MAX_FILES, MAX_TASK_BYTES, visible
+from store.files import (
+    CHECKPOINT,
+    MAX_FILE_BYTES,
+    MAX_FILES,
+    MAX_TASK_BYTES,
+    read_marker,
+    visible,
+    write_marker,
+)
 
 if TYPE_CHECKING:
     from runner.supervisor import Running
@@ -204,24 +213,11 @@ class WorkspaceShare:
 
     # --- the marker: which snapshot this node's workspace is at ---------------------------
 
-    def _marker(self, task_id: str) -> Path:
-        return self.cfg.data_dir / "shares" / task_id
-
     def marker(self, task_id: str) -> int | None:
-        try:
-            return int(self._marker(task_id).read_text())
-        except (OSError, ValueError):
-            return None
+        return read_marker(self.cfg.data_dir, task_id)
 
     def _set_marker(self, task_id: str, generation: int | None) -> None:
-        path = self._marker(task_id)
-        if generation is None:
-            path.unlink(missing_ok=True)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(str(generation))
-        os.replace(tmp, path)
+        write_marker(self.cfg.data_dir, task_id, generation)
 
     def _local_current(self, task_id: str, generation: int) -> bool:
         return self.marker(task_id) == generation and self.cfg.task_dir(task_id).is_dir()
@@ -330,6 +326,9 @@ class WorkspaceShare:
             log.warning("task %s: not shared: its run was taken over", task_id)
             return False
         run.base, run.generation = got.now, generation
+        # This disk is at this generation (or past it, as the run goes on): what the gateway
+        # here serves, and no restore if the next run starts here too.
+        self._set_marker(task_id, generation)
         log.info(
             "task %s: workspace shared (generation %d%s): %d changed files, %d bytes, "
             "%d removed, %d kept on this node only, %.0f ms",

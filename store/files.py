@@ -9,9 +9,10 @@ travel with the rest for the next run, and are never listed nor read for the fil
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -28,6 +29,38 @@ CHECKPOINT = (".metastream/team/team.json", ".metastream/team/run.json")
 def visible(path: str) -> bool:
     """Whether the files API may show ``path`` (core.workspace's rule: no hidden component)."""
     return not any(part.startswith(".") for part in PurePosixPath(path).parts)
+
+
+def marker_path(data_dir: Path, task_id: str) -> Path:
+    """Where a node records which snapshot generation its copy of the workspace is at."""
+    return data_dir / "shares" / task_id
+
+
+def read_marker(data_dir: Path, task_id: str) -> int | None:
+    try:
+        return int(marker_path(data_dir, task_id).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_marker(data_dir: Path, task_id: str, generation: int | None) -> None:
+    """Record (None: forget) the generation this node's workspace of the task is at."""
+    path = marker_path(data_dir, task_id)
+    if generation is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(generation))
+    os.replace(tmp, path)
+
+
+def local_is_current(files: TaskFiles, data_dir: Path, workspace: Path, task_id: str) -> bool:
+    """Whether this node's copy of the workspace is at least as new as the store's."""
+    if not workspace.is_dir():
+        return False
+    snap = files.snapshot(task_id)
+    return snap is None or read_marker(data_dir, task_id) == snap.generation
 
 
 @dataclass(frozen=True)

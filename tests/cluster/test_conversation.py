@@ -77,7 +77,10 @@ def test_a_follow_up_runs_on_another_node_on_the_first_run_s_files(cluster: Clus
     other = cluster.nodes[other_name]
     written = {p for p in _workspace_files(first, tid) if p.endswith(".py")}
     assert written and not (other.home / "tasks" / tid).exists()
-    first.stop()  # the node that ran it is gone: only the other can take the follow-up
+    # The supervisor that ran it is gone (its gateway stays): only the other node can run
+    # the follow-up.
+    first.procs["supervisor"].terminate()
+    first.procs["supervisor"].wait(30)
 
     with httpx.Client(base_url=other.url, timeout=30) as api:
         r = api.post(f"/api/tasks/{tid}/messages", json={"requirement": FOLLOW_UP})
@@ -110,6 +113,11 @@ def test_a_follow_up_runs_on_another_node_on_the_first_run_s_files(cluster: Clus
         listed = {f["path"] for f in api.get(f"/api/tasks/{tid}/files").json()["files"]}
         assert written <= listed and any(p.endswith("/add_high_score.py") for p in listed)
         assert not [p for p in listed if any(part.startswith(".") for part in p.split("/"))]
+    # The first node's gateway has run 1's workspace on its disk, which is not current any
+    # more: it serves the files from the store.
+    with httpx.Client(base_url=first.url, timeout=30) as api_first:
+        there = {f["path"] for f in api_first.get(f"/api/tasks/{tid}/files").json()["files"]}
+        assert there == listed
 
 
 def test_a_run_lost_with_its_node_resumes_on_another_after_its_architect(

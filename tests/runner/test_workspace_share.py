@@ -16,7 +16,7 @@ from core.settings import Settings, load
 from core.status import TaskStatus
 from runner.workspace_share import WorkspaceShare, collect, restore
 from store import Store
-from store.files import TaskFiles
+from store.files import TaskFiles, local_is_current
 from tests.pgserver import PgServer
 
 NOW = "2026-01-01T00:00:00Z"
@@ -223,8 +223,12 @@ def test_the_node_that_ran_last_keeps_its_workspace_the_other_restores(
     _write(b.ws, "calc/calc/feature3.py", "run 3")
     b.end()
     asyncio.run(b.share.at_end("t1", epoch_b, ours=True))
+    # Each node's gateway serves from its disk only while that disk is current.
+    assert local_is_current(b.files(), b.cfg.data_dir, b.ws, "t1")
+    assert not local_is_current(a.files(), a.cfg.data_dir, a.ws, "t1")
     epoch = a.claim()
     asyncio.run(a.share.before_launch("t1", epoch, 4))
+    assert local_is_current(a.files(), a.cfg.data_dir, a.ws, "t1")
     assert (a.ws / "calc/calc/feature3.py").read_text() == "run 3"
     assert not (a.ws / ".metagpt" / "local-only.txt").exists()
 
