@@ -4,9 +4,11 @@ PostgreSQL only (SQLite is one node: nothing here runs). The supervisor (trusted
 workspace into ``task_files`` (store/files.py), the task never does:
 
 - **When**: whenever the task's serialized team (``.metastream/team/run.json``, rewritten after
-  each completed round) changed, at most every ``interval`` seconds, in a worker thread; and
-  once more at the run's end. Only files whose size or mtime changed since the last share are
-  sent. A node lost mid-run thus leaves its last completed round in the store.
+  each completed round) changed, at most every ``interval`` seconds, and once more at the run's
+  end; in threads of their own (two), never on the event loop. The supervisor's tick looks (a
+  stat, in those threads): no message from the task is trusted or needed. Only files whose size
+  or mtime changed since the last share are sent. A node lost mid-run thus leaves its last
+  completed round in the store.
 - **What**: every regular one-link file of the workspace, hidden ones too (the serialized team,
   the project's ``.git`` and ``.dependencies.json``, which MetaGPT's incremental mode reads),
   except ``.metagpt/`` (MetaGPT's config and logs, rebuilt by every run); within the bounds of
@@ -31,9 +33,10 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
 
@@ -60,6 +63,7 @@ SKIP = (".metagpt",)  # rebuilt by every run: MetaGPT's config file and its own 
 SHARE_INTERVAL = 2.0  # seconds between two checkpoint shares of one task, at least
 RUN_REL, TEAM_REL = CHECKPOINT[1], CHECKPOINT[0]
 Stat = tuple[int, float]  # size, mtime
+T = TypeVar("T")
 
 
 @dataclass
@@ -210,6 +214,12 @@ class WorkspaceShare:
         self._clock = clock
         self._runs: dict[str, _Run] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Threads of their own: copying a large workspace must not hold up the supervisor's
+        # database calls (asyncio's default pool, a few threads on a small machine).
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="share")
+
+    async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     # --- the marker: which snapshot this node's workspace is at ---------------------------
 
@@ -229,7 +239,7 @@ class WorkspaceShare:
         if self.files is None or epoch is None:
             return
         run = self._runs[task_id] = _Run(epoch=epoch, run_no=run_no)
-        run.generation = await asyncio.to_thread(self._prepare, task_id)
+        run.generation = await self._in_pool(self._prepare, task_id)
 
     def _prepare(self, task_id: str) -> int | None:
         assert self.files is not None
@@ -285,7 +295,7 @@ class WorkspaceShare:
 
     async def _checkpointed(self, task_id: str, run: _Run) -> None:
         try:
-            await asyncio.to_thread(self._share_if_changed, task_id, run)
+            await self._in_pool(self._share_if_changed, task_id, run)
         except (OSError, StoreError, sa_exc.SQLAlchemyError) as exc:
             log.warning("task %s: checkpoint not shared (next try later): %s", task_id, exc)
         finally:
@@ -351,11 +361,11 @@ class WorkspaceShare:
                 await run.busy
         if ours and not run.fenced:
             try:
-                await asyncio.to_thread(self._share, task_id, run, True)
+                await self._in_pool(self._share, task_id, run, True)
             except (OSError, StoreError, sa_exc.SQLAlchemyError) as exc:
                 log.warning("task %s: files not shared at the run's end: %s", task_id, exc)
         # Ours: this workspace is at least as new as the last generation its run shared.
         # Taken over: what this node has is not what the store has (its later writes were
         # refused there), so the next run here restores.
         mark = None if run.fenced or not ours else run.generation
-        await asyncio.to_thread(self._set_marker, task_id, mark)
+        await self._in_pool(self._set_marker, task_id, mark)
