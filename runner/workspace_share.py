@@ -297,6 +297,7 @@ class WorkspaceShare:
         try:
             await self._in_pool(self._share_if_changed, task_id, run)
         except (OSError, StoreError, sa_exc.SQLAlchemyError) as exc:
+            run.due = self._clock() + self.interval  # a database down: not every tick
             log.warning("task %s: checkpoint not shared (next try later): %s", task_id, exc)
         finally:
             run.busy = None
