@@ -552,6 +552,7 @@ class Supervisor(Commands, Spawning):
             error = error[:2000] if isinstance(error, str) and error else None
             status, message = outcome(None, exit_told, error, adopted=False, lost=True)
             epoch = row.epoch if self.claims is not None else None
+            await self.shares.at_end(row.id, epoch, ours=True)  # its files, for other nodes
             await self._finish(row.id, status, message, exit_told, error=error, epoch=epoch)
         if self.roles is not None:
             await self._sweep_roles()
