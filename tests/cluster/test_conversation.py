@@ -120,11 +120,9 @@ def test_a_follow_up_runs_on_another_node_on_the_first_run_s_files(cluster: Clus
         assert there == listed
 
 
-def test_a_run_lost_with_its_node_resumes_on_another_after_its_architect(
-    cluster: Cluster,
-) -> None:
-    a = cluster.nodes["a"]
-    with httpx.Client(base_url=a.url, timeout=30) as api:
+def _start_until_round3(cluster: Cluster) -> tuple[str, str]:
+    """A slow MetaGPT run started: (task id, owner node) once its round 3 began."""
+    with httpx.Client(base_url=cluster.nodes["a"].url, timeout=30) as api:
         tid = create_task(api, requirement=FIRST, test_mode=True, scripted_fault="slow")["id"]
         api.post(f"/api/tasks/{tid}/run").raise_for_status()
         owner = _owner(api, tid)
@@ -134,40 +132,60 @@ def test_a_run_lost_with_its_node_resumes_on_another_after_its_architect(
             return any(e["event_type"] == "ROUND" and e["payload"]["round"] >= 3 for e in events)
 
         poll_for(round3, RUN_S, interval=0.2, what="round 3")
+    return tid, owner
+
+
+def _resume_elsewhere(api: httpx.Client, tid: str, node: str, interrupted: dict[str, Any]) -> None:
+    """Resume through ``api``: it runs on ``node``, skips the roles that had finished."""
+    r = api.post(f"/api/tasks/{tid}/resume")
+    assert r.status_code == 200, r.text
+    final: dict[str, Any] = poll_for(
+        lambda: (
+            (t := api.get(f"/api/tasks/{tid}").json())["status"] in ("COMPLETED", "FAILED")
+            and len(t["runs"]) == 2
+            and t
+        ),
+        RUN_S,
+        interval=0.5,
+        what="the resumed run",
+    )
+    assert final["status"] == "COMPLETED" and final["node"] == node, final
+    first, second = final["runs"]
+    assert first["status"] == interrupted["status"] and second["kind"] == "resume"
+    assert second["first_event_id"] == interrupted["last_event_id"] + 1
+    events = log_events(api, tid)
+    assert [e["event_id"] for e in events] == list(range(1, final["last_event_id"] + 1))
+    resumed = events[interrupted["last_event_id"] :]
+    roles = {e["agent_role"] for e in resumed if e["event_type"] == "ACTION_START"}
+    assert "ProductManager" not in roles and "Architect" not in roles, roles
+    assert "Engineer" in roles
+    marker = next(e for e in resumed if e["event_type"] == "RESUMED")
+    assert marker["payload"]["after_round"] >= 2
+    assert resumed[-1]["event_type"] == "FLOW_END"
+    listed = {f["path"] for f in api.get(f"/api/tasks/{tid}/files").json()["files"]}
+    assert any(p.endswith(".py") for p in listed), listed
+
+
+def test_a_run_lost_with_its_node_resumes_on_another_after_its_architect(
+    cluster: Cluster,
+) -> None:
+    tid, owner = _start_until_round3(cluster)
     # The Architect's round (2) was checkpointed; the owner shares it while round 3 runs.
     poll_for(lambda: _stored_rounds(cluster, tid) >= 2, 30, interval=0.2, what="round 2 shared")
-    victim = cluster.nodes[owner]
     other_name = "b" if owner == "a" else "a"
-    other = cluster.nodes[other_name]
-    _kill_node(victim)
-
-    with httpx.Client(base_url=other.url, timeout=30) as api:
+    _kill_node(cluster.nodes[owner])
+    with httpx.Client(base_url=cluster.nodes[other_name].url, timeout=30) as api:
         lost = wait_status(api, tid, {"FAILED", "COMPLETED", "CANCELLED"}, TTL + MARGIN)
         assert lost["status"] == "FAILED" and lost["last_message"] == f"node {owner} lost", lost
-        r = api.post(f"/api/tasks/{tid}/resume")
-        assert r.status_code == 200, r.text
-        final: dict[str, Any] = poll_for(
-            lambda: (
-                (t := api.get(f"/api/tasks/{tid}").json())["status"] in ("COMPLETED", "FAILED")
-                and len(t["runs"]) == 2
-                and t
-            ),
-            RUN_S,
-            interval=0.5,
-            what="the resumed run",
-        )
-        assert final["status"] == "COMPLETED" and final["node"] == other_name, final
-        first, second = final["runs"]
-        assert first["status"] == "FAILED" and second["kind"] == "resume"
-        assert second["first_event_id"] == lost["last_event_id"] + 1
-        events = log_events(api, tid)
-        assert [e["event_id"] for e in events] == list(range(1, final["last_event_id"] + 1))
-        resumed = events[lost["last_event_id"] :]
-        roles = {e["agent_role"] for e in resumed if e["event_type"] == "ACTION_START"}
-        assert "ProductManager" not in roles and "Architect" not in roles, roles
-        assert "Engineer" in roles
-        marker = next(e for e in resumed if e["event_type"] == "RESUMED")
-        assert marker["payload"]["after_round"] >= 2
-        assert resumed[-1]["event_type"] == "FLOW_END"
-        listed = {f["path"] for f in api.get(f"/api/tasks/{tid}/files").json()["files"]}
-        assert any(p.endswith(".py") for p in listed), listed
+        _resume_elsewhere(api, tid, other_name, lost)
+
+
+def test_a_run_cancelled_by_its_node_s_shutdown_resumes_on_another(cluster: Cluster) -> None:
+    tid, owner = _start_until_round3(cluster)
+    other_name = "b" if owner == "a" else "a"
+    cluster.nodes[owner].stop()  # a clean stop (maintenance): its tasks end CANCELLED
+    with httpx.Client(base_url=cluster.nodes[other_name].url, timeout=30) as api:
+        stopped = wait_status(api, tid, {"FAILED", "COMPLETED", "CANCELLED"}, 30)
+        assert stopped["status"] == "CANCELLED", stopped
+        assert stopped["last_message"].startswith("Supervisor shut down"), stopped
+        _resume_elsewhere(api, tid, other_name, stopped)
