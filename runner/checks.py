@@ -16,6 +16,7 @@ from runner.forkserver import ForkServer
 from runner.metrics import SupervisorMetrics
 from runner.policy import DisconnectPolicy, HeartbeatPolicy, Limits, StopFrom
 from runner.running import Running
+from runner.workspace_share import WorkspaceShare
 
 log = logging.getLogger("metastream.supervisor")
 
@@ -30,6 +31,7 @@ class Checks:
     disconnects: DisconnectPolicy
     metrics: SupervisorMetrics
     forkserver: ForkServer | None
+    shares: WorkspaceShare
     _zygote_restarts: int
     _background: set[asyncio.Task[Any]]
     _clock: Callable[[], float]
@@ -80,6 +82,7 @@ class Checks:
     async def check(self) -> None:
         """Apply the heartbeat, disconnect and limit policies to every running task."""
         self._watch_zygote()
+        self.shares.poll(self.running.values())  # checkpoints to the store (several nodes)
         for task_id, silent in self.heartbeats.overdue():
             run = self.running.get(task_id)
             if run is None or run.stop_reason is not None:

@@ -15,16 +15,16 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from sqlalchemy import exc as sa_exc
 
 from core.clock import utcnow
 from core.settings import Settings
 from core.status import TaskStatus, TransitionError
-from runner import nodes, sandbox
+from runner import sandbox
 from runner.metrics import SupervisorMetrics
 from runner.outcome import outcome
 from runner.policy import DisconnectPolicy, HeartbeatPolicy
 from runner.running import Running
+from runner.workspace_share import WorkspaceShare
 from store import Store, StoreError, TaskRow
 from store.eventlog import EventLogUnreadable
 from store.runs import RunRow
@@ -55,6 +55,7 @@ class Finishing:
     disconnects: DisconnectPolicy
     uids: sandbox.UidPool
     metrics: SupervisorMetrics
+    shares: WorkspaceShare
     on_ended: Callable[[str], None]
     _db: Callable[..., Any]
     _publish: Callable[[TaskRow], None]
@@ -77,7 +78,8 @@ class Finishing:
         row = await self._db(self.store.get_task, task_id)
         # Its database role, unless its run was taken over (several nodes): the role is named
         # after the task, so the run that took over uses it now.
-        if row is None or run.epoch is None or row.epoch == run.epoch:
+        ours = row is None or run.epoch is None or row.epoch == run.epoch
+        if ours:
             await self._revoke_role(task_id)
         # The task's own word about itself (exit code, error, last state version), from its log.
         told = await self._db(self.store.task_outcome, task_id)
@@ -95,25 +97,14 @@ class Finishing:
             )
         # A status nobody could read (adopted): the code the task recorded stands in.
         code = run.child.returncode if run.child.returncode is not None else exit_told
-        if row is None or run.epoch is None or row.epoch == run.epoch:
-            await self._share_files(task_id)  # not a taken-over run's stale files
+        # Several nodes: its files into the store before its final state, so that every
+        # gateway serves them once a client sees the end (not a taken-over run's stale ones).
+        await self.shares.at_end(task_id, run.epoch, ours)
         await self._finish(task_id, status, message, code, error=error, epoch=run.epoch)
         # Only now is its slot free: the store no longer shows it RUNNING.
         self.running.pop(task_id, None)
         self.on_ended(task_id)
         await self.pump()
-
-    async def _share_files(self, task_id: str) -> None:
-        """Several nodes: copy the run's files into the database before its final state, so
-        that every gateway can serve them once a client sees the end (docs/deploy.md)."""
-        shared = self.store.files
-        if shared is None:
-            return
-        try:
-            files = await asyncio.to_thread(nodes.snapshot_files, self.cfg.task_dir(task_id))
-            await self._db(shared.replace, task_id, files)
-        except (OSError, sa_exc.SQLAlchemyError) as exc:  # the files stay on this node
-            log.warning("task %s: files not shared: %s", task_id, exc)
 
     async def _settle_version(
         self, run: Running, row: TaskRow | None, told: dict[str, Any]

@@ -36,6 +36,7 @@ from runner.policy import Admission, DisconnectPolicy, HeartbeatPolicy
 from runner.running import Progress, Running
 from runner.spawning import Spawning
 from runner.task import spec as task_spec
+from runner.workspace_share import WorkspaceShare
 from store import Store, StoreError, TaskRow
 from store.dburl import is_sqlite
 from store.taskroles import TaskRoles
@@ -87,6 +88,7 @@ class Supervisor(Checks, Finishing, Progress, Commands, Spawning):
         self._read_only: list[str] | None = None
         # Several nodes on PostgreSQL (runner/nodes.py); None on SQLite: one node, no claims.
         self.claims = store.nodes
+        self.shares = WorkspaceShare(cfg, store, self.node)  # workspaces across nodes
         self.on_started: Callable[[str], None] = lambda _tid: None
         self.on_ended: Callable[[str], None] = lambda _tid: None
         self.metrics = SupervisorMetrics(metrics or Registry(enabled=False), self.node)
@@ -164,6 +166,9 @@ class Supervisor(Checks, Finishing, Progress, Commands, Spawning):
                     "synthetic.run_python is a test hook; the supervisor refuses it unless "
                     "METASTREAM_TEST_HOOKS=1 (tests only)"
                 )
+            # Several nodes: the workspace as the store has it, if ours is missing or older.
+            run_no = this_run.run_no if this_run is not None else 1
+            await self.shares.before_launch(task_id, epoch, run_no)
             plan, dirs = self._plan(task_id)
             spec = task_spec.TaskSpec(
                 requirement=row.requirement,
@@ -174,7 +179,7 @@ class Supervisor(Checks, Finishing, Progress, Commands, Spawning):
                 test_hooks=self.cfg.test_hooks,
                 # What to run: the run row this supervisor wrote (a task stored before runs
                 # existed has none: its first run).
-                run_no=this_run.run_no if this_run is not None else 1,
+                run_no=run_no,
                 run_kind=this_run.kind if this_run is not None else "start",
                 run_requirement=this_run.requirement if this_run else row.requirement,
                 epoch=epoch,
@@ -241,6 +246,7 @@ class Supervisor(Checks, Finishing, Progress, Commands, Spawning):
                 log.info("not re-adopted: %s", exc)
                 exit_told, error = own_word(await self._db(self.store.task_outcome, row.id))
                 status, message = outcome(None, exit_told, error, lost=True)
+                await self.shares.at_end(row.id, epoch, ours=True)  # its files, for other nodes
                 await self._finish(row.id, status, message, exit_told, error=error, epoch=epoch)
                 continue
             log.info("re-adopted task %s (pid %s)", row.id, row.pid)
