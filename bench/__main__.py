@@ -19,7 +19,16 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cluster, curves, metrics_ab, persistence, postgres, scenarios, startup
+from bench import (
+    cluster,
+    curves,
+    metrics_ab,
+    persistence,
+    postgres,
+    scenarios,
+    startup,
+    workspace_share,
+)
 from bench.common import Ctx
 from bench.table import Row, render, write_json
 
@@ -36,6 +45,7 @@ SCENARIOS: dict[str, Callable[[Ctx, list[Row]], None]] = {
     "pg-stack": postgres.s_pg_stack,
     "metrics": metrics_ab.s1_metrics,  # scenario 1, metrics on vs off
     "cluster": cluster.s_cluster,  # two nodes + two gateways vs one (issue 15)
+    "share": workspace_share.s_share,  # workspaces across nodes (issue 18)
 }
 # Minutes even at small sizes: --quick leaves them out unless named (python -m bench.curves
 # --quick is their own smoke test; ``--quick --only cluster`` the cluster's).

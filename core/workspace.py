@@ -44,17 +44,31 @@ def _servable(st: os.stat_result, root_dev: int) -> bool:
 
 def list_files(root: Path) -> list[dict[str, object]]:
     """Servable files under ``root`` (not following symlinks), sorted by path."""
-    found: list[dict[str, object]] = []
+    return [{"path": rel, "size": st.st_size} for rel, st in walk_files(root)]
+
+
+def walk_files(
+    root: Path, hidden: bool = False, skip: tuple[str, ...] = (), limit: int = MAX_LISTED
+) -> list[tuple[str, os.stat_result]]:
+    """``(relative path, lstat)`` of the regular one-link files under ``root``, sorted.
+
+    ``hidden``: hidden paths too (the supervisor copying a workspace for another node; never
+    the files API); ``skip``: top-level entries left out.
+    """
+    found: list[tuple[str, os.stat_result]] = []
     try:
         root_dev = os.stat(root, follow_symlinks=False).st_dev
     except OSError:
         return found
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        top = Path(dirpath) == root
+        dirnames[:] = sorted(
+            d for d in dirnames if (hidden or not d.startswith(".")) and not (top and d in skip)
+        )
         for name in sorted(filenames):
             full = Path(dirpath) / name
             rel = PurePosixPath(full.relative_to(root).as_posix())
-            if not _visible(rel):
+            if (not hidden and not _visible(rel)) or (top and name in skip):
                 continue
             try:
                 st = os.stat(full, follow_symlinks=False)
@@ -62,21 +76,24 @@ def list_files(root: Path) -> list[dict[str, object]]:
                 continue  # gone meanwhile
             if not _servable(st, root_dev):
                 continue
-            found.append({"path": str(rel), "size": st.st_size})
-            if len(found) >= MAX_LISTED:
+            found.append((str(rel), st))
+            if len(found) >= limit:
                 return found
     return found
 
 
-def open_inside(root: Path, relative: str) -> tuple[int, int] | None:
-    """``(fd, size)`` of the servable file ``relative`` names inside ``root``, or None."""
+def open_inside(root: Path, relative: str, hidden: bool = False) -> tuple[int, int] | None:
+    """``(fd, size)`` of the servable file ``relative`` names inside ``root``, or None.
+
+    ``hidden``: a hidden path may be opened too (the supervisor's copy, never the files API).
+    """
     rel = PurePosixPath(relative)
     if (
         "\x00" in relative
         or rel.is_absolute()
         or not rel.parts
         or ".." in rel.parts
-        or not _visible(rel)
+        or not (hidden or _visible(rel))
     ):
         return None
     fds: list[int] = []

@@ -22,6 +22,7 @@ from fastapi.responses import StreamingResponse
 
 from core.workspace import _DIR_FLAGS, _FILE_FLAGS, _servable
 from gateway.api import SettingsDep, StoreDep, _task_or_404
+from gateway.files import from_store
 from store.files import TaskFiles
 
 router = APIRouter(prefix="/api")
@@ -141,13 +142,9 @@ async def task_archive(task_id: str, store: StoreDep, cfg: SettingsDep) -> Strea
     """The whole workspace as a zip (what `GET /files` lists), streamed as it is built."""
     await _task_or_404(store, task_id)
     name = f"task-{task_id[:8]}.zip"
-    workspace, shared = cfg.task_dir(task_id), store.files
+    workspace, shared = cfg.task_dir(task_id), await from_store(store, cfg, task_id)
     # Another node ran it: its files as that node copied them into the database.
-    body = (
-        zip_shared(shared, task_id)
-        if shared is not None and not workspace.is_dir()
-        else zip_stream(workspace)
-    )
+    body = zip_shared(shared, task_id) if shared is not None else zip_stream(workspace)
     return StreamingResponse(
         body,  # a sync iterator: Starlette runs it in a thread
         media_type="application/zip",

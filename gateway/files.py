@@ -23,8 +23,11 @@ from fastapi import APIRouter, HTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from core.settings import Settings
 from core.workspace import list_files, open_inside
 from gateway.api import SettingsDep, StoreDep, _task_or_404
+from store import Store
+from store.files import TaskFiles, local_is_current
 
 router = APIRouter(prefix="/api")
 CHUNK = 256 * 1024
@@ -66,12 +69,24 @@ class FdResponse(Response):
                 os.close(self.fd)
 
 
+async def from_store(store: Store, cfg: Settings, task_id: str) -> TaskFiles | None:
+    """The shared store (several nodes), unless this node's disk has the task's workspace as
+    it is now: another node ran it, or ran a later run of it (docs/deploy.md)."""
+    shared = store.files
+    if shared is None:
+        return None
+    current = await anyio.to_thread.run_sync(
+        local_is_current, shared, cfg.data_dir, cfg.task_dir(task_id), task_id
+    )
+    return None if current else shared
+
+
 @router.get("/tasks/{task_id}/files")
 async def task_files(task_id: str, store: StoreDep, cfg: SettingsDep) -> dict[str, object]:
     await _task_or_404(store, task_id)
     workspace = cfg.task_dir(task_id)
-    shared = store.files
-    if shared is not None and not workspace.is_dir():  # another node ran it (docs/deploy.md)
+    shared = await from_store(store, cfg, task_id)
+    if shared is not None:
         files = await anyio.to_thread.run_sync(shared.list, task_id) or []
     else:
         files = await anyio.to_thread.run_sync(list_files, workspace)
@@ -84,8 +99,8 @@ async def task_file(
 ) -> FdResponse | Response:
     await _task_or_404(store, task_id)
     workspace = cfg.task_dir(task_id)
-    shared = store.files
-    if shared is not None and not workspace.is_dir():
+    shared = await from_store(store, cfg, task_id)
+    if shared is not None:
         data = await anyio.to_thread.run_sync(shared.read, task_id, path)
         if data is None:
             raise HTTPException(404, detail="File not found")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from bus.messages import Reply
@@ -12,7 +12,6 @@ from core.clock import utcnow
 from core.settings import Settings
 from core.status import TaskStatus, TransitionError
 from runner import nodes
-from runner.metagpt_flow.checkpoint import has_checkpoint
 from runner.metrics import SupervisorMetrics
 from store import Store, TaskRow
 from store.nodes import QUEUE_CHANNEL, Nodes
@@ -20,7 +19,8 @@ from store.runs import RunRow
 
 if TYPE_CHECKING:
     from runner.policy import StopFrom
-    from runner.supervisor import Running
+    from runner.running import Running
+    from runner.workspace_share import WorkspaceShare
 
 log = logging.getLogger("metastream.supervisor")
 
@@ -33,20 +33,19 @@ class Commands:
     node: str
     running: dict[str, Running]
     claims: Nodes | None
+    shares: WorkspaceShare
     metrics: SupervisorMetrics
     _background: set[asyncio.Task[Any]]
     _db: Callable[..., Any]
     _lock: Callable[[str], asyncio.Lock]
     _publish: Callable[[TaskRow], None]
+    _run_update: Callable[..., Awaitable[RunRow | None]]
 
     async def pump(self) -> None:
         raise NotImplementedError
 
     async def stop_task(self, run: Running, status: TaskStatus, message: str, how: StopFrom) -> str:
-        raise NotImplementedError
-
-    async def _run_update(self, task_id: str, **values: Any) -> RunRow | None:
-        raise NotImplementedError
+        raise NotImplementedError  # runner.checks.Checks (before this class in the MRO)
 
     async def start(self, task_id: str) -> Reply:
         async with self._lock(task_id):
@@ -91,8 +90,9 @@ class Commands:
                     status=row.status,
                     error=f"Task is {row.status}: only a CANCELLED or FAILED task can be resumed",
                 )
-            workspace = self.cfg.task_dir(task_id)
-            if not await asyncio.to_thread(has_checkpoint, workspace):
+            # The workspace the next run gets: this disk's, or the shared store's (several
+            # nodes, when this disk's is missing or older: runner/workspace_share.py).
+            if not await asyncio.to_thread(self.shares.can_resume, task_id):
                 return Reply(
                     ok=False,
                     status=row.status,

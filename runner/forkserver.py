@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import psutil
 
-from runner import process
+from runner import process, stopping
 from runner.forkserver_zygote import HEADER, MAX_FRAME, Exited, Forked, Ready, decode, frame
 from runner.forkserver_zygote import Fork as ForkRequest
 
@@ -32,6 +31,45 @@ ORPHAN_REAP_TIMEOUT = 1.0  # re-parenting to us follows the zygote's death by a 
 
 class ForkServerError(Exception):
     """The fork server could not start the task: start it cold instead."""
+
+
+class ForkedProcess(process.TaskProcess):
+    """A task process forked by the zygote: the zygote reaps it and reports its exit status.
+
+    Should the zygote die first, the fork is re-parented to us (a child subreaper) and we
+    reap it ourselves.
+    """
+
+    kind = "warm"
+    warm = True
+
+    @property
+    def unknown_exit(self) -> str:
+        return "failed (exit status unknown)"  # reaped elsewhere: only if the zygote died
+
+    def reported(self, returncode: int) -> None:
+        """The zygote reaped it and reported its status."""
+        self._ended(returncode)
+
+    def orphaned(self) -> None:
+        """Its zygote is gone: once it exits, collect its status ourselves."""
+        process.when_dead(self.pid, self._reap_orphan)
+
+    def _reap_orphan(self, waited: float = 0.0) -> None:
+        # It becomes our child a moment after the zygote's death, hence the retries.
+        if self.exited:
+            return
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = 0, 0
+            if waited >= ORPHAN_REAP_TIMEOUT or not psutil.pid_exists(self.pid):
+                self._ended(None)  # reaped elsewhere: exit status unknown
+                return
+        if pid:
+            self._ended(os.waitstatus_to_exitcode(status))
+            return
+        asyncio.get_running_loop().call_later(0.02, self._reap_orphan, waited + 0.02)
 
 
 class ForkServer:
@@ -52,13 +90,13 @@ class ForkServer:
         self.log_path = log_path
         self.spawn_timeout = spawn_timeout
         self.restart_delay = restart_delay
-        self.zygote: process.Child | None = None
+        self.zygote: process.SpawnedProcess | None = None
         self.metagpt = False
         self.restarts = 0
         self._ready = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
-        self._pending: dict[int, asyncio.Future[process.Child]] = {}
-        self._children: dict[int, process.Child] = {}
+        self._pending: dict[int, asyncio.Future[ForkedProcess]] = {}
+        self._children: dict[int, ForkedProcess] = {}
         self._next_id = 0
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
@@ -83,7 +121,7 @@ class ForkServer:
         """Stop the zygote with the one stop sequence; no restart after this."""
         self._closing = True
         if self.zygote is not None:
-            await process.stop(self.zygote, ask_timeout, term_timeout)
+            await stopping.stop(self.zygote, ask_timeout, term_timeout)
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -91,14 +129,14 @@ class ForkServer:
 
     async def spawn(
         self, task_id: str, env: Mapping[str, str], cwd: Path, log_path: Path
-    ) -> process.Child:
+    ) -> ForkedProcess:
         """Fork the task process ``python -m runner.task TASK_ID`` would be; raise if we can't."""
         if not self.ready or self._writer is None:
             raise ForkServerError("fork server not ready")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._next_id += 1
         req = ForkRequest(self._next_id, task_id, dict(env), str(cwd), str(log_path))
-        fut: asyncio.Future[process.Child] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[ForkedProcess] = asyncio.get_running_loop().create_future()
         self._pending[req.id] = fut
         try:
             self._writer.write(frame(req))
@@ -156,7 +194,7 @@ class ForkServer:
             self._writer.close()
             self._writer = None
             if not self._closing:
-                process.signal_leader(self.zygote, signal.SIGKILL)  # it hung up: no half-zygote
+                self.zygote.signal(signal.SIGKILL)  # it hung up: no half-zygote
             await self.zygote.wait()
 
     async def _serve(self, reader: asyncio.StreamReader) -> None:
@@ -184,8 +222,7 @@ class ForkServer:
             case Exited(pid=pid, returncode=rc):
                 child = self._children.pop(pid, None)
                 if child is not None:
-                    child.returncode = rc
-                    child._exited.set()
+                    child.reported(rc)
 
     def _forked(self, msg: Forked) -> None:
         fut = self._pending.get(msg.id)
@@ -193,21 +230,21 @@ class ForkServer:
             if fut is not None and not fut.done():
                 fut.set_exception(ForkServerError(msg.error))
             return
-        child = process.Child(pid=msg.pid, pgid=msg.pid, create_time=msg.create_time, forked=True)
+        child = ForkedProcess(msg.pid, msg.create_time)
         self._children[msg.pid] = child
         if fut is None or fut.done():  # the request timed out: nobody will track this task
             log.warning("killing task process %d forked after its request timed out", msg.pid)
-            process.signal_group(child, signal.SIGKILL)
+            child.signal_group(signal.SIGKILL)
             return
-        _when_dead(child.pid, lambda: self._dead(child))
+        process.when_dead(child.pid, lambda: self._dead(child))
         fut.set_result(child)
 
-    def _dead(self, child: process.Child) -> None:
+    def _dead(self, child: ForkedProcess) -> None:
         """The kernel says it exited: the zygote's report should follow at once."""
         if child.exited:
             return
         if child.pid not in self._children:
-            _reap_orphan(child)  # the zygote is gone: we are its parent now
+            child.orphaned()  # the zygote is gone: we are its parent now
             return
 
         def overdue() -> None:
@@ -225,7 +262,7 @@ class ForkServer:
         orphans = list(self._children.values())
         self._children.clear()
         for child in orphans:
-            _when_dead(child.pid, functools.partial(_reap_orphan, child))
+            child.orphaned()
 
     def _kill_zygote(self, why: str) -> None:
         """SIGKILL a zygote that stopped answering, and any fork of it nobody knows of."""
@@ -234,43 +271,8 @@ class ForkServer:
             return
         log.error("fork server unresponsive (%s): killing it", why)
         known = set(self._children)
-        for p in process.descendants(zygote):
+        for p in zygote.descendants():
             with contextlib.suppress(psutil.Error):
                 if p.ppid() == zygote.pid and p.pid not in known:
                     p.kill()
-        process.signal_leader(zygote, signal.SIGKILL)  # not the group: tasks live on
-
-
-def _when_dead(pid: int, callback: Callable[[], None]) -> None:
-    """Call ``callback()`` once ``pid`` has exited (pidfd: no polling)."""
-    loop = asyncio.get_running_loop()
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        loop.call_soon(callback)
-        return
-
-    def fired() -> None:
-        loop.remove_reader(fd)
-        os.close(fd)
-        callback()
-
-    loop.add_reader(fd, fired)
-
-
-def _reap_orphan(child: process.Child, waited: float = 0.0) -> None:
-    """Collect the exit status of a fork whose zygote died (it becomes our child, a moment on)."""
-    if child.exited:
-        return
-    try:
-        pid, status = os.waitpid(child.pid, os.WNOHANG)
-    except ChildProcessError:
-        pid, status = 0, 0
-        if waited >= ORPHAN_REAP_TIMEOUT or not psutil.pid_exists(child.pid):
-            child._exited.set()  # reaped elsewhere: exit status unknown
-            return
-    if pid:
-        child.returncode = os.waitstatus_to_exitcode(status)
-        child._exited.set()
-        return
-    asyncio.get_running_loop().call_later(0.02, _reap_orphan, child, waited + 0.02)
+        zygote.signal(signal.SIGKILL)  # not the group: tasks live on

@@ -19,7 +19,6 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -27,10 +26,8 @@ from sqlalchemy import exc as sa_exc
 
 from core.clock import utcnow
 from core.status import TaskStatus
-from core.workspace import list_files, read_inside
 from store import Store
 from store.dburl import engine_url
-from store.files import MAX_FILE_BYTES, MAX_FILES, MAX_TASK_BYTES
 from store.nodes import CANCEL_CHANNEL, QUEUE_CHANNEL, Nodes
 
 if TYPE_CHECKING:
@@ -232,25 +229,3 @@ def _boot_id() -> str:
             return f.read().strip()[:36]
     except OSError:
         return str(os.getpid())
-
-
-def snapshot_files(workspace: Path) -> list[tuple[str, float, bytes]]:
-    """The workspace's servable files (the files API's rules), within the size bounds."""
-    out: list[tuple[str, float, bytes]] = []
-    total = 0
-    for entry in list_files(workspace)[:MAX_FILES]:
-        path = str(entry["path"])
-        size = int(entry["size"])  # type: ignore[call-overload]
-        if size > MAX_FILE_BYTES or total + size > MAX_TASK_BYTES:
-            log.warning("%s: %s (%d bytes) stays on this node only", workspace, path, size)
-            continue
-        data = read_inside(workspace, path, MAX_FILE_BYTES)
-        if data is None:
-            continue  # changed meanwhile
-        total += len(data)
-        try:
-            mtime = os.stat(workspace / path, follow_symlinks=False).st_mtime
-        except OSError:
-            mtime = 0.0
-        out.append((path, mtime, data))
-    return out

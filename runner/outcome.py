@@ -11,14 +11,16 @@ def outcome(
     recorded_exit: int | None,
     error: str | None,
     *,
-    adopted: bool,
     lost: bool,
+    unknown_exit: str = "failed (exit status unknown)",
 ) -> tuple[TaskStatus, str]:
     """How a task that ended by itself ended: its final status and message.
 
     ``returncode`` is what the supervisor saw (None when it could not reap the process: an
     adopted one, or one that died while no supervisor ran); ``recorded_exit`` and ``error``
     are what the task wrote itself. ``lost``: it died while no supervisor watched.
+    ``unknown_exit``: what the process's handle says of an exit nobody could read
+    (``TaskProcess.unknown_exit``).
     A cancel is known from the supervisor's own stop request, never from an exit code: a task
     may exit with any code by itself.
     """
@@ -30,8 +32,8 @@ def outcome(
         )
     if lost:
         text = "Task process was lost while the supervisor was down"
-    elif adopted and rc is None:
-        text = "Task process ended while the supervisor was restarting (exit status unknown)"
+    elif rc is None:
+        text = f"Task process {unknown_exit}"
     else:
         text = f"Task process failed ({describe_exit(rc)})"
     return TaskStatus.FAILED, f"{text}: {error}" if error else text

@@ -1,7 +1,11 @@
-"""Process mechanism: spawn in a new process group, wait for exit, signal, stop.
+"""Process mechanism: the handles of task processes, process groups, signals, reaping.
 
-Policy (when to stop, why) lives elsewhere; this module only knows how. Every signal tolerates
-a process that is already gone.
+A :class:`TaskProcess` is what the supervisor holds of a task's process, however it began:
+spawned cold here (:class:`SpawnedProcess`), forked by the zygote
+(``runner.forkserver.ForkedProcess``) or adopted after a supervisor restart
+(:class:`AdoptedProcess`). Each kind only differs in how its exit is learnt. Policy (when to
+stop, why, in which order: ``runner.stopping``) lives elsewhere; this module only knows how.
+Every signal tolerates a process that is already gone.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import psutil
 
@@ -24,22 +29,34 @@ log = logging.getLogger("metastream.process")
 PR_SET_CHILD_SUBREAPER = 36
 
 
-@dataclass
-class Child:
-    """A task process (our child, or one adopted after a supervisor restart)."""
+class TaskProcess(ABC):
+    """A task's process group leader: wait for it, signal it, measure it, reap what it left."""
 
-    pid: int
-    pgid: int
-    create_time: float
-    popen: subprocess.Popen[bytes] | None = None  # None when adopted or forked by the zygote
-    returncode: int | None = None
-    adopted: bool = False  # started by an earlier supervisor: its exit code is not ours to get
-    forked: bool = False  # forked from the zygote: shares its pre-imported pages
-    _exited: asyncio.Event = field(default_factory=asyncio.Event)
+    kind: ClassVar[str]  # how it began ("cold", "warm", "adopted"): a metrics label
+    # Forked from the zygote: it shares the zygote's pre-imported pages (they are not its own).
+    warm: ClassVar[bool] = False
+
+    def __init__(self, pid: int, create_time: float, pgid: int | None = None) -> None:
+        self.pid = pid
+        self.pgid = pid if pgid is None else pgid
+        self.create_time = create_time
+        self._returncode: int | None = None
+        self._exited = asyncio.Event()
+
+    @property
+    def returncode(self) -> int | None:
+        """Its exit status once it exited (negative: killed by that signal); None if unknown."""
+        return self._returncode
 
     @property
     def exited(self) -> bool:
+        """Poll: whether it has exited (its status, if it can be known, is then set)."""
         return self._exited.is_set()
+
+    @property
+    @abstractmethod
+    def unknown_exit(self) -> str:
+        """Why its exit status may be unknown once it exited (what a final message says)."""
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait for the exit; True if it exited within the timeout."""
@@ -49,6 +66,88 @@ class Child:
             return False
         return True
 
+    def _ended(self, returncode: int | None) -> None:
+        """Record the exit (once): for the subclass's own way of learning it."""
+        if not self._exited.is_set():
+            self._returncode = returncode
+            self._exited.set()
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the leader only (asking it to stop: it tells its own children)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the whole process group, plus any descendant that left it."""
+        signal_group(self.pgid, self.descendants(), sig)
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def reap_leftovers(self, strays: Sequence[psutil.Process] = ()) -> None:
+        """SIGKILL whatever is left of its tree once the leader is gone, and reap it (blocks)."""
+        reap_group(self.pid, self.pgid, strays)
+
+    def rss_mb(self, over: float = 0.0) -> float:
+        """Resident memory of its whole process tree, in MB.
+
+        A warm process counts its unique memory (USS) instead of its RSS: the pre-imported
+        pages it still shares with the zygote are not its own. Measuring USS walks the
+        process's page tables (~6 ms of CPU for a forked MetaGPT task, at every check, and it
+        holds the task's memory map meanwhile), so it is only measured when the RSS total is
+        above ``over`` (RSS >= USS: below that, the exact figure would be below it too).
+        """
+        try:
+            leader = psutil.Process(self.pid)
+            procs = [leader, *self.descendants()]
+        except psutil.NoSuchProcess:
+            return 0.0
+        rss: dict[psutil.Process, int] = {}
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                rss[p] = p.memory_info().rss
+        mb = 1024 * 1024
+        if not self.warm or leader not in rss or sum(rss.values()) / mb <= over:
+            return sum(rss.values()) / mb
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            rss[leader] = leader.memory_full_info().uss
+        return sum(rss.values()) / mb
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} pid={self.pid} returncode={self.returncode}>"
+
+
+class SpawnedProcess(TaskProcess):
+    """Our own child, started here (a cold task, or the zygote): we reap it, its status is ours."""
+
+    kind = "cold"
+
+    def __init__(self, popen: subprocess.Popen[bytes], create_time: float) -> None:
+        super().__init__(popen.pid, create_time)
+        self._popen = popen
+        when_dead(self.pid, lambda: self._ended(self._popen.wait()))
+
+    @property
+    def unknown_exit(self) -> str:
+        return "failed (exit status unknown)"  # never: we reap it ourselves
+
+
+class AdoptedProcess(TaskProcess):
+    """A task process an earlier supervisor started: its exit status is not ours to read."""
+
+    kind = "adopted"
+
+    def __init__(self, pid: int, create_time: float, pgid: int) -> None:
+        super().__init__(pid, create_time, pgid)
+        when_dead(self.pid, lambda: self._ended(None))
+
+    @property
+    def unknown_exit(self) -> str:
+        return "ended while the supervisor was restarting (exit status unknown)"
+
 
 def spawn(
     argv: Sequence[str],
@@ -56,7 +155,7 @@ def spawn(
     cwd: Path,
     log_path: Path,
     pass_fds: Sequence[int] = (),
-) -> Child:
+) -> SpawnedProcess:
     """Start ``argv`` as the leader of a new process group and watch for its exit."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
@@ -75,12 +174,10 @@ def spawn(
         create_time = psutil.Process(popen.pid).create_time()
     except psutil.NoSuchProcess:
         create_time = 0.0
-    child = Child(pid=popen.pid, pgid=popen.pid, create_time=create_time, popen=popen)
-    _watch(child)
-    return child
+    return SpawnedProcess(popen, create_time)
 
 
-def adopt(pid: int, create_time: float) -> Child | None:
+def adopt(pid: int, create_time: float) -> AdoptedProcess | None:
     """Watch a live process we did not start (after a supervisor restart), if it is ours."""
     try:
         proc = psutil.Process(pid)
@@ -91,54 +188,33 @@ def adopt(pid: int, create_time: float) -> Child | None:
         pgid = os.getpgid(pid)
     except (psutil.NoSuchProcess, ProcessLookupError):
         return None
-    child = Child(pid=pid, pgid=pgid, create_time=create_time, adopted=True)
-    _watch(child)
-    return child
+    return AdoptedProcess(pid, create_time, pgid)
 
 
-def _watch(child: Child) -> None:
-    """Mark ``child`` exited as soon as the kernel says so (pidfd: no polling, no thread)."""
+def when_dead(pid: int, callback: Callable[[], None]) -> None:
+    """Call ``callback()`` once ``pid`` has exited (pidfd: no polling, no thread)."""
     loop = asyncio.get_running_loop()
     try:
-        fd = os.pidfd_open(child.pid)
+        fd = os.pidfd_open(pid)
     except ProcessLookupError:
-        _reap(child)
+        loop.call_soon(callback)
         return
 
-    def on_exit() -> None:
+    def fired() -> None:
         loop.remove_reader(fd)
         os.close(fd)
-        _reap(child)
+        callback()
 
-    loop.add_reader(fd, on_exit)
-
-
-def _reap(child: Child) -> None:
-    if child.popen is not None:
-        child.returncode = child.popen.wait()
-    child._exited.set()
+    loop.add_reader(fd, fired)
 
 
-def signal_group(child: Child, sig: int) -> None:
-    """Send ``sig`` to the child's whole process group, plus any descendant that left it."""
-    strays = descendants(child)
+def signal_group(pgid: int, strays: Iterable[psutil.Process], sig: int) -> None:
+    """Send ``sig`` to a process group and to ``strays`` (descendants that left it)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.pgid, sig)
+        os.killpg(pgid, sig)
     for p in strays:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             p.send_signal(sig)
-
-
-def signal_leader(child: Child, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(child.pid, sig)
-
-
-def descendants(child: Child) -> list[psutil.Process]:
-    try:
-        return psutil.Process(child.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
 
 
 def group_members(pgid: int) -> list[psutil.Process]:
@@ -153,38 +229,11 @@ def group_members(pgid: int) -> list[psutil.Process]:
     return found
 
 
-async def stop(
-    child: Child, ask_timeout: float, term_timeout: float, kill_timeout: float = 2.0
-) -> str:
-    """The one stop sequence: ask, wait, SIGTERM the group, wait, SIGKILL. Returns how it ended.
-
-    A zero ``ask_timeout`` skips asking; zero for both goes straight to SIGKILL.
-    """
-    strays = descendants(child)
-    how = "exited"
-    if not child.exited:
-        if ask_timeout > 0:
-            signal_leader(child, signal.SIGINT)  # ask: the task flushes its log and exits
-        if ask_timeout > 0 and await child.wait(ask_timeout):
-            how = "asked"
-        else:
-            if term_timeout > 0:
-                signal_group(child, signal.SIGTERM)
-            if term_timeout > 0 and await child.wait(term_timeout):
-                how = "terminated"
-            else:
-                signal_group(child, signal.SIGKILL)
-                await child.wait(kill_timeout)
-                how = "killed"
-    await asyncio.to_thread(reap_group, child, strays)
-    return how
-
-
-def reap_group(child: Child, strays: Sequence[psutil.Process] = ()) -> None:
-    """SIGKILL whatever is left of the task's tree once its leader is gone, and reap it."""
-    leftovers = {p.pid: p for p in (*group_members(child.pgid), *strays) if p.pid != child.pid}
+def reap_group(leader: int, pgid: int, strays: Sequence[psutil.Process] = ()) -> None:
+    """SIGKILL whatever is left of a tree once its leader is gone, and reap it."""
+    leftovers = {p.pid: p for p in (*group_members(pgid), *strays) if p.pid != leader}
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.pgid, signal.SIGKILL)
+        os.killpg(pgid, signal.SIGKILL)
     for p in leftovers.values():
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             p.kill()
@@ -227,32 +276,6 @@ def _reap_orphans(procs: Iterable[psutil.Process], timeout: float = 1.0) -> None
                 pending.discard(pid)
         if pending:
             time.sleep(0.01)
-
-
-def tree_rss_mb(child: Child, over: float = 0.0) -> float:
-    """Resident memory of the task's whole process tree, in MB.
-
-    A task forked from the zygote counts its unique memory (USS) instead of its RSS: the
-    pre-imported pages it still shares with the zygote are not its own. Measuring USS walks
-    the process's page tables (~6 ms of CPU for a forked MetaGPT task, at every check, and
-    it holds the task's memory map meanwhile), so it is only measured when the RSS total is
-    above ``over`` (RSS >= USS: below that, the exact figure would be below it too).
-    """
-    try:
-        leader = psutil.Process(child.pid)
-        procs = [leader, *descendants(child)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    rss: dict[psutil.Process, int] = {}
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            rss[p] = p.memory_info().rss
-    mb = 1024 * 1024
-    if not child.forked or leader not in rss or sum(rss.values()) / mb <= over:
-        return sum(rss.values()) / mb
-    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-        rss[leader] = leader.memory_full_info().uss
-    return sum(rss.values()) / mb
 
 
 def describe_exit(returncode: int | None) -> str:

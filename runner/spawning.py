@@ -11,7 +11,8 @@ import msgspec
 from bus import auth as bus_auth
 from core.settings import INTERNAL_ENV, SECRET_ENV, Settings
 from runner import process, sandbox
-from runner.forkserver import ForkServer, ForkServerError
+from runner.forkserver import ForkServer
+from runner.launchers import ColdLauncher, Launcher, TaskLaunch, WarmLauncher, launch_first
 from runner.task import spec as task_spec
 from store import Store
 from store.dburl import is_sqlite
@@ -84,7 +85,7 @@ class Spawning:
         plan: sandbox.Plan,
         spec_path: Path,
         needs_llm: bool = False,
-    ) -> process.Child:
+    ) -> process.TaskProcess:
         """The task's process: forked warm from the zygote when it is ready, else cold."""
         env = self._task_env(llm=needs_llm)
         env[task_spec.SPEC_ENV] = str(spec_path)
@@ -96,14 +97,22 @@ class Spawning:
         if plan.uid is not None:
             # Its uid has no passwd entry: getpass.getuser() (MetaGPT calls it) asks these.
             env["USER"] = env["LOGNAME"] = f"task{plan.uid}"
-        log_path = self.cfg.logs_dir / f"task-{task_id}.log"
-        if self.forkserver is not None and self.forkserver.ready:
-            try:
-                return await self.forkserver.spawn(task_id, env, workspace, log_path)
-            except ForkServerError as exc:
-                log.warning("task %s starts cold: %s", task_id, exc)
-        argv = [self.cfg.python, "-m", "runner.task", task_id]
-        return process.spawn(argv, env=env, cwd=workspace, log_path=log_path)
+        req = TaskLaunch(task_id, workspace, self._log_path(task_id), env)
+
+        def skipped(launcher: Launcher, why: str) -> None:
+            log.warning(
+                "task %s: no %s start (%s): trying the next way", task_id, launcher.name, why
+            )
+
+        return await launch_first(self._launchers(), req, skipped)
+
+    def _launchers(self) -> list[Launcher]:
+        """The ways to start a task, preferred first (a zygote's fork, else a cold start)."""
+        cold = ColdLauncher(self.cfg.python)
+        return [WarmLauncher(self.forkserver), cold] if self.forkserver is not None else [cold]
+
+    def _log_path(self, task_id: str) -> Path:
+        return self.cfg.logs_dir / f"task-{task_id}.log"
 
     def start_forkserver(self) -> ForkServer:
         """Start the zygote in the background: tasks start cold until it is ready."""

@@ -93,8 +93,9 @@ nodes = Table(
     Column("state", String(16), nullable=False),  # up | stopped | lost
 )
 
-# A task's generated files, copied in at its end and on file events so that every gateway
-# can list and serve them (the workspace is on one node's disk).
+# A task's workspace, copied in by its supervisor at each checkpoint and at each run's end, so
+# that every gateway can serve its files and any node can run its next run (store.files).
+# Hidden paths (the serialized team, the project's .git) are kept for the latter, never served.
 task_files = Table(
     "task_files",
     metadata,
@@ -103,6 +104,21 @@ task_files = Table(
     Column("size", BigInteger, nullable=False),
     Column("mtime", Float, nullable=False),
     Column("data", LargeBinary, nullable=False),
+)
+
+# Which snapshot ``task_files`` holds for a task (store.files.Snapshot): one row per task.
+task_shares = Table(
+    "task_shares",
+    metadata,
+    Column("task_id", String(36), primary_key=True),
+    Column("generation", Integer, nullable=False),  # bumped by every share
+    Column("epoch", Integer, nullable=False),  # the run epoch it was taken at
+    Column("run_no", Integer, nullable=False),
+    Column("node", String(64), nullable=False),
+    Column("final", Boolean, nullable=False),  # taken at its run's end
+    Column("taken_at", String(32), nullable=False),
+    Column("files", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
 )
 
 # A task's own record of how it ended (``exit_code``, ``error``, ``state_version``: JSON

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,23 @@ def clear(workspace: Path) -> None:
         (checkpoint_dir(workspace) / name).unlink(missing_ok=True)
 
 
+def relocate(workspace: Path) -> bool:
+    """Point a serialized team saved in another place (another node's workspace, restored
+    here from the shared store) at this workspace: the project path is absolute in it."""
+    old = read_run(workspace).get("workspace")
+    new = str(workspace)
+    if not isinstance(old, str) or not old or old == new:
+        return False
+    # As JSON spells them, and only whole path components: "/a/ws1" is not "/a/ws10".
+    pattern = re.compile(re.escape(json.dumps(old)[1:-1]) + r'(?=[/"\\])')
+    replacement = json.dumps(new)[1:-1]
+    d = checkpoint_dir(workspace)
+    for name in (TEAM_JSON, RUN_JSON):
+        text = (d / name).read_text()
+        write_atomically(d / name, pattern.sub(lambda _m: replacement, text))
+    return True
+
+
 def save(workspace: Path, env: Any, ctx: Any, run: dict[str, Any]) -> None:
     """Serialize the team as ``Team.serialize`` does (without building a Team, which would
     replace the environment's context), then what the run was: requirement, rounds done."""
@@ -64,7 +82,8 @@ def save(workspace: Path, env: Any, ctx: Any, run: dict[str, Any]) -> None:
         for msg in waiting:
             role.rc.msg_buffer.push(msg)
         pending[key] = [msg.dump() for msg in waiting]
-    run = {**run, "pending": pending}
+    # Where it was: a run resumed in another place (another node's home) moves the paths.
+    run = {**run, "pending": pending, "workspace": str(workspace)}
     write_atomically(d / TEAM_JSON, json.dumps(team, default=to_jsonable_python))
     write_atomically(d / RUN_JSON, json.dumps(run))
 
@@ -78,6 +97,7 @@ def restore(workspace: Path, ctx: Any, new_llm: Any) -> Any:
     from metagpt.schema import Message
     from metagpt.team import Team
 
+    relocate(workspace)
     team = Team.deserialize(checkpoint_dir(workspace), context=ctx)
     env = team.env
     pending = read_run(workspace).get("pending", {})

@@ -40,6 +40,9 @@ EXPECTED = [
     ("1pg", "latency p99", "same stack on SQLite"),
     ("1m", "throughput", "metrics off"),
     ("1m", "latency p99", "metrics off"),
+    ("ws", "MetaGPT-sized workspace", "whole workspace each round"),
+    ("ws", "+500 files", "whole workspace each round"),
+    ("ws", "restore on another node", ""),
 ]
 
 

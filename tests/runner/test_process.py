@@ -12,7 +12,8 @@ from pathlib import Path
 
 import psutil
 
-from runner import process
+from runner import process, stopping
+from runner.forkserver import ForkedProcess
 from tests.helpers import poll_for
 
 POLITE = (
@@ -44,7 +45,7 @@ def test_stop_asks_first(tmp_path: Path) -> None:
         child = process.spawn(_script(tmp_path, POLITE), os.environ, tmp_path, log)
         # Asked only once it listens: before its handler is set, SIGINT would kill it outright.
         await asyncio.to_thread(poll_for, lambda: "ready" in log.read_text(), 10)
-        how = await process.stop(child, ask_timeout=5, term_timeout=5)
+        how = await stopping.stop(child, ask_timeout=5, term_timeout=5)
         return how, child.returncode
 
     assert asyncio.run(scenario()) == ("asked", 0)
@@ -55,10 +56,10 @@ def test_stop_escalates_to_sigkill_and_reaps_the_tree(tmp_path: Path) -> None:
         log = tmp_path / "log"
         child = process.spawn(_script(tmp_path, STUBBORN), os.environ, tmp_path, log)
         await asyncio.to_thread(poll_for, lambda: "ready" in log.read_text(), 10)
-        tree = [p.pid for p in process.descendants(child)]
+        tree = [p.pid for p in child.descendants()]
         assert tree, "the grandchild should exist"
         t0 = time.monotonic()
-        how = await process.stop(child, ask_timeout=0.3, term_timeout=0.3)
+        how = await stopping.stop(child, ask_timeout=0.3, term_timeout=0.3)
         return how, child.returncode, int(time.monotonic() - t0), tree
 
     how, rc, took, tree = asyncio.run(scenario())
@@ -95,15 +96,21 @@ def test_memory_of_a_fork_is_measured_exactly_only_when_it_could_matter() -> Non
         def rss() -> float:
             return p.memory_info().rss / (1 << 20)
 
-        child = process.Child(proc.pid, proc.pid, p.create_time(), forked=True)
+        # Measured as if it were a fork of the zygote (only how it is measured matters here).
+        child = ForkedProcess(proc.pid, p.create_time())
         # Under the limit by RSS alone: no page-table walk, the RSS figure (an upper bound).
-        cheap = process.tree_rss_mb(child, over=10 * rss())
+        cheap = child.rss_mb(over=10 * rss())
         # Over it by RSS: the exact figure, the fork's own pages (USS) only.
-        exact = process.tree_rss_mb(child, over=0.0)
+        exact = child.rss_mb(over=0.0)
         assert abs(cheap - rss()) < 0.1 * rss()
         assert exact < cheap  # shared libraries and the like are not its own
-        plain = process.Child(proc.pid, proc.pid, p.create_time())
-        assert abs(process.tree_rss_mb(plain, over=0.0) - rss()) < 0.1 * rss()  # not forked
+
+        async def plain() -> float:  # not a fork: its RSS, whatever the limit
+            adopted = process.adopt(proc.pid, p.create_time())
+            assert adopted is not None
+            return adopted.rss_mb(over=0.0)
+
+        assert abs(asyncio.run(plain()) - rss()) < 0.1 * rss()
     finally:
         proc.kill()
         proc.wait(5)
