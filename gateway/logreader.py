@@ -73,10 +73,13 @@ class LogReader:
         self._size = 0
         self.db_reads = 0  # how many database reads were made (the sharing, seen by tests)
 
-    async def read(self, task_id: str, after: int) -> list[Row]:
+    async def read(self, task_id: str, after: int, logged: bool = False) -> list[Row]:
         """Logged events with ids above ``after``, in order, up to the end of a block.
 
         Empty when the log has nothing newer yet. Raises what the database raises.
+        ``logged``: the caller knows the event after ``after`` is committed (a final state
+        or a heartbeat said so), so a shared read that was already under way when it asked
+        (it may have begun before that commit) does not count as "nothing newer".
         """
         while True:
             blk = self._get(task_id, after)
@@ -84,9 +87,9 @@ class LogReader:
             while i == len(blk.rows) and not blk.complete:
                 covered = blk.covered
                 # A shared read already under way may have begun before rows this caller
-                # knows of were committed (a final state's events): its "nothing new" only
-                # counts for a read that began after this call.
-                fresh = blk.reading is None
+                # knows of were committed (``logged``): its "nothing new" then only counts
+                # for a read that began after this call.
+                fresh = blk.reading is None or not logged
                 await self._fill(task_id, blk)
                 i = bisect.bisect_right(blk.rows, after, key=_event_id)
                 if blk.covered == covered and fresh:

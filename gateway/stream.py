@@ -386,7 +386,8 @@ class TaskStream:
         """
         sent = 0
         while upto is None or self.next_id <= upto:
-            rows = await self.log.read(self.task_id, self.next_id - 1)
+            # With ``upto`` the events up to it are known to be logged (see LogReader.read).
+            rows = await self.log.read(self.task_id, self.next_id - 1, upto is not None)
             if not rows:
                 break
             frames = [frame for _, frame in rows]

@@ -218,8 +218,8 @@ def test_messagepack_pages_are_converted_once_and_match_the_row_path(
 
 
 def test_a_read_under_way_before_new_rows_does_not_hide_them(store: Store) -> None:
-    """A caller that joins a shared read begun before rows it knows of were committed (a
-    final state's events) must still get them: that read's "nothing new" is not its answer."""
+    """A caller that joins a shared read begun before rows it knows are committed (a final
+    state's events) must still get them: that read's "nothing new" is not its answer."""
     import threading
 
     append(store, range(1, 6))
@@ -239,7 +239,7 @@ def test_a_read_under_way_before_new_rows_does_not_hide_them(store: Store) -> No
         await until_reading(reader)
         store.read_events = real  # type: ignore[method-assign]
         append(store, range(6, 11))  # committed while that read is under way
-        late = asyncio.ensure_future(reader.read(TASK, 5))  # joins it, then reads afresh
+        late = asyncio.ensure_future(reader.read(TASK, 5, logged=True))  # joins, reads afresh
         await asyncio.sleep(0)
         gate.set()
         assert await early == []  # it asked before the rows existed: fair
