@@ -66,6 +66,7 @@ async def _one_lean(url: str, spec: dict[str, Any], on_ready: Any) -> dict[str, 
     emit: list[float] = []
     recv: list[float] = []
     n = 0
+    live, live_only = 0, bool(latency and spec.get("live_only"))
     conn = None
     try:
         conn = await asyncio.wait_for(LeanConnection.connect(url, sub), 30)
@@ -94,7 +95,9 @@ async def _one_lean(url: str, spec: dict[str, Any], on_ready: Any) -> dict[str, 
                 times = _emit_times(msg.decode() if text else msg, fmt)
                 emit += times
                 recv += [now] * len(times)
-            if n >= expect:
+                if live_only:  # only events emitted once ready count toward ``expect``
+                    live += sum(1 for t in times if t >= res["ready"])
+            if (live if live_only else n) >= expect:
                 break
     except Exception as exc:  # a failed connection is reported, not fatal to the others
         res["error"] = f"{type(exc).__name__}: {exc}"
@@ -119,6 +122,7 @@ async def _one(url: str, spec: dict[str, Any], on_ready: Any) -> dict[str, Any]:
     emit: list[float] = []
     recv: list[float] = []
     n = 0
+    live, live_only = 0, bool(latency and spec.get("live_only"))
     try:
         async with connect(
             url,
@@ -154,7 +158,9 @@ async def _one(url: str, spec: dict[str, Any], on_ready: Any) -> dict[str, Any]:
                     times = _emit_times(msg, fmt)
                     emit += times
                     recv += [now] * len(times)
-                if n >= expect:
+                    if live_only:  # only events emitted once ready count toward ``expect``
+                        live += sum(1 for t in times if t >= res["ready"])
+                if (live if live_only else n) >= expect:
                     break
     except Exception as exc:  # a failed connection is reported, not fatal to the others
         res["error"] = f"{type(exc).__name__}: {exc}"
@@ -214,6 +220,7 @@ class ClientGroup:
         fmt: str = "json",
         lean: bool = False,
         ready_messages: int = 1,
+        live_only: bool = False,
     ) -> None:
         self.timeout = timeout
         self._procs: list[subprocess.Popen[str]] = []
@@ -231,6 +238,7 @@ class ClientGroup:
                 "format": fmt,
                 "lean": lean,
                 "ready_messages": ready_messages,
+                "live_only": live_only,
                 "out": str(self._outs[k]),
             }
             p = subprocess.Popen(

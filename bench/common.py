@@ -53,6 +53,7 @@ class Ctx:
         ready_timeout: float = 30.0,
         lean: bool = False,
         ready_messages: int = 1,
+        live_only: bool = False,
     ) -> list[dict[str, Any]]:
         """Connect, wait until all are live, run ``after_ready``, return every result."""
         with ClientGroup(
@@ -65,6 +66,7 @@ class Ctx:
             fmt=fmt,
             lean=lean,
             ready_messages=ready_messages,
+            live_only=live_only,
         ) as group:
             group.wait_ready(ready_timeout)
             if after_ready is not None:
