@@ -69,7 +69,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         with httpx.Client(base_url=s.url, timeout=30) as api:
             gw0, sup0 = scrape(f"{s.url}/metrics"), scrape(sup_url)
             ok = create_task(api, synthetic={"events": 200})
-            slow = create_task(api, synthetic={"events": 3000})
+            # 2 KiB each: 6 MB in all, more than the loopback socket buffers hold, so the gateway's
+            # writes to the slow reader back up and its live queue overflows (the hub writes
+            # small events straight into the socket while it is not backed up).
+            slow = create_task(api, synthetic={"events": 3000, "payload_bytes": 2048})
             crash = create_task(api, synthetic={"events": 50, "exit_after": 20, "exit_code": 7})
             boom = create_task(api, synthetic={"events": 50, "exit_after": 5, "crash": "exception"})
             cancel = create_task(api, synthetic={"events": 100_000, "rate": 50})
@@ -81,7 +84,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 return await asyncio.gather(
                     collect(s.ws_url, ok["id"]),
                     # A slow reader: far more than METASTREAM_WS_QUEUE behind, served from the log.
-                    collect(s.ws_url, slow["id"], delay=0.05, delay_every=200),
+                    collect(s.ws_url, slow["id"], delay=0.05, delay_every=50),
                 )
 
             got_ok, got_slow = asyncio.run(clients())
