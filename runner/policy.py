@@ -19,8 +19,8 @@ class HeartbeatPolicy:
 
     The supervisor also hears its own beacon through the bus; while that is missing the bus is
     down, nobody's silence means anything, and every deadline is pushed back. ``beacon_every`` is
-    how often the beacon is sent: a gap of a few of those is an outage, even one shorter than the
-    timeout (a bus restarted in 3 s of a 5 s timeout left tasks 2 s to reconnect; too few).
+    how often the beacon is sent: a gap of more than two of those is an outage, even one shorter
+    than the timeout (a bus restarted in 3 s of a 5 s timeout left tasks 2 s to reconnect).
     """
 
     def __init__(
@@ -33,7 +33,9 @@ class HeartbeatPolicy:
         self.timeout = timeout
         self.startup_grace = startup_grace
         self._clock = clock
-        self._outage = min(timeout, 4 * beacon_every)
+        # One lost beacon (plus jitter) is an outage: a shorter threshold left too little of
+        # the timeout to tasks that lost a beat to a bus restart of under 2 s (CI, loaded).
+        self._outage = min(timeout, 2.5 * beacon_every)
         self._last: dict[str, float] = {}
         self._beacon = clock()
 

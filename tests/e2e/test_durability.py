@@ -158,6 +158,6 @@ def test_component_killed_mid_stream(
     assert got.subprotocol == SUBPROTOCOLS[fmt]
     assert_exactly(got.event_ids, n)
     final = wait_status(api, task["id"], {"COMPLETED", "FAILED", "CANCELLED"})
-    assert final["status"] == "COMPLETED"
+    assert final["status"] == "COMPLETED", final  # the row says why (last_message, error)
     assert got.of("state")[-1]["status"] == "COMPLETED"
     assert got.of("event") == log_events(api, task["id"])

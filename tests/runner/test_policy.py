@@ -62,6 +62,18 @@ def test_heartbeat_short_bus_outage_restarts_the_clocks() -> None:
     assert [t for t, _ in hb.overdue()] == ["t"]
 
 
+def test_heartbeat_one_lost_beacon_is_an_outage_a_late_one_is_not() -> None:
+    clock = Clock()
+    hb = HeartbeatPolicy(timeout=5, startup_grace=0, clock=clock, beacon_every=0.5)
+    hb.started("t")
+    clock.now += 0.9  # a beacon late by most of a period: the bus was up
+    assert hb.beacon() is False
+    clock.now += 1.5  # a bus restart of 1.5 s: the clocks restart
+    assert hb.beacon() is True
+    advance(clock, hb, 4.5)
+    assert hb.overdue() == []
+
+
 def test_disconnect_kill_grace_continue() -> None:
     clock = Clock()
     dp = DisconnectPolicy(clock)
