@@ -13,6 +13,7 @@ import collections
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq.asyncio
 
@@ -48,6 +49,8 @@ class LiveState:
     state: State
     frame: bytes
     wire: dict[object, bytes | None] = field(default_factory=dict, compare=False)  # as above
+    # The seed's ``data`` object of the state, built once for every connection.
+    data: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,8 +223,8 @@ class Hub:
             case Event():
                 item = LiveEvent(msg.event_id, ws_frame("event", event_data_json(msg)), frames[1])
             case State():
-                data = json_encoder.encode(state_data(msg))
-                item = LiveState(msg, ws_frame("state", data))
+                fields = state_data(msg)
+                item = LiveState(msg, ws_frame("state", json_encoder.encode(fields)), data=fields)
             case Heartbeat():
                 item = LiveBeat(msg.last_event_id)
             case _:

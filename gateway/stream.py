@@ -305,7 +305,7 @@ class TaskStream:
                 return False  # the end of the stream: the task checks the store
             if st.version < self._last_state_version:
                 return True  # older than what the client has (as _offer_state drops it)
-            data = state_data(st)
+            data = item.data if item.data is not None else state_data(st)
             if data == self._last_state:
                 return True
             body = b""
