@@ -26,7 +26,7 @@ from bus.messages import Ping
 from core import settings as settings_mod
 from core.metrics import Registry
 from core.settings import Settings
-from gateway import api, archive, files, nodes_api, readiness, ws
+from gateway import api, archive, files, gctune, nodes_api, readiness, ws
 from gateway.browser import BrowserGuardMiddleware
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.frames import MsgpackCache
@@ -82,6 +82,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         app.state.frame_cache = MsgpackCache()  # log rows as MessagePack, shared (frames.py)
         app.state.hub = hub
         app.state.control = control
+        gctune.tune()  # the fan-out's pauses (gateway/gctune.py); after start-up, before traffic
         try:
             yield
         finally:
