@@ -207,11 +207,9 @@ class FrameWriter:
         # Many frames per call, framed by the server itself (see gateway.wsprotocol).
         self._send_texts = ext.get("send_texts")
         self._send_binaries = ext.get("send_binaries")
-        # The transport's write if one framed message may be written with it now (see
+        # The transport, if one framed message may be written to it now (see
         # wsprotocol.writer_for): the hub's direct fan-out.
-        self.writer_for: Callable[[bytes], Callable[[bytes], object] | None] | None = ext.get(
-            "writer_for"
-        )
+        self.writer_for: Callable[[bytes], Any] | None = ext.get("writer_for")
         self.key = fmt.value  # the format as a dict key: an Enum's hash is a Python call
         self._held = False
         self._units: list[bytes] = []  # messages in the format's unit, not yet framed

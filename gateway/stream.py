@@ -30,7 +30,7 @@ from core.metrics import Registry
 from core.settings import Settings
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.frames import Format, FrameWriter, MsgpackCache
-from gateway.hub import Hub, Item, Listener, LiveBeat, LiveEvent, LiveState, Writer
+from gateway.hub import DirectWrites, Hub, Item, Listener, LiveBeat, LiveEvent, LiveState
 from gateway.logreader import LogReader
 from gateway.metrics import GatewayMetrics
 from gateway.rowcache import TaskRowCache
@@ -282,11 +282,11 @@ class TaskStream:
         finally:
             scope.cancel()
 
-    def _direct(self, item: Item, writes: list[tuple[Writer, bytes]]) -> bool:
+    def _direct(self, item: Item, writes: DirectWrites) -> bool:
         """Take a live item from the hub, as :meth:`_handle` would; else False (queue it).
 
         Events next in line and states that are not final are taken: their frame and the
-        transport's ``write`` go to ``writes``, which the hub writes once every connection
+        transport go to ``writes``, which the hub writes once every connection
         has been looked at (the checks and the syscalls apart: interleaved, each system call
         evicted the Python objects of the next check from the CPU's caches). Beats with
         nothing to refill are done. Anything else is left to the task. Only while
@@ -305,7 +305,7 @@ class TaskStream:
                 return False  # the end of the stream: the task checks the store
             if st.version < self._last_state_version:
                 return True  # older than what the client has (as _offer_state drops it)
-            data = state_data(st)
+            data = item.data if item.data is not None else state_data(st)
             if data == self._last_state:
                 return True
             body = b""
@@ -321,10 +321,11 @@ class TaskStream:
         writer_for = out.writer_for
         if wire is None or writer_for is None:
             return False
-        write = writer_for(wire)
-        if write is None:
+        transport = writer_for(wire)
+        if transport is None:
             return False
-        writes.append((write, wire))
+        writes.transports.append(transport)
+        writes.wires.append(wire)
         if isinstance(item, LiveState):
             self._last_state, self._last_state_version = data, item.state.version
         else:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -88,14 +88,14 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def write_now(self, wire: bytes) -> bool:
         """Write one whole framed message (header included) at once, if that is safe now."""
-        write = self.writer_for(wire)
-        if write is None:
+        transport = self.writer_for(wire)
+        if transport is None:
             return False
-        write(wire)
+        transport.write(wire)
         return True
 
-    def writer_for(self, wire: bytes) -> Callable[[bytes], object] | None:
-        """The transport's ``write``, if ``wire`` may be written with it now; else None.
+    def writer_for(self, wire: bytes) -> asyncio.Transport | None:
+        """The transport, if ``wire`` may be written to it now; else None.
 
         For the hub's live fan-out (gateway/stream.py ``_direct``): one event's frame, built
         once, goes to every idle connection without waking each connection's task. None
@@ -116,7 +116,7 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
             or self.transport.is_closing()
         ):
             return None
-        return self.transport.write
+        return self.transport
 
     async def send_texts(self, texts: Sequence[bytes]) -> None:
         """Send text frames (given as UTF-8) in order, FLUSH_BYTES at most per write."""

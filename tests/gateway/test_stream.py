@@ -260,16 +260,17 @@ class DirectClient(Client):
             for f in frames:
                 self._record(f)
 
-        def write(wire: bytes) -> None:
-            self.direct += 1
-            code = wire[1] & 0x7F
-            self._record(wire[2 if code < 126 else 4 if code == 126 else 10 :])
-
-        def writer_for(wire: bytes) -> Callable[[bytes], None] | None:
-            return write if self.writable else None
+        def writer_for(wire: bytes) -> DirectClient | None:
+            return self if self.writable else None
 
         ext = {"send_texts": many, "send_binaries": many, "writer_for": writer_for}
         self.scope = {"extensions": {SEND_TEXTS: ext}}
+
+    def write(self, wire: bytes) -> None:
+        """A whole frame the hub wrote directly (the transport's part in the server)."""
+        self.direct += 1
+        code = wire[1] & 0x7F
+        self._record(wire[2 if code < 126 else 4 if code == 126 else 10 :])
 
     def _record(self, payload: bytes) -> None:
         if payload[:1] in (b"{", b"["):
