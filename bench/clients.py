@@ -127,7 +127,9 @@ async def _one(url: str, spec: dict[str, Any], on_ready: Any) -> dict[str, Any]:
             url,
             max_size=None,
             ping_interval=None,
-            open_timeout=30,
+            # As long as the orchestrator waits for READY: under a connection storm on a
+            # loaded machine a handshake may take longer than websockets' default.
+            open_timeout=spec.get("connect_timeout", 30),
             compression="deflate" if spec.get("deflate") else None,
             subprotocols=[sub] if sub else None,  # type: ignore[list-item]
         ) as ws:
@@ -182,9 +184,14 @@ async def _main(spec: dict[str, Any]) -> list[dict[str, Any]]:
     async def guarded(url: str) -> dict[str, Any]:
         try:
             async with asyncio.timeout(spec["timeout"]):
-                return await _one(url, spec, on_ready)
+                res = await _one(url, spec, on_ready)
         except TimeoutError:
-            return {"events": 0, "error": "timeout"}
+            res = {"events": 0, "error": "timeout"}
+        if res.get("ready") is None:
+            # It will never be ready: say why now, rather than leave the orchestrator waiting
+            # for a READY that cannot come until its ready timeout.
+            print(f"NOT_READY {url} {res.get('error')}", flush=True)
+        return res
 
     return await asyncio.gather(*(guarded(u) for u in urls))
 
@@ -220,6 +227,7 @@ class ClientGroup:
         lean: bool = False,
         ready_messages: int = 1,
         live_only: bool = False,
+        connect_timeout: float = 30.0,
     ) -> None:
         self.timeout = timeout
         self._procs: list[subprocess.Popen[str]] = []
@@ -238,6 +246,7 @@ class ClientGroup:
                 "lean": lean,
                 "ready_messages": ready_messages,
                 "live_only": live_only,
+                "connect_timeout": connect_timeout,
                 "out": str(self._outs[k]),
             }
             p = subprocess.Popen(
@@ -259,6 +268,8 @@ class ClientGroup:
                 raise TimeoutError(f"client process {k}: no {prefix} in time") from None
             if line is None:
                 raise RuntimeError(f"client process {k} exited without {prefix}")
+            if prefix == "READY" and line.startswith("NOT_READY"):
+                raise RuntimeError(f"client process {k}: a connection failed: {line[10:300]}")
             if line.startswith(prefix):
                 return line
 

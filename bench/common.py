@@ -67,6 +67,7 @@ class Ctx:
             lean=lean,
             ready_messages=ready_messages,
             live_only=live_only,
+            connect_timeout=ready_timeout,
         ) as group:
             group.wait_ready(ready_timeout)
             if after_ready is not None:

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     for line in banner(cfg, port).splitlines():
         logs.announce(line, stream=sys.stderr)
     uvicorn.run(
-        "gateway.app:create_app",
+        "gateway.app:create_process_app",  # logs and hardening again in each worker
         factory=True,
         host=cfg.host,
         port=port,

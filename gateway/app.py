@@ -23,7 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bus.auth import control_client_keys, load_master, trusted_keys
 from bus.client import Publisher
 from bus.messages import Ping
+from core import logs
 from core import settings as settings_mod
+from core.harden import harden_trusted
 from core.metrics import Registry
 from core.settings import Settings
 from gateway import api, archive, files, gctune, nodes_api, readiness, ws
@@ -42,6 +44,20 @@ from store import Store
 from store.eventlog import EventLogUnreadable
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+
+def create_process_app() -> FastAPI:
+    """The app of one gateway process, set up as ``python -m gateway`` sets up its own.
+
+    uvicorn's factory, called in every process that serves: workers
+    (``METASTREAM_GATEWAY_WORKERS``) are fresh interpreters (multiprocessing "spawn") that
+    inherit neither the log handler (format, redaction: their uvicorn lines were dropped or
+    printed raw) nor ``PR_SET_DUMPABLE`` 0 (``execve`` resets it: their environment, with the
+    API token, was readable by same-uid processes). Both are idempotent for the single process.
+    """
+    logs.setup("gateway")
+    harden_trusted()
+    return create_app()
 
 
 def create_app(cfg: Settings | None = None) -> FastAPI:
