@@ -16,10 +16,11 @@ metastream.msgpack.batch.v1  ``msgpack-batch``  binary, a MessagePack array of t
 ========================  =================  ===============================================
 
 A MessagePack message is the bus's own body schema: a map of ``kind`` (the seed's ``type``)
-and the seed's ``data`` fields. Live events are the bus bodies as they arrived, forwarded
-without re-encoding; everything else (logged events, states, ``connected``...) is converted
-from its seed JSON: log rows a page at a time (:func:`events_to_msgpack`, kept beside the
-JSON in the log reader's blocks, so once per gateway), the rest through a small cache.
+and the seed's ``data`` fields. Events are the bus bodies as the task encoded them, forwarded
+without re-encoding: live ones as they arrived, logged ones as the task logged them beside
+the JSON (the log reader's binary blocks); only events logged before bodies were stored are
+converted from their seed JSON, a page at a time (:func:`events_to_msgpack`). Everything else
+(states, ``connected``...) is converted from its seed JSON through a small cache.
 
 Batches form from what is already waiting (the hub's receive batch, a page of the event
 log): no timer holds a message back for one that has not arrived, so at low rates every

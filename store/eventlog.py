@@ -15,10 +15,17 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
-_SCHEMA = "CREATE TABLE IF NOT EXISTS events (event_id INTEGER PRIMARY KEY, data BLOB NOT NULL)"
+# ``data``: the event's seed JSON (the WebSocket message's ``data``); ``body``: the same event
+# as the task put it on the bus (MessagePack), so a binary client's replay is a read, not a
+# conversion. ``body`` is NULL in logs written before it existed (converted on reading).
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS events "
+    "(event_id INTEGER PRIMARY KEY, data BLOB NOT NULL, body BLOB)"
+)
 # The task's own record of how it ended (exit code, error, last state version): the
 # supervisor reads it, since a task process no longer writes the shared tasks table.
 _META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB)"
@@ -37,8 +44,21 @@ CHECKPOINT_IDLE = 1.0
 CHECKPOINT_FRAMES = 16_384
 _PAGE = 4096  # SQLite's default page size: a commit writes at least one page to the WAL
 _INSERT_ONE = "INSERT INTO events (event_id, data) VALUES (?, ?)"
-_CHUNK = 100  # rows per multi-row INSERT (200 parameters: far below SQLite's limit)
+_CHUNK = 100  # rows per multi-row INSERT (300 parameters: far below SQLite's limit)
 _INSERT_CHUNK = "INSERT INTO events (event_id, data) VALUES " + ", ".join(["(?, ?)"] * _CHUNK)
+_INSERT_ONE_BODY = "INSERT INTO events (event_id, data, body) VALUES (?, ?, ?)"
+_INSERT_CHUNK_BODY = "INSERT INTO events (event_id, data, body) VALUES " + ", ".join(
+    ["(?, ?, ?)"] * _CHUNK
+)
+_READ = "SELECT event_id, data FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?"
+# A binary reader's rows: the body, and the JSON only where there is no body to send.
+_READ_BODIES = (
+    "SELECT event_id, body, CASE WHEN body IS NULL THEN data END FROM events "
+    "WHERE event_id > ? ORDER BY event_id LIMIT ?"
+)
+_READ_BODIES_OLD = (  # a log from before the body column
+    "SELECT event_id, NULL, data FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?"
+)
 
 
 def checkpoint_due(pages: int, quiet: float) -> bool:
@@ -58,10 +78,11 @@ class _Written:
         self.done = 0  # ``pages`` at the last checkpoint (the checkpoint thread's)
         self.kick = threading.Event()  # wakes the checkpoint thread
 
-    def wrote(self, batch: Sequence[tuple[int, bytes]]) -> None:
+    def wrote(self, batch: Sequence[tuple[int, bytes]], bodies: Sequence[bytes] | None) -> None:
         """Count a commit; wake the checkpoint thread if it has something new to wait for."""
         before = self.pages
-        self.pages = before + 1 + sum(len(d) for _, d in batch) // _PAGE
+        size = sum(len(d) for _, d in batch) + (sum(map(len, bodies)) if bodies else 0)
+        self.pages = before + 1 + size // _PAGE
         self.at = time.monotonic()
         # The first commit since a checkpoint starts the quiet timer; a large WAL is due now.
         if before == self.done or self.pages - self.done >= CHECKPOINT_FRAMES:
@@ -108,6 +129,8 @@ class TaskLogs:
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA wal_autocheckpoint=0")
                 conn.execute(_SCHEMA)
+                if not _has_body(conn):  # a log written before bodies were stored
+                    conn.execute("ALTER TABLE events ADD COLUMN body BLOB")
                 conn.execute(_META)
                 self._writers[task_id] = conn
                 self._written[task_id] = _Written()
@@ -139,24 +162,34 @@ class TaskLogs:
         finally:
             conn.close()
 
-    def append(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None:
-        """Commit a batch of ``(event_id, data)``; ids must be new."""
+    def append(
+        self,
+        task_id: str,
+        batch: Sequence[tuple[int, bytes]],
+        bodies: Sequence[bytes] | None = None,
+    ) -> None:
+        """Commit a batch of ``(event_id, data)``, with their bus bodies if given; ids new."""
         conn = self._writer(task_id)
+        rows: Sequence[tuple[int, bytes] | tuple[int, bytes, bytes]] = batch
+        chunk_sql, one_sql = _INSERT_CHUNK, _INSERT_ONE
+        if bodies is not None:
+            if len(bodies) != len(batch):
+                raise ValueError(f"{len(batch)} events but {len(bodies)} bodies")
+            rows = [(i, d, b) for (i, d), b in zip(batch, bodies, strict=True)]
+            chunk_sql, one_sql = _INSERT_CHUNK_BODY, _INSERT_ONE_BODY
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Full chunks as multi-row INSERTs: a third cheaper per row than executemany.
-            full = len(batch) - len(batch) % _CHUNK
+            full = len(rows) - len(rows) % _CHUNK
             for start in range(0, full, _CHUNK):
-                conn.execute(
-                    _INSERT_CHUNK, [v for row in batch[start : start + _CHUNK] for v in row]
-                )
-            if full < len(batch):
-                conn.executemany(_INSERT_ONE, batch[full:])
+                conn.execute(chunk_sql, [v for row in rows[start : start + _CHUNK] for v in row])
+            if full < len(rows):
+                conn.executemany(one_sql, rows[full:])
         except sqlite3.Error:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        self._written[task_id].wrote(batch)
+        self._written[task_id].wrote(batch, bodies)
 
     def record(self, task_id: str, values: dict[str, object]) -> None:
         """Store the task's own outcome fields (``exit_code``, ``error``, ``state_version``)."""
@@ -198,22 +231,46 @@ class TaskLogs:
         return conn
 
     def read(self, task_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` events with ``event_id > after``, in order.
+        """Up to ``limit`` events with ``event_id > after``, in order: ``(event_id, data)``.
 
         Raises :class:`EventLogUnreadable` for a damaged log (never "no events": that would
         lose them). The file is written by the (untrusted) task: whatever it holds, the reader
         gets rows of the right types or that error, affecting that task's stream only.
         """
+        rows = self._select(task_id, (_READ,), after, limit)
+        if not all(type(i) is int and type(d) is bytes for i, d in rows):
+            raise EventLogUnreadable(task_id, "rows of the wrong types")
+        return rows
+
+    def read_bodies(
+        self, task_id: str, after: int, limit: int
+    ) -> list[tuple[int, bytes | None, bytes | None]]:
+        """As :meth:`read`, for binary clients: ``(event_id, body, None)`` per event, or
+        ``(event_id, None, data)`` where the log holds no body (rows logged before bodies were).
+
+        The body is the task's own word, as its live bus bodies are: forwarded to that task's
+        binary clients as it is, never decoded or believed here.
+        """
+        rows = self._select(task_id, (_READ_BODIES, _READ_BODIES_OLD), after, limit)
+        for i, b, d in rows:
+            if type(i) is not int or (type(b) is not bytes if d is None else type(d) is not bytes):
+                raise EventLogUnreadable(task_id, "rows of the wrong types")
+        return rows
+
+    def _select(self, task_id: str, queries: tuple[str, ...], after: int, limit: int) -> list[Any]:
+        """The rows of the first of ``queries`` the log's columns allow (the next: older logs)."""
         try:
             conn = self._reader(task_id)
             if conn is None:
                 return []
             try:
-                rows = conn.execute(
-                    "SELECT event_id, data FROM events WHERE event_id > ? "
-                    "ORDER BY event_id LIMIT ?",
-                    (after, limit),
-                ).fetchall()
+                for k, sql in enumerate(queries):
+                    try:
+                        return conn.execute(sql, (after, limit)).fetchall()
+                    except sqlite3.OperationalError as exc:
+                        if k + 1 == len(queries) or "no such column" not in str(exc):
+                            raise
+                return []  # (not reached: the last query returns or raises)
             finally:
                 conn.close()
         except sqlite3.OperationalError as exc:
@@ -222,9 +279,6 @@ class TaskLogs:
             raise EventLogUnreadable(task_id, exc) from exc
         except sqlite3.DatabaseError as exc:
             raise EventLogUnreadable(task_id, exc) from exc
-        if not all(type(i) is int and type(d) is bytes for i, d in rows):
-            raise EventLogUnreadable(task_id, "rows of the wrong types")
-        return rows
 
     def last_id(self, task_id: str) -> int:
         try:
@@ -258,6 +312,10 @@ class TaskLogs:
 
 
 _meta_json = msgspec.json  # module: encode/decode
+
+
+def _has_body(conn: sqlite3.Connection) -> bool:
+    return any(row[1] == "body" for row in conn.execute("PRAGMA table_info(events)"))
 
 
 def _not_created(exc: sqlite3.OperationalError) -> bool:
