@@ -49,10 +49,10 @@ class _Sink:
         self.bytes += sum(map(len, frames))
 
 
-def write_log(store: Store, events: int, payload_bytes: int) -> None:
+def write_log(store: Store, events: int, payload_bytes: int, bodies: bool = True) -> None:
     """A synthetic task's log as its outbox writes it (bus bodies too, if this tree logs them)."""
     pad = "x" * max(0, payload_bytes - 40)
-    with_bodies = "bodies" in inspect.signature(store.append_events).parameters
+    with_bodies = bodies and "bodies" in inspect.signature(store.append_events).parameters
     store.open_events(TASK)
     for start in range(1, events + 1, 1000):
         evs = [
@@ -119,12 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payload-bytes", type=int, default=256)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--formats", nargs="+", default=[f.value for f in Format])
+    parser.add_argument("--no-bodies", action="store_true", help="log without bus bodies")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="msr-") as work:
         store = Store(f"sqlite:///{work}/db.sqlite", Path(work) / "events")
         store.create_schema()
         try:
-            write_log(store, args.events, args.payload_bytes)
+            write_log(store, args.events, args.payload_bytes, not args.no_bodies)
             fmts = [Format(f) for f in args.formats]
             print("\n".join(asyncio.run(measure(store, args.events, args.reps, fmts))))
         finally:

@@ -72,7 +72,7 @@ def test_bodies_are_stored_beside_the_json_and_read_back(tmp_path: Path) -> None
         writer.close()
 
 
-def test_a_log_from_before_bodies_reads_and_gets_the_column_when_written(tmp_path: Path) -> None:
+def test_a_log_from_before_bodies_reads_and_gets_their_table_when_written(tmp_path: Path) -> None:
     logs = TaskLogs(tmp_path)
     try:
         logs.task_dir("t").mkdir()
@@ -83,7 +83,7 @@ def test_a_log_from_before_bodies_reads_and_gets_the_column_when_written(tmp_pat
         old.close()
         assert logs.read("t", 0, 10) == [(1, DATA), (2, DATA)]
         assert logs.read_bodies("t", 0, 10) == [(1, None, DATA), (2, None, DATA)]
-        logs.append("t", [(3, DATA)], [b"B3"])  # the writer adds the column to the old file
+        logs.append("t", [(3, DATA)], [b"B3"])  # the writer adds the bodies table to the old file
         assert logs.read_bodies("t", 1, 10) == [(2, None, DATA), (3, b"B3", None)]
         assert logs.read("t", 0, 10) == [(1, DATA), (2, DATA), (3, DATA)]
     finally:
@@ -95,7 +95,7 @@ def test_a_body_of_the_wrong_type_is_an_unreadable_log(tmp_path: Path) -> None:
     try:
         logs.append("t", [(1, DATA)], [b"B"])
         hostile = sqlite3.connect(logs.path("t"))  # the (untrusted) task writes its own file
-        hostile.execute("UPDATE events SET body = 'text, not bytes'")
+        hostile.execute("UPDATE bodies SET body = 'text, not bytes'")
         hostile.commit()
         hostile.close()
         with pytest.raises(eventlog.EventLogUnreadable, match="wrong types"):
