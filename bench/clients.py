@@ -61,50 +61,49 @@ async def _one_lean(url: str, spec: dict[str, Any], on_ready: Any) -> dict[str, 
     fmt = spec.get("format", "json")
     sub = SUBPROTOCOLS[fmt]
     text = fmt in ("json", "batch")
-    prefix = EVENT_PREFIX.encode()
+    marker = EVENT_PREFIX.encode() if text else MSGPACK_EVENT
     res: dict[str, Any] = {"events": 0, "first": None, "last": None, "ready": None, "error": None}
     emit: list[float] = []
     recv: list[float] = []
-    n = 0
-    live, live_only = 0, bool(latency and spec.get("live_only"))
+    live_only = bool(latency and spec.get("live_only"))
+    count = [spec.get("ready_messages", 1), 0, 0]  # messages before ready, events, live events
+
+    def on_message(msg: bytes) -> bool:
+        if count[0]:  # "connected": the subscription is live (then "state": set up)
+            count[0] -= 1
+            if not count[0]:
+                res["ready"] = time.time()
+                on_ready()
+            return False
+        k = (1 if msg.startswith(marker) else 0) if fmt == "json" else msg.count(marker)
+        if not k:
+            return False
+        now = time.time()
+        if not count[1]:
+            res["first"] = now
+        count[1] += k
+        res["last"] = now
+        if latency:
+            times = _emit_times(msg.decode() if text else msg, fmt)
+            emit.extend(times)
+            recv.extend([now] * len(times))
+            if live_only:  # only events emitted once ready count toward ``expect``
+                count[2] += sum(1 for t in times if t >= res["ready"])
+        return (count[2] if live_only else count[1]) >= expect
+
     conn = None
     try:
-        conn = await asyncio.wait_for(LeanConnection.connect(url, sub), 30)
-        if conn.subprotocol != sub:
-            raise RuntimeError(f"asked for {sub}, got {conn.subprotocol}")
-        before_ready = spec.get("ready_messages", 1)
-        async for msg in conn.messages():
-            if before_ready:  # "connected": the subscription is live (then "state": set up)
-                before_ready -= 1
-                if not before_ready:
-                    res["ready"] = time.time()
-                    on_ready()
-                continue
-            if fmt == "json":
-                k = 1 if msg.startswith(prefix) else 0
-            else:
-                k = msg.count(MSGPACK_EVENT if not text else prefix)
-            if not k:
-                continue
-            now = time.time()
-            if n == 0:
-                res["first"] = now
-            n += k
-            res["last"] = now
-            if latency:
-                times = _emit_times(msg.decode() if text else msg, fmt)
-                emit += times
-                recv += [now] * len(times)
-                if live_only:  # only events emitted once ready count toward ``expect``
-                    live += sum(1 for t in times if t >= res["ready"])
-            if (live if live_only else n) >= expect:
-                break
+        conn = await asyncio.wait_for(LeanConnection.connect(url, sub, on_message), 30)
+        got = conn.opened.result()
+        if got != sub:
+            raise RuntimeError(f"asked for {sub}, got {got}")
+        await conn.closed
     except Exception as exc:  # a failed connection is reported, not fatal to the others
         res["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         if conn is not None:
-            await conn.close()
-    res["events"] = n
+            conn.close()
+    res["events"] = count[1]
     if latency:
         res["emit"], res["recv"] = emit, recv
     return res

@@ -64,6 +64,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         probe = readiness.BusProbe(publisher)
         hub.on_system(probe.topic, probe.heard)
         hub.on_bad_frame = metrics.bad_frame
+        hub.on_direct = metrics.sent
         background = [
             asyncio.create_task(hub.run()),
             asyncio.create_task(leases.run()),

@@ -215,8 +215,12 @@ class FrameWriter:
         # Many frames per call, framed by the server itself (see gateway.wsprotocol).
         self._send_texts = ext.get("send_texts")
         self._send_binaries = ext.get("send_binaries")
-        # Writes one framed message now if the protocol can (see wsprotocol.write_now).
-        self.write_now: Callable[[bytes], bool] | None = ext.get("write_now")
+        # The transport's write if one framed message may be written with it now (see
+        # wsprotocol.writer_for): the hub's direct fan-out.
+        self.writer_for: Callable[[bytes], Callable[[bytes], object] | None] | None = ext.get(
+            "writer_for"
+        )
+        self.key = fmt.value  # the format as a dict key: an Enum's hash is a Python call
         self._held = False
         self._units: list[bytes] = []  # messages in the format's unit, not yet framed
         self._size = 0

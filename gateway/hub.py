@@ -13,6 +13,7 @@ import collections
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq.asyncio
 
@@ -30,6 +31,7 @@ from bus.messages import (
 from bus.ratelog import RateLimitedLog
 
 log = logging.getLogger("metastream.hub")
+Writer = Callable[[bytes], object]  # a transport's write
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,8 @@ class LiveState:
     state: State
     frame: bytes
     wire: dict[object, bytes | None] = field(default_factory=dict, compare=False)  # as above
+    # The seed's ``data`` object of the state, built once for every connection.
+    data: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +79,7 @@ class Listener:
         self._waiter: asyncio.Future[None] | None = None
         # Set by the connection while it waits with nothing queued: takes an item and writes
         # it at once if it can (True), sparing a wake-up of the connection's task per message.
-        self.direct: Callable[[Item], bool] | None = None
+        self.direct: Callable[[Item, list[tuple[Writer, bytes]]], bool] | None = None
         # Told when this listener starts or stops taking live messages.
         self._on_live_change = on_live_change
 
@@ -134,6 +138,8 @@ class Hub:
         self._subscribed: set[str] = set()
         self.dropped_frames = 0
         self.on_bad_frame: Callable[[], None] = lambda: None
+        # Told how many messages each dispatch wrote straight to connections (a metric).
+        self.on_direct: Callable[[int], None] = lambda _n: None
         self._system: dict[bytes, Callable[[], None]] = {}  # system topic -> told when heard
         self._bad_frames = RateLimitedLog(log)
         # Told the new watcher count of a task whenever a connection comes or goes.
@@ -217,16 +223,23 @@ class Hub:
             case Event():
                 item = LiveEvent(msg.event_id, ws_frame("event", event_data_json(msg)), frames[1])
             case State():
-                data = json_encoder.encode(state_data(msg))
-                item = LiveState(msg, ws_frame("state", data))
+                fields = state_data(msg)
+                item = LiveState(msg, ws_frame("state", json_encoder.encode(fields)), data=fields)
             case Heartbeat():
                 item = LiveBeat(msg.last_event_id)
             case _:
                 return  # leases and future kinds are not for clients
+        # Every connection is looked at first, then the taken frames are written: nothing
+        # runs in between (no await), so what was checked still holds when written.
+        writes: list[tuple[Writer, bytes]] = []
         for listener in live:
             direct = listener.direct
-            if direct is None or listener.items or not direct(item):
+            if direct is None or listener.items or not direct(item, writes):
                 listener.offer(item)
+        for write, wire in writes:
+            write(wire)
+        if writes:
+            self.on_direct(len(writes))
 
     def close(self) -> None:
         self._sub.close()

@@ -65,6 +65,9 @@ class GatewayMetrics(Collector):
         """A connection the server closed (or refused) with ``code``."""
         self.ws_closed[CLOSE_REASONS.get(code, "client_left")] += 1
 
+    def sent(self, n: int) -> None:
+        self.ws_sent += n
+
     def bad_frame(self) -> None:
         self.bus_bad_frames += 1
 

@@ -30,7 +30,7 @@ from core.metrics import Registry
 from core.settings import Settings
 from gateway.control import ControlClient, SupervisorUnavailable
 from gateway.frames import Format, FrameWriter, MsgpackCache
-from gateway.hub import Hub, Item, Listener, LiveBeat, LiveEvent, LiveState
+from gateway.hub import Hub, Item, Listener, LiveBeat, LiveEvent, LiveState, Writer
 from gateway.logreader import LogReader
 from gateway.metrics import GatewayMetrics
 from gateway.rowcache import TaskRowCache
@@ -259,7 +259,7 @@ class TaskStream:
                     )
                     # Parked with nothing queued or held: the hub may write live events for
                     # us meanwhile (_direct), in order, without waking this task.
-                    if self.out.write_now is not None and self.out.idle:
+                    if self.out.writer_for is not None and self.out.idle:
                         listener.direct = self._direct
                     try:
                         woke = await listener.wait(max(wait, 0.001))
@@ -282,13 +282,17 @@ class TaskStream:
         finally:
             scope.cancel()
 
-    def _direct(self, item: Item) -> bool:
-        """Send a live item now, from the hub, as :meth:`_handle` would; else False (queue it).
+    def _direct(self, item: Item, writes: list[tuple[Writer, bytes]]) -> bool:
+        """Take a live item from the hub, as :meth:`_handle` would; else False (queue it).
 
-        Events next in line and states that are not final are written; beats with nothing to
-        refill are done; anything else is left to the task. Only while :meth:`_forward` waits
-        with nothing queued and nothing held, so nothing of this connection can be in flight:
-        the item goes out as the same frame every other connection of this format gets.
+        Events next in line and states that are not final are taken: their frame and the
+        transport's ``write`` go to ``writes``, which the hub writes once every connection
+        has been looked at (the checks and the syscalls apart: interleaved, each system call
+        evicted the Python objects of the next check from the CPU's caches). Beats with
+        nothing to refill are done. Anything else is left to the task. Only while
+        :meth:`_forward` waits with nothing queued and nothing held, so nothing of this
+        connection can be in flight: the item goes out as the same frame every other
+        connection of this format gets.
         """
         data = None
         if isinstance(item, LiveEvent):
@@ -301,27 +305,31 @@ class TaskStream:
                 return False  # the end of the stream: the task checks the store
             if st.version < self._last_state_version:
                 return True  # older than what the client has (as _offer_state drops it)
-            data = state_data(st)
+            data = item.data if item.data is not None else state_data(st)
             if data == self._last_state:
                 return True
             body = b""
         else:
             return item.last_event_id < self.next_id  # a beat: nothing to refill, or the task
-        fmt = self.out.fmt
-        wire = item.wire.get(fmt, b"")
+        out = self.out
+        key = out.key
+        wire = item.wire.get(key, b"")
         if wire == b"":
-            if data is not None and fmt.binary:  # the seed's state fields, not the bus's
-                body = self.out.convert([item.frame])[0]
-            wire = item.wire[fmt] = self.out.wire(item.frame, body)
-        write_now = self.out.write_now
-        if wire is None or write_now is None or not write_now(wire):
+            if data is not None and out.fmt.binary:  # the seed's state fields, not the bus's
+                body = out.convert([item.frame])[0]
+            wire = item.wire[key] = out.wire(item.frame, body)
+        writer_for = out.writer_for
+        if wire is None or writer_for is None:
             return False
+        write = writer_for(wire)
+        if write is None:
+            return False
+        writes.append((write, wire))
         if isinstance(item, LiveState):
             self._last_state, self._last_state_version = data, item.state.version
         else:
             self.next_id += 1
-        self.out.frames_sent += 1
-        self.metrics.ws_sent += 1
+        out.frames_sent += 1
         # Traffic, as if the task had handled it: no heartbeat due, no quiet-poll of the store.
         now = self._last_send = time.monotonic()
         self._next_poll = now + QUIET_POLL

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -83,16 +83,26 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
                 "send_texts": self.send_texts,
                 "send_binaries": self.send_binaries,
                 "write_now": self.write_now,
+                "writer_for": self.writer_for,
             }
 
     def write_now(self, wire: bytes) -> bool:
-        """Write one whole framed message (header included) at once, if that is safe now.
+        """Write one whole framed message (header included) at once, if that is safe now."""
+        write = self.writer_for(wire)
+        if write is None:
+            return False
+        write(wire)
+        return True
+
+    def writer_for(self, wire: bytes) -> Callable[[bytes], object] | None:
+        """The transport's ``write``, if ``wire`` may be written with it now; else None.
 
         For the hub's live fan-out (gateway/stream.py ``_direct``): one event's frame, built
-        once, goes to every idle connection without waking each connection's task. False (and
-        nothing written) whenever the ordinary path must decide: a paused or closing
-        transport, frames of this loop turn not yet written, or a message that
-        permessage-deflate would compress.
+        once, goes to every idle connection without waking each connection's task. None
+        whenever the ordinary path must decide: a paused or closing transport, frames of this
+        loop turn not yet written, or a message that permessage-deflate would compress. The
+        hub checks every connection first and writes afterwards, all in one loop turn, so
+        nothing can change in between (see ``Hub._dispatch``).
         """
         if (
             self._flush_handle is not None
@@ -102,10 +112,11 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
             or self.close_sent
             or self.conn.state is not State.OPEN
             or (self.conn.extensions and _payload_len(wire) >= deflate_min_bytes())
+            # Closed under us (a reset peer) before uvicorn heard: uvloop's write would raise.
+            or self.transport.is_closing()
         ):
-            return False
-        self.transport.write(wire)
-        return True
+            return None
+        return self.transport.write
 
     async def send_texts(self, texts: Sequence[bytes]) -> None:
         """Send text frames (given as UTF-8) in order, FLUSH_BYTES at most per write."""

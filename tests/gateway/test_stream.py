@@ -254,21 +254,21 @@ class DirectClient(Client):
     def __init__(self) -> None:
         super().__init__()
         self.writable = True
-        self.direct = 0  # messages written by the hub itself (write_now)
+        self.direct = 0  # messages written by the hub itself (writer_for)
 
         async def many(frames: list[bytes]) -> None:
             for f in frames:
                 self._record(f)
 
-        def write_now(wire: bytes) -> bool:
-            if not self.writable:
-                return False
+        def write(wire: bytes) -> None:
             self.direct += 1
             code = wire[1] & 0x7F
             self._record(wire[2 if code < 126 else 4 if code == 126 else 10 :])
-            return True
 
-        ext = {"send_texts": many, "send_binaries": many, "write_now": write_now}
+        def writer_for(wire: bytes) -> Callable[[bytes], None] | None:
+            return write if self.writable else None
+
+        ext = {"send_texts": many, "send_binaries": many, "writer_for": writer_for}
         self.scope = {"extensions": {SEND_TEXTS: ext}}
 
     def _record(self, payload: bytes) -> None:
