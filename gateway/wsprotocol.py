@@ -162,9 +162,7 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
         self._pending = 0
         output = self.conn.data_to_send()
         if output and not self.transport.is_closing():
-            # Vectored (uvloop writes the list with one writev): a batch frame is not copied
-            # again into one joined buffer first.
-            self.transport.writelines(output)
+            self.transport.write(b"".join(output))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._flush_handle is not None:
