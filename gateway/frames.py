@@ -16,10 +16,11 @@ metastream.msgpack.batch.v1  ``msgpack-batch``  binary, a MessagePack array of t
 ========================  =================  ===============================================
 
 A MessagePack message is the bus's own body schema: a map of ``kind`` (the seed's ``type``)
-and the seed's ``data`` fields. Live events are the bus bodies as they arrived, forwarded
-without re-encoding; everything else (logged events, states, ``connected``...) is converted
-from its seed JSON: log rows a page at a time (:func:`events_to_msgpack`, kept beside the
-JSON in the log reader's blocks, so once per gateway), the rest through a small cache.
+and the seed's ``data`` fields. Events are the bus bodies as the task encoded them, forwarded
+without re-encoding: live ones as they arrived, logged ones as the task logged them beside
+the JSON (the log reader's binary blocks); only events logged before bodies were stored are
+converted from their seed JSON, a page at a time (:func:`events_to_msgpack`). Everything else
+(states, ``connected``...) is converted from its seed JSON through a small cache.
 
 Batches form from what is already waiting (the hub's receive batch, a page of the event
 log): no timer holds a message back for one that has not arrived, so at low rates every
@@ -184,12 +185,19 @@ def msgpack_array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
+# A batch is copied once: the brackets (the array header) join the first and last units, not
+# the whole batch (``b"[" + b",".join(units) + b"]"`` copied a 64 KiB frame three times).
 def _json_batch(units: list[bytes]) -> bytes:
-    return b"[" + b",".join(units) + b"]"
+    if len(units) == 1:
+        return b"[" + units[0] + b"]"
+    parts = units[:]  # (a new list of references: the caller's units stay as they are)
+    parts[0] = b"[" + parts[0]
+    parts[-1] += b"]"
+    return b",".join(parts)
 
 
 def _msgpack_batch(units: list[bytes]) -> bytes:
-    return msgpack_array_header(len(units)) + b"".join(units)
+    return b"".join([msgpack_array_header(len(units)), *units])
 
 
 class FrameWriter:
@@ -281,7 +289,7 @@ class FrameWriter:
             j = min(max(j, s + 1), s + BATCH_MESSAGES)  # one at least; BATCH_MESSAGES at most
             if j == n and not final and ends[n] - ends[s] < BATCH_BYTES and n - s < BATCH_MESSAGES:
                 break  # a partial batch: more may join it before the flush
-            out.append(join(units[s:j]))
+            out.append(join(units[s:j]))  # (a slice: a new list, the joins may change it)
             s = j
         self._units, self._size = units[s:], ends[n] - ends[s]
         if out:

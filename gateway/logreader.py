@@ -7,6 +7,11 @@ row read and framed once, concurrent readers of a block share one database read,
 blocks stay in memory (least recently used first out, bounded in bytes) for the connections
 that follow.
 
+Binary connections read blocks of their own: the events' bus bodies as the task logged them
+(store ``events.body``), sent as they are, as live bus bodies are; only rows logged without a
+body (before bodies were stored) are converted from their JSON, a page at a time. A JSON
+connection never reads the bodies, nor a binary one the JSON.
+
 Only a cache of the log, which stays the source of truth: every gateway process keeps its own.
 """
 
@@ -23,7 +28,9 @@ import anyio
 from gateway.frames import EVENT_FRAME_PREFIX, events_to_msgpack
 from store import Store
 
-Row = tuple[int, bytes]  # (event_id, the event's WebSocket message as UTF-8)
+# (event_id, the event's WebSocket message as UTF-8), or in a binary block (event_id, its body)
+Row = tuple[int, bytes]
+Key = tuple[str, bool, int]  # (task id, binary, the block's start)
 _event_id = itemgetter(0)
 FIRST_READ = 4  # rows asked for before a task's row size is known (they may be 1 MB each)
 
@@ -35,9 +42,9 @@ class _Block:
     start: int
     end: int
     covered: int
+    binary: bool = False  # rows of bus bodies (MessagePack), not JSON frames
     rows: list[Row] = field(default_factory=list)
-    packed: list[bytes] = field(default_factory=list)  # MessagePack of rows[:len(packed)]
-    size: int = 0  # characters held, for the cache's budget
+    size: int = 0  # bytes held, for the cache's budget
     reading: asyncio.Task[None] | None = None
 
     @property
@@ -67,22 +74,28 @@ class LogReader:
         self.budget = budget_bytes
         self.block_bytes = block_bytes
         self.first_read = first_read
-        self._blocks: collections.OrderedDict[tuple[str, int], _Block] = collections.OrderedDict()
-        self._starts: dict[str, list[int]] = {}  # per task, the sorted starts of its blocks
-        self._row_size: dict[str, int] = {}  # per task, the average frame size last read
+        self._blocks: collections.OrderedDict[Key, _Block] = collections.OrderedDict()
+        # Per task and kind (binary or not): the sorted starts of its blocks, and the average
+        # size of a row last read.
+        self._starts: dict[tuple[str, bool], list[int]] = {}
+        self._row_size: dict[tuple[str, bool], int] = {}
         self._size = 0
         self.db_reads = 0  # how many database reads were made (the sharing, seen by tests)
 
-    async def read(self, task_id: str, after: int, logged: bool = False) -> list[Row]:
+    async def read(
+        self, task_id: str, after: int, logged: bool = False, binary: bool = False
+    ) -> list[Row]:
         """Logged events with ids above ``after``, in order, up to the end of a block.
 
         Empty when the log has nothing newer yet. Raises what the database raises.
         ``logged``: the caller knows the event after ``after`` is committed (a final state
         or a heartbeat said so), so a shared read that was already under way when it asked
         (it may have begun before that commit) does not count as "nothing newer".
+        ``binary``: rows of ``(event_id, MessagePack body)`` instead of JSON frames.
         """
+        sk = (task_id, binary)
         while True:
-            blk = self._get(task_id, after)
+            blk = self._get(sk, after)
             i = bisect.bisect_right(blk.rows, after, key=_event_id)
             while i == len(blk.rows) and not blk.complete:
                 covered = blk.covered
@@ -96,51 +109,26 @@ class LogReader:
                     break  # the log's end, for now
             if i < len(blk.rows):
                 if blk.complete:  # a reader moving through the log: have the next one ready
-                    self._prefetch(task_id, blk.end)
+                    self._prefetch(sk, blk.end)
                 return blk.rows[i:]
             if not blk.complete:
                 return []  # nothing newer logged yet
             after = blk.end  # ids skip the rest of this block (a gap): the next one
 
-    def packed(self, task_id: str, rows: list[Row]) -> list[bytes]:
-        """The MessagePack bodies of ``rows``, just returned by :meth:`read` (no await between).
-
-        Converted a page at a time (:func:`gateway.frames.events_to_msgpack`) when a binary
-        client first asks, and kept in the block beside the JSON frames, so every binary
-        connection reading the block shares one conversion.
-        """
-        if not rows:
-            return []
-        first = rows[0][0]
-        starts = self._starts.get(task_id, [])
-        k = bisect.bisect_right(starts, first - 1)
-        blk = self._blocks.get((task_id, starts[k - 1])) if k else None
-        i = bisect.bisect_right(blk.rows, first - 1, key=_event_id) if blk else 0
-        j = i + len(rows)
-        if blk is None or j > len(blk.rows) or blk.rows[j - 1] is not rows[-1]:
-            return events_to_msgpack([f for _, f in rows])  # not (or no longer) a block's rows
-        if len(blk.packed) < j:
-            more = events_to_msgpack([f for _, f in blk.rows[len(blk.packed) : j]])
-            blk.packed += more
-            added = sum(map(len, more)) + 64 * len(more)
-            blk.size += added
-            self._size += added
-            self._evict()
-        return blk.packed[i:j]
-
-    def _get(self, task_id: str, after: int) -> _Block:
+    def _get(self, sk: tuple[str, bool], after: int) -> _Block:
         """The block holding the events just after ``after``, made if there is none."""
-        starts = self._starts.setdefault(task_id, [])
+        starts = self._starts.setdefault(sk, [])
         i = bisect.bisect_right(starts, after)
         if i:
-            blk = self._blocks[(task_id, starts[i - 1])]
+            key = (*sk, starts[i - 1])
+            blk = self._blocks[key]
             if after < blk.end:
-                self._blocks.move_to_end((task_id, blk.start))
+                self._blocks.move_to_end(key)
                 return blk
         end = after + self.block
         if i < len(starts):
             end = min(end, starts[i])  # up to the next block
-        blk = self._blocks[(task_id, after)] = _Block(after, end, after)
+        blk = self._blocks[(*sk, after)] = _Block(after, end, after, binary=sk[1])
         starts.insert(i, after)
         return blk
 
@@ -151,16 +139,16 @@ class LogReader:
         # Shielded: a connection that leaves must not cancel the read others wait for.
         await asyncio.shield(blk.reading)
 
-    def _prefetch(self, task_id: str, after: int) -> None:
-        nxt = self._get(task_id, after)
+    def _prefetch(self, sk: tuple[str, bool], after: int) -> None:
+        nxt = self._get(sk, after)
         if nxt.reading is None and not nxt.rows and not nxt.complete:
-            nxt.reading = asyncio.ensure_future(self._read_into(task_id, nxt))
+            nxt.reading = asyncio.ensure_future(self._read_into(sk[0], nxt))
             # Nobody may wait for it: a failure is raised again by the next read, not lost.
             nxt.reading.add_done_callback(_retrieve)
 
     def _rows_that_fit(self, task_id: str, blk: _Block) -> int:
         limit = blk.end - blk.covered
-        seen = self._row_size.get(task_id)
+        seen = self._row_size.get((task_id, blk.binary))
         room = max(self.block_bytes - blk.size, 1)
         fit = -(-room // seen) if seen else self.first_read  # rounded up: one read fills it
         return max(1, min(limit, fit))
@@ -169,19 +157,27 @@ class LogReader:
         try:
             after, limit = blk.covered, self._rows_that_fit(task_id, blk)
             self.db_reads += 1
-            rows = await anyio.to_thread.run_sync(self.store.read_events, task_id, after, limit)
             end = blk.end
-            # ws_frame("event", data) inlined: a call per row is half of this line's cost.
-            frames = [(i, EVENT_FRAME_PREFIX + data + b"}") for i, data in rows if i <= end]
-            del rows[: len(frames)]  # the raw rows are not kept alongside their frames
+            if blk.binary:
+                got = await anyio.to_thread.run_sync(
+                    self.store.read_event_bodies, task_id, after, limit
+                )
+                frames = _bodies([r for r in got if r[0] <= end])
+                beyond = len(got) > len(frames)
+            else:
+                rows = await anyio.to_thread.run_sync(self.store.read_events, task_id, after, limit)
+                # ws_frame("event", data) inlined: a call per row is half of this line's cost.
+                frames = [(i, EVENT_FRAME_PREFIX + data + b"}") for i, data in rows if i <= end]
+                beyond = len(rows) > len(frames)
+                del rows  # the raw rows are not kept alongside their frames
             blk.rows += frames
             added = sum(len(f) for _, f in frames) + 64 * len(frames)
             blk.size += added
             self._size += added
             if frames:
-                self._row_size[task_id] = max(1, added // len(frames))
+                self._row_size[(task_id, blk.binary)] = max(1, added // len(frames))
                 blk.covered = frames[-1][0]
-            if rows:
+            if beyond:
                 blk.covered = blk.end  # a row past the block's end: the rest of it is a gap
             if blk.size >= self.block_bytes and not blk.complete:
                 blk.end = blk.covered  # full by bytes: the next block starts here
@@ -191,18 +187,20 @@ class LogReader:
 
     def forget(self, task_id: str) -> None:
         """Drop an ended task's cached blocks (not those being read: others wait on them)."""
-        for start in list(self._starts.get(task_id, ())):
-            blk = self._blocks[(task_id, start)]
-            if blk.reading is None:
-                self._drop((task_id, start))
+        for binary in (False, True):
+            for start in list(self._starts.get((task_id, binary), ())):
+                key = (task_id, binary, start)
+                if self._blocks[key].reading is None:
+                    self._drop(key)
 
-    def _drop(self, key: tuple[str, int]) -> None:
+    def _drop(self, key: Key) -> None:
         blk = self._blocks.pop(key)
-        starts = self._starts[key[0]]
-        del starts[bisect.bisect_left(starts, key[1])]
+        sk = (key[0], key[1])
+        starts = self._starts[sk]
+        del starts[bisect.bisect_left(starts, key[2])]
         if not starts:
-            del self._starts[key[0]]
-            self._row_size.pop(key[0], None)
+            del self._starts[sk]
+            self._row_size.pop(sk, None)
         self._size -= blk.size
 
     def _evict(self) -> None:
@@ -215,6 +213,20 @@ class LogReader:
             self._drop(key)
             if self._size <= self.budget:
                 return
+
+
+def _bodies(got: list[tuple[int, bytes | None, bytes | None]]) -> list[Row]:
+    """A binary block's rows: the logged bodies, and the rows logged without one converted."""
+    rows = [(i, b) for i, b, _ in got if b is not None]
+    if len(rows) == len(got):
+        return rows  # every body is there: the common case, no per-row work but this
+    # (store.read_event_bodies gives the JSON exactly where the body is missing)
+    missing = [(k, d) for k, (_, b, d) in enumerate(got) if b is None and d is not None]
+    converted = events_to_msgpack([EVENT_FRAME_PREFIX + d + b"}" for _, d in missing])
+    out: list[Row] = [(i, b or b"") for i, b, _ in got]
+    for (k, _), body in zip(missing, converted, strict=True):
+        out[k] = (got[k][0], body)
+    return out
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

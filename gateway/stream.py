@@ -391,19 +391,18 @@ class TaskStream:
         """Send logged events from ``next_id`` on (at least up to ``upto``); how many.
 
         Pages come from the gateway's shared :class:`LogReader`, which reads the next one
-        while this one is sent.
+        while this one is sent: JSON frames, or for a binary format the logged bus bodies.
         """
         sent = 0
+        binary = self.out.fmt.binary
         while upto is None or self.next_id <= upto:
             # With ``upto`` the events up to it are known to be logged (see LogReader.read).
-            rows = await self.log.read(self.task_id, self.next_id - 1, upto is not None)
+            rows = await self.log.read(self.task_id, self.next_id - 1, upto is not None, binary)
             if not rows:
                 break
-            frames = [frame for _, frame in rows]
-            if self.out.fmt.binary:  # converted once per gateway, a page at once
-                await self._send_many(frames, self.log.packed(self.task_id, rows))
-            else:
-                await self._send_many(frames)
+            units = [unit for _, unit in rows]
+            # A binary connection's rows are the events' bus bodies, sent as they are.
+            await self._send_many(units, units if binary else None)
             self.next_id = rows[-1][0] + 1
             sent += len(rows)
         self.metrics.ws_log_events += sent

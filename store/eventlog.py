@@ -13,12 +13,21 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
 
+T = TypeVar("T")
+
 _SCHEMA = "CREATE TABLE IF NOT EXISTS events (event_id INTEGER PRIMARY KEY, data BLOB NOT NULL)"
+# Each event as the task put it on the bus (MessagePack), so a binary client's replay is a read,
+# not a conversion. A table of its own rather than a column of ``events``: a column made every
+# row of ``events`` twice as long, so a JSON replay read twice the pages for the same rows
+# (+25-45% CPU per row, bench/README.md). Logs from before it have no bodies for their rows;
+# those are converted on reading.
+_BODIES = "CREATE TABLE IF NOT EXISTS bodies (event_id INTEGER PRIMARY KEY, body BLOB NOT NULL)"
 # The task's own record of how it ended (exit code, error, last state version): the
 # supervisor reads it, since a task process no longer writes the shared tasks table.
 _META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB)"
@@ -39,6 +48,14 @@ _PAGE = 4096  # SQLite's default page size: a commit writes at least one page to
 _INSERT_ONE = "INSERT INTO events (event_id, data) VALUES (?, ?)"
 _CHUNK = 100  # rows per multi-row INSERT (200 parameters: far below SQLite's limit)
 _INSERT_CHUNK = "INSERT INTO events (event_id, data) VALUES " + ", ".join(["(?, ?)"] * _CHUNK)
+_INSERT_BODY = "INSERT INTO bodies (event_id, body) VALUES (?, ?)"
+_INSERT_BODIES = "INSERT INTO bodies (event_id, body) VALUES " + ", ".join(["(?, ?)"] * _CHUNK)
+_READ = "SELECT event_id, data FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?"
+_READ_BODIES = "SELECT event_id, body FROM bodies WHERE event_id > ? ORDER BY event_id LIMIT ?"
+_READ_IDS = "SELECT event_id FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?"
+_READ_SOME = (
+    "SELECT event_id, data FROM events WHERE event_id > ? AND event_id <= ? ORDER BY event_id"
+)
 
 
 def checkpoint_due(pages: int, quiet: float) -> bool:
@@ -58,10 +75,11 @@ class _Written:
         self.done = 0  # ``pages`` at the last checkpoint (the checkpoint thread's)
         self.kick = threading.Event()  # wakes the checkpoint thread
 
-    def wrote(self, batch: Sequence[tuple[int, bytes]]) -> None:
+    def wrote(self, batch: Sequence[tuple[int, bytes]], bodies: Sequence[bytes] | None) -> None:
         """Count a commit; wake the checkpoint thread if it has something new to wait for."""
         before = self.pages
-        self.pages = before + 1 + sum(len(d) for _, d in batch) // _PAGE
+        size = sum(len(d) for _, d in batch) + (sum(map(len, bodies)) if bodies else 0)
+        self.pages = before + 1 + size // _PAGE
         self.at = time.monotonic()
         # The first commit since a checkpoint starts the quiet timer; a large WAL is due now.
         if before == self.done or self.pages - self.done >= CHECKPOINT_FRAMES:
@@ -108,6 +126,7 @@ class TaskLogs:
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA wal_autocheckpoint=0")
                 conn.execute(_SCHEMA)
+                conn.execute(_BODIES)  # (added to a log from before bodies were stored)
                 conn.execute(_META)
                 self._writers[task_id] = conn
                 self._written[task_id] = _Written()
@@ -139,24 +158,28 @@ class TaskLogs:
         finally:
             conn.close()
 
-    def append(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None:
-        """Commit a batch of ``(event_id, data)``; ids must be new."""
+    def append(
+        self,
+        task_id: str,
+        batch: Sequence[tuple[int, bytes]],
+        bodies: Sequence[bytes] | None = None,
+    ) -> None:
+        """Commit a batch of ``(event_id, data)``, with their bus bodies if given; ids new."""
         conn = self._writer(task_id)
+        if bodies is not None and len(bodies) != len(batch):
+            raise ValueError(f"{len(batch)} events but {len(bodies)} bodies")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            # Full chunks as multi-row INSERTs: a third cheaper per row than executemany.
-            full = len(batch) - len(batch) % _CHUNK
-            for start in range(0, full, _CHUNK):
-                conn.execute(
-                    _INSERT_CHUNK, [v for row in batch[start : start + _CHUNK] for v in row]
-                )
-            if full < len(batch):
-                conn.executemany(_INSERT_ONE, batch[full:])
+            _insert(conn, _INSERT_CHUNK, _INSERT_ONE, batch)
+            if bodies is not None:
+                _insert(conn, _INSERT_BODIES, _INSERT_BODY, [
+                    (i, b) for (i, _), b in zip(batch, bodies, strict=True)
+                ])  # fmt: skip
         except sqlite3.Error:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        self._written[task_id].wrote(batch)
+        self._written[task_id].wrote(batch, bodies)
 
     def record(self, task_id: str, values: dict[str, object]) -> None:
         """Store the task's own outcome fields (``exit_code``, ``error``, ``state_version``)."""
@@ -198,22 +221,51 @@ class TaskLogs:
         return conn
 
     def read(self, task_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` events with ``event_id > after``, in order.
+        """Up to ``limit`` events with ``event_id > after``, in order: ``(event_id, data)``.
 
         Raises :class:`EventLogUnreadable` for a damaged log (never "no events": that would
         lose them). The file is written by the (untrusted) task: whatever it holds, the reader
         gets rows of the right types or that error, affecting that task's stream only.
         """
+        return self._select(task_id, lambda c: _rows(c, _READ, (after, limit)))
+
+    def read_bodies(
+        self, task_id: str, after: int, limit: int
+    ) -> list[tuple[int, bytes | None, bytes | None]]:
+        """As :meth:`read`, for binary clients: ``(event_id, body, None)`` per event, or
+        ``(event_id, None, data)`` for one logged without its body (before bodies were).
+
+        The events' ids decide which events there are; a body is the task's own word, as its
+        live bus bodies are: forwarded to that task's binary clients as it is, never decoded
+        or believed here.
+        """
+
+        def select(c: sqlite3.Connection) -> list[tuple[int, bytes | None, bytes | None]]:
+            ids = [r[0] for r in c.execute(_READ_IDS, (after, limit)).fetchall()]
+            try:
+                found = _rows(c, _READ_BODIES, (after, limit))
+            except sqlite3.OperationalError as exc:
+                if not _not_created(exc):
+                    raise
+                found = []  # a log from before bodies were stored
+            if [i for i, _ in found] == ids:  # every event has its body: the common case
+                return [(i, b, None) for i, b in found]
+            if not ids:
+                return []
+            bodies = dict(found)
+            missing = [i for i in ids if i not in bodies]
+            datas = dict(_rows(c, _READ_SOME, (missing[0] - 1, missing[-1])))
+            return [(i, bodies[i], None) if i in bodies else (i, None, datas[i]) for i in ids]
+
+        return self._select(task_id, select)
+
+    def _select(self, task_id: str, query: Callable[[sqlite3.Connection], list[T]]) -> list[T]:
         try:
             conn = self._reader(task_id)
             if conn is None:
                 return []
             try:
-                rows = conn.execute(
-                    "SELECT event_id, data FROM events WHERE event_id > ? "
-                    "ORDER BY event_id LIMIT ?",
-                    (after, limit),
-                ).fetchall()
+                return query(conn)
             finally:
                 conn.close()
         except sqlite3.OperationalError as exc:
@@ -222,9 +274,8 @@ class TaskLogs:
             raise EventLogUnreadable(task_id, exc) from exc
         except sqlite3.DatabaseError as exc:
             raise EventLogUnreadable(task_id, exc) from exc
-        if not all(type(i) is int and type(d) is bytes for i, d in rows):
-            raise EventLogUnreadable(task_id, "rows of the wrong types")
-        return rows
+        except (TypeError, KeyError) as exc:  # (KeyError: an id that vanished between reads)
+            raise EventLogUnreadable(task_id, "rows of the wrong types") from exc
 
     def last_id(self, task_id: str) -> int:
         try:
@@ -258,6 +309,24 @@ class TaskLogs:
 
 
 _meta_json = msgspec.json  # module: encode/decode
+
+
+def _insert(conn: sqlite3.Connection, chunk_sql: str, one_sql: str, rows: Sequence[Any]) -> None:
+    """Rows of two values: full chunks as multi-row INSERTs (a third cheaper per row than
+    executemany), the rest one by one."""
+    full = len(rows) - len(rows) % _CHUNK
+    for start in range(0, full, _CHUNK):
+        conn.execute(chunk_sql, [v for row in rows[start : start + _CHUNK] for v in row])
+    if full < len(rows):
+        conn.executemany(one_sql, rows[full:])
+
+
+def _rows(conn: sqlite3.Connection, sql: str, args: tuple[int, ...]) -> list[tuple[int, bytes]]:
+    """``(id, blob)`` rows, checked: the task wrote the file, whatever it holds."""
+    rows = conn.execute(sql, args).fetchall()
+    if not all(type(i) is int and type(d) is bytes for i, d in rows):
+        raise TypeError("rows of the wrong types")
+    return rows
 
 
 def _not_created(exc: sqlite3.OperationalError) -> bool:

@@ -110,6 +110,10 @@ _INSERT_ARRAYS = (
     "INSERT INTO events (task_id, event_id, data) "
     "SELECT %s, unnest(%b::integer[]), unnest(%b::bytea[])"
 )
+_INSERT_ARRAYS_BODIES = (
+    "INSERT INTO events (task_id, event_id, data, body) "
+    "SELECT %s, unnest(%b::integer[]), unnest(%b::bytea[]), unnest(%b::bytea[])"
+)
 
 
 class EventTable:
@@ -120,8 +124,15 @@ class EventTable:
         self._url = url
         self._copy = copy
 
-    def append(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None:
-        """Commit a batch of ``(event_id, data)`` exactly once, through server restarts."""
+    def append(
+        self,
+        task_id: str,
+        batch: Sequence[tuple[int, bytes]],
+        bodies: Sequence[bytes] | None = None,
+    ) -> None:
+        """Commit a batch of ``(event_id, data)`` (and bodies) once, through server restarts."""
+        if bodies is not None and len(bodies) != len(batch):
+            raise ValueError(f"{len(batch)} events but {len(bodies)} bodies")
         first = batch[0][0]
         resent = False
 
@@ -141,13 +152,23 @@ class EventTable:
                             pg.commit()
                             return
                     resent = True
-                    if self._copy:
+                    if self._copy and bodies is None:
                         with cur.copy("COPY events (task_id, event_id, data) FROM STDIN") as cp:
                             for event_id, data in batch:
                                 cp.write_row((task_id, event_id, data))
+                    elif self._copy and bodies is not None:
+                        cols = "COPY events (task_id, event_id, data, body) FROM STDIN"
+                        with cur.copy(cols) as cp:
+                            for (event_id, data), body in zip(batch, bodies, strict=True):
+                                cp.write_row((task_id, event_id, data, body))
                     else:
                         ids = [event_id for event_id, _ in batch]
-                        cur.execute(_INSERT_ARRAYS, (task_id, ids, [d for _, d in batch]))
+                        datas = [d for _, d in batch]
+                        if bodies is None:
+                            cur.execute(_INSERT_ARRAYS, (task_id, ids, datas))
+                        else:
+                            args = (task_id, ids, datas, list(bodies))
+                            cur.execute(_INSERT_ARRAYS_BODIES, args)
                 pg.commit()
             except psycopg.Error as exc:
                 if connection_lost(exc):

@@ -36,9 +36,14 @@ class TaskRows:
     def open_events(self, task_id: str) -> None:
         """Nothing to create: the table exists."""
 
-    def append_events(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None:
+    def append_events(
+        self,
+        task_id: str,
+        batch: Sequence[tuple[int, bytes]],
+        bodies: Sequence[bytes] | None = None,
+    ) -> None:
         if batch:
-            self._events.append(task_id, batch)
+            self._events.append(task_id, batch, bodies)
 
     def last_event_id(self, task_id: str) -> int:
         q = select(func.max(events.c.event_id)).where(events.c.task_id == task_id)

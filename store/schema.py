@@ -47,14 +47,16 @@ tasks = Table(
     Column("cancel_request", Text),  # a cancel asked at another node's gateway, not yet done
 )
 
-# One row per event; ``data`` is the event's JSON object exactly as sent on the WebSocket, so
-# replay never re-encodes.
+# One row per event; ``data`` is the event's JSON object exactly as sent on the WebSocket, and
+# ``body`` the same event as the task put it on the bus (MessagePack; NULL for rows logged
+# before migration 0006), so replay never re-encodes, in either format.
 events = Table(
     "events",
     metadata,
     Column("task_id", String(36), primary_key=True),
     Column("event_id", Integer, primary_key=True),
     Column("data", LargeBinary, nullable=False),
+    Column("body", LargeBinary, nullable=True),
     sqlite_with_rowid=False,
 )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import Connection, create_engine, event, func, insert, select, update
+from sqlalchemy import Connection, case, create_engine, event, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 
@@ -312,18 +312,27 @@ class Store:
         if self._logs is not None:
             self._logs.open(task_id)
 
-    def append_events(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None:
-        """Persist a batch of ``(event_id, data_json)`` in one commit."""
+    def append_events(
+        self,
+        task_id: str,
+        batch: Sequence[tuple[int, bytes]],
+        bodies: Sequence[bytes] | None = None,
+    ) -> None:
+        """Persist a batch of ``(event_id, data_json)`` in one commit (and their bus bodies)."""
         if not batch:
             return
         if self._logs is not None:
-            self._logs.append(task_id, batch)
+            self._logs.append(task_id, batch, bodies)
         elif self._table is not None:
-            self._table.append(task_id, batch)
+            self._table.append(task_id, batch, bodies)
         else:  # an embedded database without log files (:memory:, tests)
+            with_bodies = bodies if bodies is not None else [None] * len(batch)
 
             def add(c: Connection) -> None:
-                rows = [{"task_id": task_id, "event_id": i, "data": d} for i, d in batch]
+                rows = [
+                    {"task_id": task_id, "event_id": i, "data": d, "body": b}
+                    for (i, d), b in zip(batch, with_bodies, strict=True)
+                ]
                 c.execute(insert(events), rows)
                 c.execute(
                     update(tasks).where(tasks.c.id == task_id).values(last_event_id=batch[-1][0])
@@ -393,6 +402,26 @@ class Store:
             ).scalar_one_or_none()
         )
         return int(found or 0)
+
+    def read_event_bodies(
+        self, task_id: str, after: int, limit: int
+    ) -> list[tuple[int, bytes | None, bytes | None]]:
+        """As :meth:`read_events` for binary clients: ``(event_id, body, None)``, or
+        ``(event_id, None, data)`` for an event logged without its bus body (an older log)."""
+        if self._logs is not None:
+            return self._logs.read_bodies(task_id, after, limit)
+        c = events.c
+        return self._reading(
+            lambda conn: [
+                (int(i), None if b is None else bytes(b), None if d is None else bytes(d))
+                for i, b, d in conn.execute(
+                    select(c.event_id, c.body, case((c.body.is_(None), c.data)))
+                    .where(c.task_id == task_id, c.event_id > after)
+                    .order_by(c.event_id)
+                    .limit(limit)
+                )
+            ]
+        )
 
     def read_events(self, task_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` events with ``event_id > after``, in order."""

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from bus.client import Publisher
-from bus.messages import Event, State, event_data_json, utcnow
+from bus.messages import Event, State, bus_encoder, event_data_json, utcnow
 from runner.task import pacing
 from runner.task.accounting import LogBudget, LogLimitExceeded, count_batch, new_stats
 from runner.task.heartbeat import Beats
@@ -40,7 +40,12 @@ class TaskStore(Protocol):
 
     def open_events(self, task_id: str) -> None: ...
 
-    def append_events(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None: ...
+    def append_events(
+        self,
+        task_id: str,
+        batch: Sequence[tuple[int, bytes]],
+        bodies: Sequence[bytes] | None = None,
+    ) -> None: ...
 
     def save_state(self, task_id: str, columns: Mapping[str, Any]) -> None: ...
 
@@ -53,6 +58,7 @@ class _Claim(NamedTuple):
 
     batch: list[Event]
     rows: list[tuple[int, bytes]]  # the batch as log rows
+    bodies: list[bytes]  # the batch as bus bodies (logged beside the rows, then published)
     state: State | None
     extra: dict[str, Any]
     urgent: bool  # the state's row is written at once, not after ROW_INTERVAL
@@ -86,6 +92,9 @@ class Outbox:
         # Each pending event as its log row, encoded by the emitter: the writer thread is
         # the pipeline's narrow part, the emitters mostly wait for it.
         self._pending_rows: list[tuple[int, bytes]] = []
+        # ... and as its bus body: published, and logged too, so that a binary client's replay
+        # forwards these bytes instead of converting the JSON row (gateway/logreader.py).
+        self._pending_bodies: list[bytes] = []
         self._next_id = first_event_id
         self._written_id = first_event_id - 1
         self._state = StateThrottle(state)
@@ -137,13 +146,15 @@ class Outbox:
                 payload=payload,
             )
             row = event_data_json(ev)
-            self._budget.spend(len(row))
+            body = bus_encoder.encode(ev)
+            self._budget.spend(len(row) + len(body))  # both are on disk
             self._next_id += 1
             now = time.monotonic()
             if not self._pending:
                 self._oldest = now
             self._pending.append(ev)
             self._pending_rows.append((event_id, row))
+            self._pending_bodies.append(body)
             # Written here, by the emitting thread, when this event follows a pause (sparing
             # a thread hand-off, the largest part of an event's latency at low rates) or the
             # batch has waited long enough (one commit per event would cap the throughput).
@@ -245,15 +256,17 @@ class Outbox:
         """Claim the log and the PUB socket, and what to write with them (lock held)."""
         batch: list[Event] = []
         rows: list[tuple[int, bytes]] = []
+        bodies: list[bytes] = []
         if events:
             batch, self._pending = self._pending, []
             rows, self._pending_rows = self._pending_rows, []
+            bodies, self._pending_bodies = self._pending_bodies, []
             self._progress.notify_all()  # emitters blocked on MAX_PENDING
         state, extra, urgent = self._state.take(flush_state)
         # One writer at a time keeps the batches in order and the PUB socket (not
         # thread-safe) to one thread.
         self._busy = True
-        return _Claim(batch, rows, state, extra, urgent)
+        return _Claim(batch, rows, bodies, state, extra, urgent)
 
     def _write(self, claim: _Claim, *, beat: bool = False) -> None:
         """Commit and publish what :meth:`_take` claimed (and a heartbeat), then release."""
@@ -306,14 +319,14 @@ class Outbox:
                 beats.sent()
 
     def _commit(self, claim: _Claim) -> None:
-        batch, rows, state, extra, urgent = claim
+        batch, rows, bodies, state, extra, urgent = claim
         # Events first: durable, then on the bus. The state write (shared task row) comes
         # after, so it never holds back the events of the batch it rides with.
         if batch:
             began = time.perf_counter()
-            self._store.append_events(self.task_id, rows)
+            self._store.append_events(self.task_id, rows, bodies)
             count_batch(self.stats, len(batch), time.perf_counter() - began, time.time())
-            self.stats.published += self._pub.publish_events(self.task_id, batch)
+            self.stats.published += self._pub.publish_bodies(self.task_id, bodies)
             with self._lock:
                 self._written_id = batch[-1].event_id
                 self._progress.notify_all()

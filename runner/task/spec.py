@@ -68,8 +68,13 @@ class OwnLog:
     def open_events(self, task_id: str) -> None:
         self._logs.open(task_id)
 
-    def append_events(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None:
-        self._logs.append(task_id, batch)
+    def append_events(
+        self,
+        task_id: str,
+        batch: Sequence[tuple[int, bytes]],
+        bodies: Sequence[bytes] | None = None,
+    ) -> None:
+        self._logs.append(task_id, batch, bodies)
 
     def last_event_id(self, task_id: str) -> int:
         return self._logs.last_id(task_id)
@@ -101,8 +106,13 @@ class SharedLog:
     def open_events(self, task_id: str) -> None:
         self._rows.open_events(task_id)
 
-    def append_events(self, task_id: str, batch: Sequence[tuple[int, bytes]]) -> None:
-        self._rows.append_events(task_id, batch)
+    def append_events(
+        self,
+        task_id: str,
+        batch: Sequence[tuple[int, bytes]],
+        bodies: Sequence[bytes] | None = None,
+    ) -> None:
+        self._rows.append_events(task_id, batch, bodies)
 
     def last_event_id(self, task_id: str) -> int:
         return self._rows.last_event_id(task_id)

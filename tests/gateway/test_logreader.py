@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 
-from bus.messages import ws_frame
+from bus.messages import Event, bus_encoder, event_data_json, ws_frame
+from gateway.frames import seed_to_msgpack
 from gateway.logreader import LogReader
 from store import Store
 
@@ -179,20 +180,32 @@ def test_forget_drops_an_ended_tasks_blocks(store: Store) -> None:
     asyncio.run(main())
 
 
-def test_messagepack_pages_are_converted_once_and_match_the_row_path(
+def _event(i: int) -> Event:
+    return Event(event_id=i, task_id=TASK, timestamp="ts", agent_role="r", event_type="E",
+                 payload={"seq": i, "t": i / 3})  # fmt: skip
+
+
+def test_binary_readers_get_the_logged_bodies_as_they_are(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bus.messages import Event, event_data_json
+    """Stored bus bodies are sent byte for byte (a body the JSON would not give proves it);
+    rows logged without one (an older log) are converted, once, on a mixed page too."""
     from gateway import logreader
-    from gateway.frames import seed_to_msgpack
 
-    def ev(i: int) -> bytes:
-        return event_data_json(
-            Event(event_id=i, task_id=TASK, timestamp="ts", agent_role="r", event_type="E",
-                  payload={"seq": i, "t": i / 3})
-        )  # fmt: skip
+    def body(i: int) -> bytes:  # the bus body, plus a field the JSON row does not have
+        return bus_encoder.encode(_event(i))[:-1] + b"\xa5extra\xa1" + b"%d" % (i % 10)
 
-    store.append_events(TASK, [(i, ev(i)) for i in range(1, 101)])
+    # 1-30 logged before bodies were stored, 31-70 with them, 71-100 without again
+    store.append_events(TASK, [(i, event_data_json(_event(i))) for i in range(1, 31)])
+    ids = range(31, 71)
+    store.append_events(
+        TASK, [(i, event_data_json(_event(i))) for i in ids], [body(i) for i in ids]
+    )
+    store.append_events(TASK, [(i, event_data_json(_event(i))) for i in range(71, 101)])
+    want = {
+        i: seed_to_msgpack(ws_frame("event", event_data_json(_event(i)))) for i in range(1, 101)
+    }
+    want |= {i: body(i) for i in ids}
     converted: list[int] = []
     real = logreader.events_to_msgpack
 
@@ -206,15 +219,20 @@ def test_messagepack_pages_are_converted_once_and_match_the_row_path(
         reader = LogReader(store, block=40, first_read=40)
         for _ in range(3):  # three binary connections reading the whole log
             after = 0
-            while rows := await reader.read(TASK, after):
-                packed = reader.packed(TASK, rows)
-                assert packed == [seed_to_msgpack(f) for _, f in rows]
+            while rows := await reader.read(TASK, after, binary=True):
+                assert rows == [(i, want[i]) for i, _ in rows]
                 after = rows[-1][0]
-        rows = await reader.read(TASK, 55)  # a resume in the middle of a block
-        assert reader.packed(TASK, rows) == [seed_to_msgpack(f) for _, f in rows]
+            assert after == 100
+        rows = await reader.read(TASK, 55, binary=True)  # a resume in the middle of a block
+        assert rows[0] == (56, body(56))
+        # JSON readers of the same log get their frames, from blocks of their own
+        assert await reader.read(TASK, 0) == [(i, frame_of(i)) for i in range(1, 41)]
+
+    def frame_of(i: int) -> bytes:
+        return ws_frame("event", event_data_json(_event(i)))
 
     asyncio.run(main())
-    assert sum(converted) == 100  # each row once, for all the connections
+    assert sum(converted) == 60  # each row without a body once, for all the connections
 
 
 def test_a_read_under_way_before_new_rows_does_not_hide_them(store: Store) -> None:

@@ -23,7 +23,7 @@ def test_a_task_past_its_log_limit_fails_naming_it(stack_factory) -> None:  # ty
     assert final["status"] == "FAILED", final
     assert f"event log limit reached: {LIMIT} bytes" in final["last_message"], final
     assert "METASTREAM_TASK_MAX_LOG_BYTES" in final["last_message"]
-    assert 100 < len(events) < 1000
+    assert 50 < len(events) < 1000  # each ~2.4 KB logged: its JSON and its bus body
     logged = sum(len(str(e)) for e in events)
     assert logged < LIMIT + 70_000  # the limit plus the task's own error report
     assert events[-1]["event_type"] == "ERROR"  # it says why, in its own log

@@ -137,15 +137,37 @@ def test_many_emitters_bursts_and_pauses_keep_one_order_everywhere(rig: Rig) -> 
         box.close()
 
 
+def test_each_event_is_logged_with_the_very_bus_body_it_was_published_as(rig: Rig) -> None:
+    box = outbox(rig)
+    try:
+        for i in range(1, 301):
+            box.emit("Engineer", "MESSAGE", {"i": i, "text": "é" * (i % 7)})
+        assert box.flush(10)
+        published: dict[int, bytes] = {}
+        while len(published) < 300:
+            assert rig.sub.poll(5000), f"bus went quiet after {len(published)} events"
+            _topic, body = rig.sub.recv_multipart()
+            msg = msgspec.msgpack.decode(body)
+            if msg["kind"] == "event":
+                published[msg["event_id"]] = body
+    finally:
+        box.close()
+    logged = rig.store.read_event_bodies(rig.task_id, 0, 1000)
+    assert [(i, b) for i, b, _ in logged] == sorted(published.items())
+    assert all(d is None for _, _, d in logged)  # a body for every row: no JSON is read
+
+
 def test_a_fast_run_is_written_by_its_emitter_in_batches_and_its_tail_after_it(
     rig: Rig,
 ) -> None:
     writes: list[tuple[str, int]] = []
     append = rig.store.append_events
 
-    def recording(task_id: str, rows: list[tuple[int, bytes]]) -> None:
+    def recording(
+        task_id: str, rows: list[tuple[int, bytes]], bodies: list[bytes] | None = None
+    ) -> None:
         writes.append((threading.current_thread().name, len(rows)))
-        append(task_id, rows)
+        append(task_id, rows, bodies)
 
     rig.store.append_events = recording  # type: ignore[method-assign]
     box = outbox(rig)

@@ -103,7 +103,8 @@ def test_a_home_from_before_migrations_is_stamped_and_keeps_its_tasks(tmp_path: 
     old_tasks = Table(
         "tasks", first, *(c._copy() for c in metadata.tables["tasks"].c if c.name not in later)
     )
-    metadata.tables["events"].to_metadata(first)
+    old_events = metadata.tables["events"]
+    Table("events", first, *(c._copy() for c in old_events.c if c.name != "body"))  # 0006
     first.create_all(engine)
     with engine.begin() as c:
         c.execute(

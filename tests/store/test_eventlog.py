@@ -55,6 +55,56 @@ def test_an_unreadable_log_raises_instead_of_reading_as_empty(tmp_path: Path) ->
         logs.close()
 
 
+def test_bodies_are_stored_beside_the_json_and_read_back(tmp_path: Path) -> None:
+    readers, writer = TaskLogs(tmp_path), TaskLogs(tmp_path)
+    try:
+        batch = [(i, b'{"i":%d}' % i) for i in range(1, 251)]  # multi-row chunks and the rest
+        writer.append("t", batch[:150], [b"B%d" % i for i, _ in batch[:150]])
+        writer.append("t", batch[150:])  # no bodies: the JSON stands in for them
+        assert readers.read("t", 0, 1000) == batch
+        got = readers.read_bodies("t", 148, 4)
+        assert got == [(149, b"B149", None), (150, b"B150", None), (151, None, b'{"i":151}'),
+                       (152, None, b'{"i":152}')]  # fmt: skip
+        with pytest.raises(ValueError, match="2 events but 1 bodies"):
+            writer.append("t", [(300, DATA), (301, DATA)], [b"B"])
+    finally:
+        readers.close()
+        writer.close()
+
+
+def test_a_log_from_before_bodies_reads_and_gets_their_table_when_written(tmp_path: Path) -> None:
+    logs = TaskLogs(tmp_path)
+    try:
+        logs.task_dir("t").mkdir()
+        old = sqlite3.connect(logs.path("t"))  # the schema before bodies were stored
+        old.execute("CREATE TABLE events (event_id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
+        old.executemany("INSERT INTO events VALUES (?, ?)", [(1, DATA), (2, DATA)])
+        old.commit()
+        old.close()
+        assert logs.read("t", 0, 10) == [(1, DATA), (2, DATA)]
+        assert logs.read_bodies("t", 0, 10) == [(1, None, DATA), (2, None, DATA)]
+        logs.append("t", [(3, DATA)], [b"B3"])  # the writer adds the bodies table to the old file
+        assert logs.read_bodies("t", 1, 10) == [(2, None, DATA), (3, b"B3", None)]
+        assert logs.read("t", 0, 10) == [(1, DATA), (2, DATA), (3, DATA)]
+    finally:
+        logs.close()
+
+
+def test_a_body_of_the_wrong_type_is_an_unreadable_log(tmp_path: Path) -> None:
+    logs = TaskLogs(tmp_path)
+    try:
+        logs.append("t", [(1, DATA)], [b"B"])
+        hostile = sqlite3.connect(logs.path("t"))  # the (untrusted) task writes its own file
+        hostile.execute("UPDATE bodies SET body = 'text, not bytes'")
+        hostile.commit()
+        hostile.close()
+        with pytest.raises(eventlog.EventLogUnreadable, match="wrong types"):
+            logs.read_bodies("t", 0, 10)
+        assert logs.read("t", 0, 10) == [(1, DATA)]  # JSON readers are not affected
+    finally:
+        logs.close()
+
+
 def test_checkpoints_wait_for_a_quiet_log_or_a_large_wal() -> None:
     # Each checkpoint flushes to disk and disturbs the event path: none while events flow.
     assert not eventlog.checkpoint_due(0, 3600.0)  # nothing written since the last one

@@ -57,7 +57,8 @@ def test_a_task_role_reaches_its_own_rows_only(store: Store, roles: TaskRoles) -
     rows = TaskRows(url)
     try:
         rows.append_events(mine, [(1, b"{}"), (2, b"{}")])  # INSERT ... unnest, not COPY
-        assert rows.last_event_id(mine) == 2
+        rows.append_events(mine, [(3, b"{}")], [b"\x81\xa4kind\xa5event"])  # with its body
+        assert rows.last_event_id(mine) == 3
         assert rows.last_event_id(other) == 0  # invisible, not an error
         rows.record(mine, {"exit_code": 0, "state_version": 7})
         rows.record(mine, {"exit_code": 1})  # newest wins
@@ -70,9 +71,13 @@ def test_a_task_role_reaches_its_own_rows_only(store: Store, roles: TaskRoles) -
     assert store.task_outcome(mine) == {"exit_code": 1, "state_version": 7}
     assert store.task_outcome(other) == {"exit_code": None, "error": None}
     assert store.read_events(other, 0, 10) == [(1, b'{"secret": 1}')]
+    assert store.read_event_bodies(mine, 1, 10) == [
+        (2, None, b"{}"),
+        (3, b"\x81\xa4kind\xa5event", None),
+    ]
 
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT count(*) FROM events").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (3,)
         assert conn.execute("SELECT count(*) FROM task_meta").fetchone() == (2,)  # its keys
         conn.execute("SET ROLE " + '"metastream_tasks_' + roles.tag + '"')
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
