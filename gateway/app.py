@@ -54,10 +54,13 @@ def create_process_app() -> FastAPI:
     inherit neither the log handler (format, redaction: their uvicorn lines were dropped or
     printed raw) nor ``PR_SET_DUMPABLE`` 0 (``execve`` resets it: their environment, with the
     API token, was readable by same-uid processes). Both are idempotent for the single process.
+    The garbage collector is tuned here too, once per process (not in tests' in-process apps).
     """
     logs.setup("gateway")
     harden_trusted()
-    return create_app()
+    app = create_app()
+    gctune.tune()  # the collector's pauses off the fan-out (gateway/gctune.py); per process
+    return app
 
 
 def create_app(cfg: Settings | None = None) -> FastAPI:
@@ -98,7 +101,6 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         app.state.frame_cache = MsgpackCache()  # log rows as MessagePack, shared (frames.py)
         app.state.hub = hub
         app.state.control = control
-        gctune.tune()  # the fan-out's pauses (gateway/gctune.py); after start-up, before traffic
         try:
             yield
         finally:
