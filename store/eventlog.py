@@ -241,6 +241,16 @@ class TaskLogs:
         """
 
         def select(c: sqlite3.Connection) -> list[tuple[int, bytes | None, bytes | None]]:
+            # One read transaction: the task commits each event and its body together while
+            # this reads, and two autocommit SELECTs saw two states of the log (bodies of
+            # events committed between them: the stream ended with an IndexError).
+            c.execute("BEGIN")
+            try:
+                return bodies_of(c)
+            finally:
+                c.rollback()
+
+        def bodies_of(c: sqlite3.Connection) -> list[tuple[int, bytes | None, bytes | None]]:
             ids = [r[0] for r in c.execute(_READ_IDS, (after, limit)).fetchall()]
             try:
                 found = _rows(c, _READ_BODIES, (after, limit))
@@ -250,10 +260,10 @@ class TaskLogs:
                 found = []  # a log from before bodies were stored
             if [i for i, _ in found] == ids:  # every event has its body: the common case
                 return [(i, b, None) for i, b in found]
-            if not ids:
-                return []
             bodies = dict(found)
             missing = [i for i in ids if i not in bodies]
+            if not missing:  # bodies beyond the events read (their page ends first)
+                return [(i, bodies[i], None) for i in ids]
             datas = dict(_rows(c, _READ_SOME, (missing[0] - 1, missing[-1])))
             return [(i, bodies[i], None) if i in bodies else (i, None, datas[i]) for i in ids]
 

@@ -72,6 +72,49 @@ def test_bodies_are_stored_beside_the_json_and_read_back(tmp_path: Path) -> None
         writer.close()
 
 
+class _CommitsBetweenReads:
+    """A real reader connection; the task commits two more events after its first query."""
+
+    def __init__(self, conn: sqlite3.Connection, writer: TaskLogs) -> None:
+        self._conn, self._writer, self._queries = conn, writer, 0
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        cur = self._conn.execute(sql, params)
+        if sql.startswith("SELECT"):
+            self._queries += 1
+            if self._queries == 1:
+                cur = _Fetched(cur.fetchall())  # read before the commit, as SQLite would
+                self._writer.append("t", [(3, DATA), (4, DATA)], [b"B3", b"B4"])
+        return cur  # type: ignore[return-value]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+
+class _Fetched:
+    def __init__(self, rows: list[tuple[object, ...]]) -> None:
+        self._rows = rows
+
+    def fetchall(self) -> list[tuple[object, ...]]:
+        return self._rows
+
+
+def test_a_binary_read_sees_one_state_of_a_log_being_written(tmp_path: Path) -> None:
+    """Events and bodies are read in one snapshot: commits in between do not mix in."""
+    writer, readers = TaskLogs(tmp_path), TaskLogs(tmp_path)
+    try:
+        writer.append("t", [(1, DATA), (2, DATA)], [b"B1", b"B2"])
+        real = readers._reader
+        readers._reader = lambda task_id: _CommitsBetweenReads(real(task_id), writer)  # type: ignore[assignment, method-assign, arg-type, return-value]
+        # Before: the ids query saw events 1-2, the bodies query 1-4: an IndexError.
+        assert readers.read_bodies("t", 0, 10) == [(1, b"B1", None), (2, b"B2", None)]
+        readers._reader = real  # type: ignore[method-assign]
+        assert readers.read_bodies("t", 2, 10) == [(3, b"B3", None), (4, b"B4", None)]
+    finally:
+        readers.close()
+        writer.close()
+
+
 def test_a_log_from_before_bodies_reads_and_gets_their_table_when_written(tmp_path: Path) -> None:
     logs = TaskLogs(tmp_path)
     try:
