@@ -221,14 +221,21 @@ class Hub:
         limit = max(1000, 2 * self._queue_size)
         while True:
             batch = await self._sub.recv_batch(limit)
-            for frames in batch:
-                self._dispatch(frames)
+            last = len(batch) - 1
+            for i, frames in enumerate(batch):
+                # A message followed by more of the same task's is queued, not written
+                # straight through: its connections then send the run in one write (one
+                # batch frame, for the batched formats). Straight writes are for a trickle,
+                # where they spare each connection a wake-up per message; in a burst they
+                # cost a system call per message per connection and undid the batching.
+                more = i < last and task_id_of(batch[i + 1][0]) == task_id_of(frames[0])
+                self._dispatch(frames, direct_ok=not more)
             if len(batch) >= limit:
                 # More is waiting: let the connections' writers run before the next batch.
                 # (Otherwise the socket is drained and the next receive yields anyway.)
                 await asyncio.sleep(0)
 
-    def _dispatch(self, frames: list[bytes]) -> None:
+    def _dispatch(self, frames: list[bytes], direct_ok: bool = True) -> None:
         group = self._listeners.get(task_id_of(frames[0]))
         if not group:
             heard = self._system.get(frames[0])  # a system topic (off the event path)
@@ -260,7 +267,7 @@ class Hub:
         # runs in between (no await), so what was checked still holds when written.
         writes = DirectWrites()
         for listener in live:
-            direct = listener.direct
+            direct = listener.direct if direct_ok else None
             if direct is None or listener.items or not direct(item, writes):
                 listener.offer(item)
         if writes.wires:

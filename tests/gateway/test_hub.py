@@ -175,3 +175,31 @@ async def test_one_live_listener_keeps_the_subscription(bus: Bus) -> None:
         assert not hub.subscribed(tid)  # only the overflowed one is left
         hub.detach(slow)
         assert hub.watched() == {}
+
+
+@on_loop
+async def test_a_burst_of_one_task_is_queued_not_written_message_by_message(bus: Bus) -> None:
+    """A run of one task's messages is queued for its idle connections, so each sends it in
+    one write (one batch frame); a lone message goes to their direct writers
+    (tests/gateway/test_stream.py)."""
+    tid = new_task_id()
+    async with running_hub(bus, 100) as (hub, pub):
+        listener = hub.attach(tid)
+        await joined(pub, tid, listener)
+        pub.publish_events(tid, [event(tid, 1)])  # behind every probe state still in flight
+        await until(lambda: events(listener), 10, "event 1")
+        listener.items.clear()
+        taken: list[LiveEvent] = []
+
+        def direct(item: object, writes: object) -> bool:
+            assert isinstance(item, LiveEvent)
+            taken.append(item)
+            return True
+
+        listener.direct = direct  # type: ignore[assignment]
+        pub.publish_events(tid, [event(tid, i) for i in range(2, 12)])
+        await until(lambda: len(taken) + len(events(listener)) == 10, 10, "the burst")
+        # All queued, or all but the first if the burst arrived in two receives.
+        assert len(taken) <= 1, f"{len(taken)} of the burst's 10 were written one by one"
+        got = [i.event_id for i in taken] + [i.event_id for i in events(listener)]
+        assert got == list(range(2, 12))
