@@ -31,6 +31,7 @@ from bus.messages import (
 from bus.ratelog import RateLimitedLog
 
 log = logging.getLogger("metastream.hub")
+BURST = 8  # messages in one receive from the bus: from here on, runs of a task are queued
 
 
 class Writable(Protocol):
@@ -221,13 +222,14 @@ class Hub:
         limit = max(1000, 2 * self._queue_size)
         while True:
             batch = await self._sub.recv_batch(limit)
-            last = len(batch) - 1
+            # In a burst, a message followed by more of the same task's is queued, not
+            # written straight through: its connections then send the run in one write (one
+            # batch frame, for the batched formats). Straight writes are for a trickle,
+            # where they spare each connection a wake-up per message (an event and the
+            # state after it arrive together: still a trickle); in a burst they cost a
+            # system call per message per connection and undid the batching.
+            last = len(batch) - 1 if len(batch) >= BURST else 0
             for i, frames in enumerate(batch):
-                # A message followed by more of the same task's is queued, not written
-                # straight through: its connections then send the run in one write (one
-                # batch frame, for the batched formats). Straight writes are for a trickle,
-                # where they spare each connection a wake-up per message; in a burst they
-                # cost a system call per message per connection and undid the batching.
                 more = i < last and task_id_of(batch[i + 1][0]) == task_id_of(frames[0])
                 self._dispatch(frames, direct_ok=not more)
             if len(batch) >= limit:

@@ -16,7 +16,7 @@ import zmq.asyncio
 from bus.client import Publisher
 from bus.messages import Event, State, new_task_id, topic
 from bus.proxy import Proxy
-from gateway.hub import Hub, Listener, LiveEvent
+from gateway.hub import BURST, Hub, Listener, LiveEvent
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -183,7 +183,7 @@ async def test_a_burst_of_one_task_is_queued_not_written_message_by_message(bus:
     one write (one batch frame); a lone message goes to their direct writers
     (tests/gateway/test_stream.py)."""
     tid = new_task_id()
-    async with running_hub(bus, 100) as (hub, pub):
+    async with running_hub(bus, 1000) as (hub, pub):
         listener = hub.attach(tid)
         await joined(pub, tid, listener)
         pub.publish_events(tid, [event(tid, 1)])  # behind every probe state still in flight
@@ -197,9 +197,9 @@ async def test_a_burst_of_one_task_is_queued_not_written_message_by_message(bus:
             return True
 
         listener.direct = direct  # type: ignore[assignment]
-        pub.publish_events(tid, [event(tid, i) for i in range(2, 12)])
-        await until(lambda: len(taken) + len(events(listener)) == 10, 10, "the burst")
-        # All queued, or all but the first if the burst arrived in two receives.
-        assert len(taken) <= 1, f"{len(taken)} of the burst's 10 were written one by one"
+        pub.publish_events(tid, [event(tid, i) for i in range(2, 202)])
+        await until(lambda: len(taken) + len(events(listener)) == 200, 10, "the burst")
+        # All queued, but for a first receive too small to be a burst (BURST messages).
+        assert len(taken) < BURST, f"{len(taken)} of the burst's 200 were written one by one"
         got = [i.event_id for i in taken] + [i.event_id for i in events(listener)]
-        assert got == list(range(2, 12))
+        assert got == list(range(2, 202))
