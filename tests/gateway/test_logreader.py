@@ -7,14 +7,16 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 
-from bus.messages import Event, bus_encoder, event_data_json, ws_frame
+from bus.messages import Event, State, bus_encoder, event_data_json, ws_frame
 from gateway.frames import seed_to_msgpack
 from gateway.logreader import LogReader
 from store import Store
+from store.eventlog import EventLogUnreadable
 
 pytestmark = pytest.mark.timeout(60)
 TASK = "t-1"
@@ -192,8 +194,8 @@ def test_binary_readers_get_the_logged_bodies_as_they_are(
     rows logged without one (an older log) are converted, once, on a mixed page too."""
     from gateway import logreader
 
-    def body(i: int) -> bytes:  # the bus body, plus a field the JSON row does not have
-        return bus_encoder.encode(_event(i))[:-1] + b"\xa5extra\xa1" + b"%d" % (i % 10)
+    def body(i: int) -> bytes:  # the same event with a payload the JSON row does not have
+        return bus_encoder.encode(msgspec.structs.replace(_event(i), payload={"from": "body"}))
 
     # 1-30 logged before bodies were stored, 31-70 with them, 71-100 without again
     store.append_events(TASK, [(i, event_data_json(_event(i))) for i in range(1, 31)])
@@ -272,3 +274,45 @@ async def until_reading(reader: LogReader) -> None:
             return
         await asyncio.sleep(0.005)
     raise AssertionError("no read under way")
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "a state",
+        "another event's id",
+        "another task's event",
+        "an extra field",
+        "a second object",
+        "not MessagePack",
+    ],
+)
+def test_a_body_that_is_not_its_events_makes_the_binary_stream_unreadable(
+    store: Store, forged: str
+) -> None:
+    """The live path drops what is not an event of its task; the log path must too (a task
+    could otherwise forge, say, a final state for its binary clients)."""
+    ev = _event(2)
+    body = {
+        "a state": bus_encoder.encode(State(task_id=TASK, status="COMPLETED")),
+        "another event's id": bus_encoder.encode(_event(3)),
+        "another task's event": bus_encoder.encode(msgspec.structs.replace(ev, task_id="x" * 36)),
+        "an extra field": bus_encoder.encode(ev)[:-1] + b"\xa5extra\xa1x",
+        "a second object": bus_encoder.encode(ev) + bus_encoder.encode(_event(3)),
+        "not MessagePack": b"\xc1",
+    }[forged]
+    if forged == "an extra field":  # one more key in the map header
+        body = bytes([body[0] + 1]) + body[1:]
+    store.append_events(
+        TASK,
+        [(i, event_data_json(_event(i))) for i in (1, 2)],
+        [bus_encoder.encode(_event(1)), body],
+    )
+
+    async def main() -> None:
+        reader = LogReader(store, block=40, first_read=40)
+        with pytest.raises(EventLogUnreadable, match="event 2's bus body"):
+            await reader.read(TASK, 0, binary=True)
+        assert [i for i, _ in await reader.read(TASK, 0)] == [1, 2]  # JSON readers: unaffected
+
+    asyncio.run(main())
