@@ -25,6 +25,10 @@ from metastream import settings
 from metastream.stack import Stack
 from tests.helpers import collect, create_task, log_events, poll_for, wait_status
 
+# Each test starts sandboxed stacks and cold tasks: more than the suite's 120 s on a loaded
+# machine (the attacker's own wait allows 90 s).
+pytestmark = pytest.mark.timeout(300)
+
 VICTIM_EVENTS = 150
 TOKEN = "attack-suite-token-5e1f"
 
@@ -135,7 +139,8 @@ def _attack(
     attacker = create_task(api, synthetic={"events": 1, "run_python": code})
     api.post(f"/api/tasks/{attacker['id']}/run").raise_for_status()
     pid = _task_pid(api, stack, attacker["id"])
-    final = wait_status(api, attacker["id"], {"COMPLETED", "FAILED", "CANCELLED"})
+    # A cold task's start and its probes took over 30 s once with three suites on 2 cores.
+    final = wait_status(api, attacker["id"], {"COMPLETED", "FAILED", "CANCELLED"}, timeout=90)
     assert final["status"] == "COMPLETED", final
     reports = [e for e in log_events(api, attacker["id"]) if e["event_type"] == "ATTACK"]
     assert len(reports) == 1, reports
