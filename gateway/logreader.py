@@ -8,7 +8,8 @@ blocks stay in memory (least recently used first out, bounded in bytes) for the 
 that follow.
 
 Binary connections read blocks of their own: the events' bus bodies as the task logged them
-(store ``events.body``), sent as they are, as live bus bodies are; only rows logged without a
+(store ``events.body``), sent as they are, as live bus bodies are (the store checks each row
+before it leaves it: ``store.checked``); only rows logged without a
 body (before bodies were stored) are converted from their JSON, a page at a time. A JSON
 connection never reads the bodies, nor a binary one the JSON.
 
@@ -24,15 +25,9 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 
 import anyio
-import msgspec
 
-from bus.messages import Event, bus_encoder
 from gateway.frames import EVENT_FRAME_PREFIX, events_to_msgpack
 from store import Store
-from store.eventlog import EventLogUnreadable
-
-_event_decoder = msgspec.msgpack.Decoder(Event)
-
 
 # (event_id, the event's WebSocket message as UTF-8), or in a binary block (event_id, its body)
 Row = tuple[int, bytes]
@@ -165,7 +160,9 @@ class LogReader:
             self.db_reads += 1
             end = blk.end
             if blk.binary:
-                got = await anyio.to_thread.run_sync(self._read_bodies, task_id, after, limit)
+                got = await anyio.to_thread.run_sync(
+                    self.store.read_event_bodies, task_id, after, limit
+                )
                 frames = _bodies([r for r in got if r[0] <= end])
                 beyond = len(got) > len(frames)
             else:
@@ -188,30 +185,6 @@ class LogReader:
             self._evict()
         finally:
             blk.reading = None
-
-    def _read_bodies(
-        self, task_id: str, after: int, limit: int
-    ) -> list[tuple[int, bytes | None, bytes | None]]:
-        """The store's bodies, each checked to be exactly its event's (in a worker thread).
-
-        A body is the task's own bytes, forwarded as they are; the live path decodes every
-        bus message and drops what is not an event of its topic's task, so the log path must
-        not be a way round that: a body that is not the canonical encoding of an Event with
-        its row's id and task (another kind, such as a forged final state; duplicate keys;
-        a second object) makes the task's binary stream unreadable, as a row of the wrong type
-        does. ~1 us per row: the conversion it spares costs 3-6.
-        """
-        got = self.store.read_event_bodies(task_id, after, limit)
-        for i, body, _ in got:
-            if body is None:
-                continue
-            try:
-                ev = _event_decoder.decode(body)
-            except msgspec.DecodeError as exc:
-                raise EventLogUnreadable(task_id, f"event {i}'s bus body is not an event") from exc
-            if ev.event_id != i or ev.task_id != task_id or bus_encoder.encode(ev) != body:
-                raise EventLogUnreadable(task_id, f"event {i}'s bus body is not that event's")
-        return got
 
     def forget(self, task_id: str) -> None:
         """Drop an ended task's cached blocks (not those being read: others wait on them)."""

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from store.readers import Readers
+
 T = TypeVar("T")
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS events (event_id INTEGER PRIMARY KEY, data BLOB NOT NULL)"
@@ -43,6 +45,7 @@ _LOG_NAME = "events.db"
 # The checkpoint thread sleeps until then instead of polling: each wake-up of a thread in the
 # task process takes the GIL, and a 0.1 s poll showed as late events every 0.1 s.
 CHECKPOINT_IDLE = 1.0
+CLOSE_WAIT = 10.0  # seconds a checkpoint under way may take before the log closes anyway
 CHECKPOINT_FRAMES = 16_384
 _PAGE = 4096  # SQLite's default page size: a commit writes at least one page to the WAL
 _INSERT_ONE = "INSERT INTO events (event_id, data) VALUES (?, ?)"
@@ -52,6 +55,7 @@ _INSERT_BODY = "INSERT INTO bodies (event_id, body) VALUES (?, ?)"
 _INSERT_BODIES = "INSERT INTO bodies (event_id, body) VALUES " + ", ".join(["(?, ?)"] * _CHUNK)
 _READ = "SELECT event_id, data FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?"
 _READ_BODIES = "SELECT event_id, body FROM bodies WHERE event_id > ? ORDER BY event_id LIMIT ?"
+_LAST_ID = "SELECT max(event_id) FROM events"
 _READ_IDS = "SELECT event_id FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?"
 _READ_SOME = (
     "SELECT event_id, data FROM events WHERE event_id > ? AND event_id <= ? ORDER BY event_id"
@@ -103,6 +107,8 @@ class TaskLogs:
         self._written: dict[str, _Written] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._readers = Readers()
+        self._checkpointers: list[threading.Thread] = []
 
     def task_dir(self, task_id: str) -> Path:
         """The directory of one task's log: the task may write there and nowhere else here."""
@@ -130,9 +136,11 @@ class TaskLogs:
                 conn.execute(_META)
                 self._writers[task_id] = conn
                 self._written[task_id] = _Written()
-                threading.Thread(
+                thread = threading.Thread(
                     target=self._checkpoints, args=(task_id,), name="checkpoint", daemon=True
-                ).start()
+                )
+                thread.start()
+                self._checkpointers.append(thread)
             return conn
 
     def open(self, task_id: str) -> None:
@@ -196,29 +204,19 @@ class TaskLogs:
 
     def outcome(self, task_id: str) -> dict[str, object]:
         """What the task recorded with :meth:`record` (untrusted: it is the task's word)."""
-        conn = self._reader(task_id)
-        if conn is None:
-            return {}
         try:
-            rows = conn.execute("SELECT key, value FROM meta").fetchall()
+            rows = self._readers.read(
+                self.path(task_id), lambda c: c.execute("SELECT key, value FROM meta").fetchall()
+            )
         except sqlite3.Error:
             return {}  # no meta table (an old or a damaged log): nothing recorded
-        finally:
-            conn.close()
         found: dict[str, object] = {}
-        for key, value in rows:
+        for key, value in rows or ():
             try:
                 found[str(key)] = _meta_json.decode(value)
             except (msgspec.DecodeError, TypeError):
                 continue  # a hostile task's garbage: ignored
         return found
-
-    def _reader(self, task_id: str) -> sqlite3.Connection | None:
-        path = self.path(task_id)
-        if not path.exists():
-            return None
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-        return conn
 
     def read(self, task_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` events with ``event_id > after``, in order: ``(event_id, data)``.
@@ -251,13 +249,19 @@ class TaskLogs:
                 c.rollback()
 
         def bodies_of(c: sqlite3.Connection) -> list[tuple[int, bytes | None, bytes | None]]:
-            ids = [r[0] for r in c.execute(_READ_IDS, (after, limit)).fetchall()]
             try:
                 found = _rows(c, _READ_BODIES, (after, limit))
             except sqlite3.OperationalError as exc:
                 if not _not_created(exc):
                     raise
                 found = []  # a log from before bodies were stored
+            n = len(found)
+            # Bodies for every id from ``after`` on, up to the limit or the log's last event:
+            # no event can lack one, and the ids need no read of their own (~1 us a row).
+            consecutive = n and found[0][0] == after + 1 and found[-1][0] == after + n
+            if consecutive and (n == limit or c.execute(_LAST_ID).fetchall() == [(after + n,)]):
+                return [(i, b, None) for i, b in found]
+            ids = [r[0] for r in c.execute(_READ_IDS, (after, limit)).fetchall()]
             if [i for i, _ in found] == ids:  # every event has its body: the common case
                 return [(i, b, None) for i, b in found]
             bodies = dict(found)
@@ -271,13 +275,7 @@ class TaskLogs:
 
     def _select(self, task_id: str, query: Callable[[sqlite3.Connection], list[T]]) -> list[T]:
         try:
-            conn = self._reader(task_id)
-            if conn is None:
-                return []
-            try:
-                return query(conn)
-            finally:
-                conn.close()
+            return self._readers.read(self.path(task_id), query) or []
         except sqlite3.OperationalError as exc:
             if _not_created(exc):
                 return []  # the file exists but its table is not committed: nothing logged
@@ -289,27 +287,30 @@ class TaskLogs:
 
     def last_id(self, task_id: str) -> int:
         try:
-            conn = self._reader(task_id)
-            if conn is None:
-                return 0
-            try:
-                row = conn.execute("SELECT max(event_id) FROM events").fetchall()[0]
-            finally:
-                conn.close()
+            rows = self._readers.read(
+                self.path(task_id),
+                lambda c: c.execute(_LAST_ID).fetchall(),
+            )
         except sqlite3.OperationalError as exc:
             if _not_created(exc):
                 return 0
             raise EventLogUnreadable(task_id, exc) from exc
         except sqlite3.DatabaseError as exc:
             raise EventLogUnreadable(task_id, exc) from exc
-        if row[0] is not None and type(row[0]) is not int:
+        top = rows[0][0] if rows else None
+        if top is not None and type(top) is not int:
             raise EventLogUnreadable(task_id, "an event id that is not an integer")
-        return int(row[0] or 0)
+        return int(top or 0)
 
     def close(self) -> None:
         self._closed.set()
         for written in self._written.values():
             written.kick.set()
+        # Their checkpoints first: one still running makes the closing TRUNCATE fail (busy),
+        # and the WAL left behind costs every later reader (store/readers.py).
+        for thread in self._checkpointers:
+            thread.join(CLOSE_WAIT)
+        self._readers.close()
         with self._lock:
             for conn in self._writers.values():
                 with contextlib.suppress(sqlite3.Error):

@@ -23,6 +23,7 @@ from core.options import TaskOptions
 from core.status import INITIAL, Fenced, TaskStatus, TransitionError, check, sources
 from core.task import TaskRow
 from store import migrate, pg
+from store.checked import check_bodies, check_json
 from store.dburl import StoreError, is_sqlite, redact, scrub
 from store.eventlog import TaskLogs
 from store.files import TaskFiles
@@ -408,6 +409,13 @@ class Store:
     ) -> list[tuple[int, bytes | None, bytes | None]]:
         """As :meth:`read_events` for binary clients: ``(event_id, body, None)``, or
         ``(event_id, None, data)`` for an event logged without its bus body (an older log)."""
+        got = self._read_event_bodies(task_id, after, limit)
+        check_bodies(task_id, got)
+        return got
+
+    def _read_event_bodies(
+        self, task_id: str, after: int, limit: int
+    ) -> list[tuple[int, bytes | None, bytes | None]]:
         if self._logs is not None:
             return self._logs.read_bodies(task_id, after, limit)
         c = events.c
@@ -424,7 +432,13 @@ class Store:
         )
 
     def read_events(self, task_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` events with ``event_id > after``, in order."""
+        """Up to ``limit`` events with ``event_id > after``, in order, each checked to be its
+        event's JSON object (``store.checked``: the task wrote them)."""
+        rows = self._read_events(task_id, after, limit)
+        check_json(task_id, rows)
+        return rows
+
+    def _read_events(self, task_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
         if self._logs is not None:
             return self._logs.read(task_id, after, limit)
         return self._reading(

@@ -23,7 +23,7 @@ TASK = "t-1"
 
 
 def data(i: int) -> bytes:
-    return b'{"event_id":%d,"x":"%s"}' % (i, b"y" * 50)
+    return b'{"event_id":%d,"task_id":"%s","x":"%s"}' % (i, TASK.encode(), b"y" * 40)
 
 
 def frame(i: int) -> bytes:
@@ -148,7 +148,7 @@ def test_an_unreadable_log_raises_to_every_waiting_reader(store: Store, tmp_path
 
 def test_blocks_are_bounded_by_bytes_and_reads_by_the_row_size(store: Store) -> None:
     big = b"z" * 100_000
-    store.append_events(TASK, [(i, b'{"event_id":%d,"x":"%s"}' % (i, big)) for i in range(1, 101)])
+    store.append_events(TASK, [(i, b'{"event_id":%d,"task_id":"t-1","x":"%s"}' % (i, big)) for i in range(1, 101)])
 
     async def main() -> None:
         reader = LogReader(store, block=2000, block_bytes=500_000, budget_bytes=1_000_000)

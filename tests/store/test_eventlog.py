@@ -65,6 +65,12 @@ def test_bodies_are_stored_beside_the_json_and_read_back(tmp_path: Path) -> None
         got = readers.read_bodies("t", 148, 4)
         assert got == [(149, b"B149", None), (150, b"B150", None), (151, None, b'{"i":151}'),
                        (152, None, b'{"i":152}')]  # fmt: skip
+        # Bodies for every id asked for: the ids are not read again (the fast path), but only
+        # up to the log's last event; a read that runs past the bodies still gets the rest.
+        assert readers.read_bodies("t", 140, 10) == [(i, b"B%d" % i, None) for i in range(141, 151)]
+        assert readers.read_bodies("t", 145, 7)[-2:] == [(151, None, b'{"i":151}'),
+                                                          (152, None, b'{"i":152}')]  # fmt: skip
+        assert len(readers.read_bodies("t", 0, 1000)) == 250
         with pytest.raises(ValueError, match="2 events but 1 bodies"):
             writer.append("t", [(300, DATA), (301, DATA)], [b"B"])
     finally:
@@ -104,11 +110,14 @@ def test_a_binary_read_sees_one_state_of_a_log_being_written(tmp_path: Path) -> 
     writer, readers = TaskLogs(tmp_path), TaskLogs(tmp_path)
     try:
         writer.append("t", [(1, DATA), (2, DATA)], [b"B1", b"B2"])
-        real = readers._reader
-        readers._reader = lambda task_id: _CommitsBetweenReads(real(task_id), writer)  # type: ignore[assignment, method-assign, arg-type, return-value]
+        real = readers._readers.read
+        readers._readers.read = lambda path, query: real(  # type: ignore[method-assign]
+            path,
+            lambda c: query(_CommitsBetweenReads(c, writer)),  # type: ignore[arg-type]
+        )
         # Before: the ids query saw events 1-2, the bodies query 1-4: an IndexError.
         assert readers.read_bodies("t", 0, 10) == [(1, b"B1", None), (2, b"B2", None)]
-        readers._reader = real  # type: ignore[method-assign]
+        readers._readers.read = real  # type: ignore[method-assign]
         assert readers.read_bodies("t", 2, 10) == [(3, b"B3", None), (4, b"B4", None)]
     finally:
         readers.close()

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from bus.messages import new_task_id, utcnow
+from bus.messages import Event, bus_encoder, event_data_json, new_task_id, utcnow
 from store import Store, StoreError
 from store.pgtask import TaskRows
 from store.taskroles import TaskRoles, role_name
@@ -49,32 +49,40 @@ def _refused(url: str, statement: str) -> str:
         return info.value.sqlstate
 
 
+def _ev(task_id: str, i: int, **payload: int) -> Event:
+    return Event(event_id=i, task_id=task_id, timestamp="ts", agent_role="r", event_type="E",
+                 payload=payload)  # fmt: skip
+
+
+def _event(task_id: str, i: int, **payload: int) -> bytes:
+    return event_data_json(_ev(task_id, i, **payload))
+
+
 def test_a_task_role_reaches_its_own_rows_only(store: Store, roles: TaskRoles) -> None:
     mine, other = _task(store), _task(store)
-    store.append_events(other, [(1, b'{"secret": 1}')])
+    secret = _event(other, 1, secret=1)
+    store.append_events(other, [(1, secret)])
     url = roles.issue(mine)
     assert make_url(url).username == role_name(roles.tag, mine)
     rows = TaskRows(url)
     try:
-        rows.append_events(mine, [(1, b"{}"), (2, b"{}")])  # INSERT ... unnest, not COPY
-        rows.append_events(mine, [(3, b"{}")], [b"\x81\xa4kind\xa5event"])  # with its body
+        rows.append_events(mine, [(1, _event(mine, 1)), (2, _event(mine, 2))])  # unnest, not COPY
+        body = bus_encoder.encode(_ev(mine, 3))
+        rows.append_events(mine, [(3, _event(mine, 3))], [body])  # with its body
         assert rows.last_event_id(mine) == 3
         assert rows.last_event_id(other) == 0  # invisible, not an error
         rows.record(mine, {"exit_code": 0, "state_version": 7})
         rows.record(mine, {"exit_code": 1})  # newest wins
         with pytest.raises(Exception, match="row-level security"):
-            rows.append_events(other, [(2, b'{"forged": 1}')])
+            rows.append_events(other, [(2, _event(other, 2, forged=1))])
         with pytest.raises(Exception, match="row-level security"):
             rows.record(other, {"exit_code": 0})
     finally:
         rows.close()
     assert store.task_outcome(mine) == {"exit_code": 1, "state_version": 7}
     assert store.task_outcome(other) == {"exit_code": None, "error": None}
-    assert store.read_events(other, 0, 10) == [(1, b'{"secret": 1}')]
-    assert store.read_event_bodies(mine, 1, 10) == [
-        (2, None, b"{}"),
-        (3, b"\x81\xa4kind\xa5event", None),
-    ]
+    assert store.read_events(other, 0, 10) == [(1, secret)]
+    assert store.read_event_bodies(mine, 1, 10) == [(2, None, _event(mine, 2)), (3, body, None)]
 
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (3,)
