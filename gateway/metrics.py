@@ -58,7 +58,9 @@ class GatewayMetrics(Collector):
         self.ws_log_events = 0
         self.ws_gap_refills = 0
         self.bus_bad_frames = 0
-        self.ws_closed = dict.fromkeys((*CLOSE_REASONS.values(), "client_left"), 0)
+        self.ws_closed = dict.fromkeys(
+            (*CLOSE_REASONS.values(), "client_left", "log_unreadable"), 0
+        )
         reg.collector(self)
 
     def closed(self, code: int) -> None:

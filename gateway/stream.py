@@ -35,6 +35,7 @@ from gateway.logreader import LogReader
 from gateway.metrics import GatewayMetrics
 from gateway.rowcache import TaskRowCache
 from store import Store
+from store.eventlog import EventLogUnreadable
 
 log = logging.getLogger("metastream.stream")
 T = TypeVar("T")
@@ -42,6 +43,9 @@ T = TypeVar("T")
 CLOSE_NORMAL = 1000
 CLOSE_NOT_FOUND = 4404
 CLOSE_START_FAILED = 1011
+CLOSE_LOG_UNREADABLE = (
+    1011  # (a server-side error, as RFC 6455 has it; the error message says which)
+)
 CLOSE_TOO_MANY = 4429
 LIVE_AGAIN_BELOW = 256  # a log pass finding fewer new events than this: back to live
 QUIET_POLL = 1.0  # with no bus traffic for this long, look at the log (a lost final state...)
@@ -201,6 +205,8 @@ class TaskStream:
                 tg.start_soon(self._forward, listener, tg.cancel_scope)
         except* WebSocketDisconnect:
             self.metrics.ws_closed["client_left"] += 1  # the task goes on (policy may not)
+        except* EventLogUnreadable as group:
+            await self._fail_log(group.exceptions[0])
         finally:
             self.hub.detach(listener)
             if self._ended and not self.hub.watchers(self.task_id):
@@ -211,6 +217,16 @@ class TaskStream:
     async def _fail_start(self, why: str) -> None:
         await self._send_json("error", {"message": f"Task start failed: {why}"})
         await self._close(CLOSE_START_FAILED)
+
+    async def _fail_log(self, exc: BaseException) -> None:
+        """The task's log cannot be read (the task damaged or forged it): say so and close
+        (1011), rather than the connection dropping with nothing said."""
+        self.metrics.ws_closed["log_unreadable"] += 1
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client left first
+            await self._send_json("error", {"message": str(exc)})
+            self._move(Phase.CLOSING)
+            await self.out.flush()
+            await self.ws.close(CLOSE_LOG_UNREADABLE)
 
     async def _close(self, code: int) -> None:
         self._move(Phase.CLOSING)

@@ -148,7 +148,9 @@ def test_an_unreadable_log_raises_to_every_waiting_reader(store: Store, tmp_path
 
 def test_blocks_are_bounded_by_bytes_and_reads_by_the_row_size(store: Store) -> None:
     big = b"z" * 100_000
-    store.append_events(TASK, [(i, b'{"event_id":%d,"task_id":"t-1","x":"%s"}' % (i, big)) for i in range(1, 101)])
+    store.append_events(
+        TASK, [(i, b'{"event_id":%d,"task_id":"t-1","x":"%s"}' % (i, big)) for i in range(1, 101)]
+    )
 
     async def main() -> None:
         reader = LogReader(store, block=2000, block_bytes=500_000, budget_bytes=1_000_000)
@@ -314,5 +316,22 @@ def test_a_body_that_is_not_its_events_makes_the_binary_stream_unreadable(
         with pytest.raises(EventLogUnreadable, match="event 2's bus body"):
             await reader.read(TASK, 0, binary=True)
         assert [i for i, _ in await reader.read(TASK, 0)] == [1, 2]  # JSON readers: unaffected
+
+    asyncio.run(main())
+
+
+def test_a_json_row_that_carries_a_second_message_makes_the_stream_unreadable(
+    store: Store,
+) -> None:
+    """Spliced into a batch frame, ``...}},{"type":"state",...`` would be a forged final
+    state; the row is refused on both databases, for JSON and binary readers alike."""
+    forged = event_data_json(_event(2))[:-1] + b'}},{"type":"state","data":{"status":"FAILED"}'
+    store.append_events(TASK, [(1, event_data_json(_event(1))), (2, forged)])
+
+    async def main() -> None:
+        for binary in (False, True):
+            reader = LogReader(store, block=40, first_read=40)
+            with pytest.raises(EventLogUnreadable, match="event 2's JSON is not that event's"):
+                await reader.read(TASK, 0, binary=binary)
 
     asyncio.run(main())

@@ -57,7 +57,8 @@ class Client:
         pass
 
     async def send_text(self, text: str) -> None:
-        self.sent.append(json.loads(text))
+        msg = json.loads(text)
+        self.sent += msg if isinstance(msg, list) else [msg]  # (a batch frame: its messages)
 
     async def receive(self) -> dict[str, Any]:
         await self.gone.wait()
@@ -117,7 +118,7 @@ async def until(fn: Callable[[], Any], what: str, timeout: float = 10) -> Any:
 
 
 class Rig:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, fmt: Format = Format.JSON) -> None:
         self.cfg = settings.load({"METASTREAM_HOME": str(tmp_path), "METASTREAM_WS_QUEUE": "4"})
         self.store = Store(f"sqlite:///{tmp_path}/db.sqlite", tmp_path / "events")
         self.store.create_schema()
@@ -139,6 +140,7 @@ class Rig:
             control=None,  # type: ignore[arg-type]  # autostart is off: never asked
             cfg=self.cfg,
             autostart=False,
+            fmt=fmt,
         )
         self.stream.trail = []
         self.listener: Listener | None = None
@@ -324,6 +326,29 @@ def test_the_hub_writes_live_events_to_idle_connections_exactly_in_order(
         finally:
             client.gone.set()
             await asyncio.wait_for(runner, 10)
+            rig.close()
+
+    asyncio.run(body())
+
+
+def test_a_forged_log_row_is_a_clear_error_not_a_forged_message(tmp_path: Path) -> None:
+    """A task spliced a second message into a row of its own log: the batched client is told
+    the log is unreadable (error, 1011) and never sees the forged state."""
+
+    async def body() -> None:
+        rig = Rig(tmp_path, Format.BATCH)
+        forged = event_data_json(event(2))[:-1] + b'}},{"type":"state","data":{"status":"FAILED"}'
+        rig.store.append_events(TID, [(1, event_data_json(event(1))), (2, forged)])
+        try:
+            await asyncio.wait_for(rig.stream.run(), 10)
+            assert rig.client.close_code == 1011
+            assert rig.client.of("error")[0]["message"].endswith(
+                "event 2's JSON is not that event's"
+            )
+            assert [m["type"] for m in rig.client.sent] == ["connected", "state", "error"]
+            assert rig.client.of("state")[0]["status"] == "RUNNING"  # the store's, not forged
+            assert rig.stream.phase is Phase.CLOSED
+        finally:
             rig.close()
 
     asyncio.run(body())
