@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -320,6 +321,7 @@ class TaskLogs:
 
 
 _meta_json = msgspec.json  # module: encode/decode
+_first, _second = itemgetter(0), itemgetter(1)
 
 
 def _insert(conn: sqlite3.Connection, chunk_sql: str, one_sql: str, rows: Sequence[Any]) -> None:
@@ -335,7 +337,10 @@ def _insert(conn: sqlite3.Connection, chunk_sql: str, one_sql: str, rows: Sequen
 def _rows(conn: sqlite3.Connection, sql: str, args: tuple[int, ...]) -> list[tuple[int, bytes]]:
     """``(id, blob)`` rows, checked: the task wrote the file, whatever it holds."""
     rows = conn.execute(sql, args).fetchall()
-    if not all(type(i) is int and type(d) is bytes for i, d in rows):
+    # Column by column in C (a generator over the rows cost ~0.2 us a row of a replay).
+    if rows and (
+        set(map(type, map(_first, rows))) != {int} or set(map(type, map(_second, rows))) != {bytes}
+    ):
         raise TypeError("rows of the wrong types")
     return rows
 

@@ -245,11 +245,12 @@ def test_a_read_under_way_before_new_rows_does_not_hide_them(store: Store) -> No
     import threading
 
     append(store, range(1, 6))
-    gate = threading.Event()
+    gate, snapped = threading.Event(), threading.Event()
     real = store.read_events
 
     def snapshot_then_wait(task_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
         rows = real(task_id, after, limit)  # what the log held when the read began
+        snapped.set()
         gate.wait(10)
         return rows
 
@@ -259,6 +260,8 @@ def test_a_read_under_way_before_new_rows_does_not_hide_them(store: Store) -> No
         store.read_events = snapshot_then_wait  # type: ignore[method-assign]
         early = asyncio.ensure_future(reader.read(TASK, 5))  # begins a read: nothing new yet
         await until_reading(reader)
+        # (Not just begun: its worker thread has read the log, else it could see the rows.)
+        assert await asyncio.to_thread(snapped.wait, 10)
         store.read_events = real  # type: ignore[method-assign]
         append(store, range(6, 11))  # committed while that read is under way
         late = asyncio.ensure_future(reader.read(TASK, 5, logged=True))  # joins, reads afresh
