@@ -22,6 +22,23 @@ T = TypeVar("T")
 KEEP = 16  # open logs kept (three file descriptors each: the file, its WAL and its index)
 
 
+class _Open:
+    """One open connection; ``closed`` once evicted (a reader that got it just before must
+    not use it: it takes another)."""
+
+    __slots__ = ("closed", "conn", "lock")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def close(self) -> None:
+        with self.lock:  # (after a read under way on it)
+            self.closed = True
+            self.conn.close()
+
+
 class Readers:
     """Up to ``keep`` open read-only connections, least recently used closed first.
 
@@ -30,8 +47,7 @@ class Readers:
 
     def __init__(self, keep: int = KEEP) -> None:
         self.keep = keep
-        self._open: collections.OrderedDict[Path, tuple[sqlite3.Connection, threading.Lock]]
-        self._open = collections.OrderedDict()
+        self._open: collections.OrderedDict[Path, _Open] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def read(self, path: Path, query: Callable[[sqlite3.Connection], T]) -> T | None:
@@ -47,19 +63,22 @@ class Readers:
 
     @contextlib.contextmanager
     def _using(self, path: Path) -> Iterator[sqlite3.Connection | None]:
-        entry = self._get(path)
-        if entry is None:
-            yield None
-            return
-        conn, lock = entry
-        with lock:
-            try:
-                yield conn
-            except sqlite3.Error:
-                self._drop(path)
-                raise
+        while True:
+            entry = self._get(path)
+            if entry is None:
+                yield None
+                return
+            with entry.lock:
+                if entry.closed:
+                    continue  # evicted between finding it and locking it: open it again
+                try:
+                    yield entry.conn
+                except sqlite3.Error:
+                    self._drop(path, entry)
+                    raise
+                return
 
-    def _get(self, path: Path) -> tuple[sqlite3.Connection, threading.Lock] | None:
+    def _get(self, path: Path) -> _Open | None:
         with self._lock:
             entry = self._open.get(path)
             if entry is not None:
@@ -74,24 +93,23 @@ class Readers:
             if path in self._open:  # another thread opened it meanwhile: use that one
                 conn.close()
                 return self._open[path]
-            entry = self._open[path] = (conn, threading.Lock())
+            entry = self._open[path] = _Open(conn)
             old = [self._open.popitem(last=False)[1] for _ in range(len(self._open) - self.keep)]
-        for other, lock in old:
-            with lock:  # (after a read under way on it)
-                other.close()
+        for other in old:
+            other.close()
         return entry
 
-    def _drop(self, path: Path) -> None:
-        """Close the file's connection (its caller's, whose read failed), if it is open."""
+    def _drop(self, path: Path, entry: _Open) -> None:
+        """Close a connection whose read failed (its caller holds its lock)."""
         with self._lock:
-            entry = self._open.pop(path, None)
-        if entry is not None:
-            entry[0].close()
+            if self._open.get(path) is entry:
+                del self._open[path]
+        entry.closed = True
+        entry.conn.close()
 
     def close(self) -> None:
         with self._lock:
             entries = list(self._open.values())
             self._open.clear()
-        for conn, lock in entries:
-            with lock:
-                conn.close()
+        for entry in entries:
+            entry.close()

@@ -106,3 +106,20 @@ def test_a_closed_log_leaves_no_write_ahead_log(tmp_path: Path) -> None:
         assert again.read("t", 1999, 10) == [(2000, DATA)]
     finally:
         again.close()
+
+
+def test_a_connection_evicted_before_its_reader_locked_it_is_not_used(tmp_path: Path) -> None:
+    """The race 50 tasks' catch-ups hit (the curves' connections closed with 1011): a reader
+    found a connection, another thread evicted and closed it, then the first used it."""
+    readers = Readers(keep=1)
+    a, b = _db(tmp_path / "a.db", 1), _db(tmp_path / "b.db", 2)
+    try:
+        found = readers._get(a)  # found, not yet locked...
+        assert readers.read(b, _count) == 2  # ...when another read evicts it
+        assert found is not None and found.closed
+        real = readers._get
+        first = [found]
+        readers._get = lambda path: first.pop() if first else real(path)  # type: ignore[method-assign]
+        assert readers.read(a, _count) == 1  # opened again, not "closed database"
+    finally:
+        readers.close()
