@@ -221,6 +221,7 @@ class TaskStream:
     async def _fail_log(self, exc: BaseException) -> None:
         """The task's log cannot be read (the task damaged or forged it): say so and close
         (1011), rather than the connection dropping with nothing said."""
+        log.warning("closing a stream of task %s: %s", self.task_id, exc)
         self.metrics.ws_closed["log_unreadable"] += 1
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client left first
             await self._send_json("error", {"message": str(exc)})
