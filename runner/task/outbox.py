@@ -170,10 +170,14 @@ class Outbox:
             mine = not self._busy and (paced or batch_due)
             if mine:
                 claim = self._take(events=True)
+                # A beat that is due goes with it: an emitter running flat out holds the
+                # log almost always, and the writer thread, which otherwise sends the beats,
+                # then seldom got its turn (a 200,000-event run was killed as unresponsive).
+                beat = self._beats.due(now)
             elif len(self._pending) == 1:
                 self._work.notify()
         if mine:
-            self._write(claim)
+            self._write(claim, beat=beat)
             if self._pacing.pause_starts_after_commit():
                 with self._lock:
                     self._last_emit = time.monotonic()
@@ -274,6 +278,7 @@ class Outbox:
             self._commit(claim)
             if beat:
                 self._pub.publish(self.task_id, self._beats.message(self._written_id))
+                self._beats.sent()  # (while the claim is held: no second thread sends it too)
         except Exception as exc:  # the log is unusable: fail the task loudly, not silently
             with self._lock:
                 self._error = exc
@@ -315,8 +320,6 @@ class Outbox:
                 self._write(claim, beat=beat)
             except RuntimeError:
                 return  # recorded: emitters and flushers raise it
-            if beat:
-                beats.sent()
 
     def _commit(self, claim: _Claim) -> None:
         batch, rows, bodies, state, extra, urgent = claim

@@ -265,3 +265,26 @@ def test_a_flush_writes_the_task_row_without_waiting_for_the_interval(
     row = rig.store.get_task(rig.task_id)
     assert row is not None
     assert (row.progress, row.last_message, row.exit_code) == (0.75, "second", 0)
+
+
+def test_an_emitter_running_flat_out_still_beats(rig: Rig) -> None:
+    """The beats kept coming only when the writer thread got the log between the emitter's
+    own writes; flat out it seldom did, and the supervisor killed a healthy task."""
+    box = outbox(rig, heartbeat_interval=0.05)
+    try:
+        began = time.monotonic()
+        i = 0
+        while time.monotonic() - began < 2.0:
+            box.emit("Engineer", "MESSAGE", {"i": i})
+            i += 1
+        ran_until = time.time()
+    finally:
+        box.close()  # (its beats stop: the bus goes quiet)
+    beats: list[float] = []
+    while rig.sub.poll(500):
+        topic, body = rig.sub.recv_multipart()
+        if topic.endswith(b"/heartbeat"):
+            beats.append(msgspec.msgpack.decode(body)["sent_at"])
+    during = [t for t in beats if t <= ran_until]
+    gaps = [b - a for a, b in itertools.pairwise(during)]
+    assert len(during) >= 10 and max(gaps) < 0.5, (len(during), max(gaps, default=None), i)
