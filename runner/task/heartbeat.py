@@ -1,5 +1,6 @@
 """The task's heartbeats: sent by the outbox's writer thread, so they keep coming while a
-workload blocks its own event loop, and carry the process's write statistics."""
+workload blocks its own event loop (or with an emitter's own write when one is due: flat out,
+the emitter holds the log), and carry the process's write statistics."""
 
 from __future__ import annotations
 
