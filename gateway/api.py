@@ -32,6 +32,7 @@ from gateway.models import (
 )
 from gateway.security import Guard
 from store import Store, TaskRow
+from store.eventlog import EventLogUnreadable
 
 router = APIRouter(prefix="/api")
 MAX_PAGE = 10_000
@@ -197,7 +198,7 @@ async def _event_page(
     ``first`` is the page's first read (up to 4 rows), done before the response started.
     """
     yield b'{"task_id":"%s","events":[' % task_id.encode()
-    last, count, size, row_size, more = after, 0, 0, 0, True
+    last, count, size, row_size = after, 0, 0, 0
     pending: list[tuple[int, bytes]] | None = first
     while count < limit and size < PAGE_BYTES:
         want = limit - count
@@ -206,7 +207,12 @@ async def _event_page(
         if pending is not None:
             rows, pending = pending, None
         else:
-            rows = await anyio.to_thread.run_sync(store.read_events, task_id, last, want)
+            try:
+                rows = await anyio.to_thread.run_sync(store.read_events, task_id, last, want)
+            except EventLogUnreadable:
+                # The response has begun: end this page where the log stops being readable;
+                # the next page's request starts there and gets the error as a 502.
+                break
         if rows:
             chunk = b",".join(d for _, d in rows)
             yield (b"," if count else b"") + chunk
@@ -215,10 +221,11 @@ async def _event_page(
             row_size = max(1, len(chunk) // len(rows))
             last = rows[-1][0]
         if len(rows) < want:
-            more = False  # the log's end
-            break
-    if more:
+            break  # the log's end, or a row the store refused (store.checked): asked below
+    try:
         more = bool(await anyio.to_thread.run_sync(store.read_events, task_id, last, 1))
+    except EventLogUnreadable:
+        more = True  # there is more, and the next page's request says what is wrong
     yield b'],"next_after":%d,"has_more":%s}' % (last, b"true" if more else b"false")
 
 

@@ -14,15 +14,17 @@ what is not an event of its topic's task), and these checks make the log path ho
 - a bus body is exactly one MessagePack map of an ``Event`` with its row's id and task: not
   another kind, not a second object, no missing, extra or duplicate key.
 
-A row that fails makes the task's log unreadable (:class:`EventLogUnreadable`), for that
-task's stream only. The checks run a page at a time in C (``map`` over msgspec decoders):
-~0.5 us per JSON row, ~1 us per body (``bench/README.md``).
+A reader gets the rows before the first that fails; a read that begins at it raises
+:class:`EventLogUnreadable` (the task's log is unreadable from there, for that task only). The
+checks run a page at a time in C (``map`` over msgspec decoders): ~0.5 us per JSON row, ~1 us
+per body (``bench/README.md``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from operator import attrgetter, itemgetter, methodcaller
+from typing import TypeVar
 
 import msgspec
 
@@ -74,10 +76,15 @@ _task_id = attrgetter("task_id")
 _first, _second = itemgetter(0), itemgetter(1)
 
 
-def check_json(task_id: str, rows: Sequence[tuple[int, bytes]]) -> None:
-    """Raise :class:`EventLogUnreadable` unless every row is its event's JSON object."""
+Row = tuple[int, bytes]
+BodyRow = tuple[int, bytes | None, bytes | None]
+R = TypeVar("R", Row, BodyRow)
+
+
+def checked_json(task_id: str, rows: list[Row]) -> list[Row]:
+    """The rows, each checked to be its event's JSON object; see :func:`_checked`."""
     if not rows:
-        return
+        return rows
     datas = list(map(_second, rows))
     try:
         keys = list(map(_key_decoder.decode, datas))
@@ -86,32 +93,17 @@ def check_json(task_id: str, rows: Sequence[tuple[int, bytes]]) -> None:
                 d.decode()
     except ValueError:  # msgspec.DecodeError, UnicodeDecodeError
         keys = []
-    if list(map(_event_id, keys)) != list(map(_first, rows)) or set(map(_task_id, keys)) != {
+    if list(map(_event_id, keys)) == list(map(_first, rows)) and set(map(_task_id, keys)) == {
         task_id
     }:
-        raise EventLogUnreadable(
-            task_id, f"event {_first_bad_json(task_id, rows)}'s JSON is not that event's"
-        )
+        return rows
+    return _checked(task_id, rows, _json_row_fault)
 
 
-def _first_bad_json(task_id: str, rows: Sequence[tuple[int, bytes]]) -> int:
-    for i, d in rows:
-        try:
-            key = _key_decoder.decode(d)
-            d.decode()
-        except ValueError:
-            return i
-        if key.event_id != i or key.task_id != task_id:
-            return i
-    raise AssertionError("a page failed its check but none of its rows")
-
-
-def check_bodies(task_id: str, got: Sequence[tuple[int, bytes | None, bytes | None]]) -> None:
-    """Raise :class:`EventLogUnreadable` unless every body is exactly its event's.
-
-    ``got`` is :meth:`store.Store.read_event_bodies`' rows: ``(id, body, None)``, or
-    ``(id, None, json)`` for an event logged before bodies were (its JSON is checked instead).
-    """
+def checked_bodies(task_id: str, got: list[BodyRow]) -> list[BodyRow]:
+    """The rows of :meth:`store.Store.read_event_bodies`, checked: ``(id, body, None)``, each
+    body exactly its event's, or ``(id, None, json)`` for an event logged before bodies were
+    (its JSON is checked instead); see :func:`_checked`."""
     ids = [i for i, b, _ in got if b is not None]
     bodies = [b for _, b, _ in got if b is not None]
     try:
@@ -119,19 +111,51 @@ def check_bodies(task_id: str, got: Sequence[tuple[int, bytes | None, bytes | No
     except msgspec.DecodeError:
         evs = []
     if list(map(_event_id, evs)) != ids or (evs and set(map(_task_id, evs)) != {task_id}):
-        i, why = _first_bad_body(task_id, ids, bodies)
-        raise EventLogUnreadable(task_id, f"event {i}'s bus body is {why}")
-    check_json(task_id, [(i, d) for i, b, d in got if b is None and d is not None])
+        return _checked(task_id, got, _row_fault)
+    older = [(i, d) for i, b, d in got if b is None and d is not None]
+    if older and checked_json(task_id, older) != older:
+        return _checked(task_id, got, _row_fault)
+    return got
 
 
-def _first_bad_body(task_id: str, ids: list[int], bodies: list[bytes]) -> tuple[int, str]:
-    for i, body in zip(ids, bodies, strict=True):
-        try:
-            if not body.startswith(_BODY_START):
-                return i, "not an event"
-            ev = _body_decoder.decode(body)
-        except msgspec.DecodeError:
-            return i, "not an event"
-        if ev.event_id != i or ev.task_id != task_id:
-            return i, "not that event's"
+def _checked(task_id: str, rows: list[R], fault: Callable[[str, R], str | None]) -> list[R]:
+    """A page that failed its check, row by row: the rows before the first bad one, so a
+    reader still gets every event before it; :class:`EventLogUnreadable` if that is the first.
+    """
+    for k, row in enumerate(rows):
+        why = fault(task_id, row)
+        if why:
+            if k:
+                return rows[:k]
+            raise EventLogUnreadable(task_id, f"event {row[0]}'s {why}")
     raise AssertionError("a page failed its check but none of its rows")
+
+
+def _json_row_fault(task_id: str, row: Row) -> str | None:
+    return _json_fault(task_id, row[0], row[1])
+
+
+def _row_fault(task_id: str, row: BodyRow) -> str | None:
+    i, body, data = row
+    if body is None:
+        return _json_fault(task_id, i, data or b"")
+    try:
+        if not body.startswith(_BODY_START):
+            return "bus body is not an event"
+        ev = _body_decoder.decode(body)
+    except msgspec.DecodeError:
+        return "bus body is not an event"
+    if ev.event_id != i or ev.task_id != task_id:
+        return "bus body is not that event's"
+    return None
+
+
+def _json_fault(task_id: str, i: int, data: bytes | None) -> str | None:
+    try:
+        key = _key_decoder.decode(data or b"")
+        (data or b"").decode()
+    except ValueError:
+        return "JSON is not that event's"
+    if key.event_id != i or key.task_id != task_id:
+        return "JSON is not that event's"
+    return None

@@ -23,7 +23,7 @@ from core.options import TaskOptions
 from core.status import INITIAL, Fenced, TaskStatus, TransitionError, check, sources
 from core.task import TaskRow
 from store import migrate, pg
-from store.checked import check_bodies, check_json
+from store.checked import checked_bodies, checked_json
 from store.dburl import StoreError, is_sqlite, redact, scrub
 from store.eventlog import TaskLogs
 from store.files import TaskFiles
@@ -409,9 +409,7 @@ class Store:
     ) -> list[tuple[int, bytes | None, bytes | None]]:
         """As :meth:`read_events` for binary clients: ``(event_id, body, None)``, or
         ``(event_id, None, data)`` for an event logged without its bus body (an older log)."""
-        got = self._read_event_bodies(task_id, after, limit)
-        check_bodies(task_id, got)
-        return got
+        return checked_bodies(task_id, self._read_event_bodies(task_id, after, limit))
 
     def _read_event_bodies(
         self, task_id: str, after: int, limit: int
@@ -433,10 +431,9 @@ class Store:
 
     def read_events(self, task_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` events with ``event_id > after``, in order, each checked to be its
-        event's JSON object (``store.checked``: the task wrote them)."""
-        rows = self._read_events(task_id, after, limit)
-        check_json(task_id, rows)
-        return rows
+        event's JSON object (``store.checked``: the task wrote them): fewer if a row fails,
+        :class:`EventLogUnreadable` if the first does."""
+        return checked_json(task_id, self._read_events(task_id, after, limit))
 
     def _read_events(self, task_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
         if self._logs is not None:

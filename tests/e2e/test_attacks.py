@@ -387,3 +387,45 @@ def test_a_task_that_ruins_its_own_log_hurts_only_itself(stack_factory: Any, mod
         )
     for name in ("bus", "supervisor", "gateway"):
         assert stack.procs[name].poll() is None, f"{name} died: {stack.log(name)[-2000:]}"
+
+
+# The attacker writes a row into its own log (the one file it may write) that, spliced into a
+# batch frame or the REST page, would be a second message: a final state it never had.
+FORGE_ROW = """
+import json, os, sqlite3
+own = os.path.basename(os.getcwd())
+out.emit("System", "BEFORE", {{}})
+out.emit("System", "BEFORE", {{}})
+out.flush()
+event = {{"event_id": 3, "task_id": own, "timestamp": "t", "agent_role": "r", "event_type": "E",
+          "payload": {{}}}}
+state = {{"type": "state", "data": {{"task_id": own, "status": "FAILED", "progress": 0.0,
+          "current_agent": None, "last_message": "forged", "started_at": None,
+          "completed_at": None}}}}
+row = json.dumps(event, separators=(",", ":"))[:-1] + "}}}}," + json.dumps(state)[:-1]
+db = sqlite3.connect(os.path.join({events!r}, own, "events.db"))
+db.execute("INSERT INTO events (event_id, data) VALUES (3, ?)", (row.encode(),))
+db.commit()
+"""
+
+
+def test_a_row_a_task_forges_in_its_own_log_is_an_error_not_a_message(stack_factory: Any) -> None:
+    stack: Stack = stack_factory(env={"METASTREAM_SANDBOX": "uid", "METASTREAM_TEST_HOOKS": "1"})
+    with httpx.Client(base_url=stack.url, timeout=30) as api:
+        code = FORGE_ROW.format(events=str(stack.home / "data" / "events"))
+        attacker = create_task(api, synthetic={"events": 0, "run_python": code})
+        api.post(f"/api/tasks/{attacker['id']}/run").raise_for_status()
+        ended = wait_status(api, attacker["id"], {"COMPLETED", "FAILED", "CANCELLED"}, timeout=90)
+        assert ended["status"] == "COMPLETED", ended
+        for fmt in ("batch", "json"):
+            got = asyncio.run(collect(stack.ws_url, attacker["id"], timeout=30, fmt=fmt))
+            assert got.close_code == 1011, (fmt, got)
+            assert "event 3's JSON is not that event's" in got.of("error")[0]["message"]
+            assert got.event_ids == [1, 2], (fmt, got)  # the rows before it: intact
+            assert all(s.get("last_message") != "forged" for s in got.of("state")), got
+        # The REST page: the events before it, "has_more", and the next page says what is wrong.
+        page = api.get(f"/api/tasks/{attacker['id']}/events").json()
+        assert [e["event_id"] for e in page["events"]] == [1, 2] and page["has_more"], page
+        r = api.get(f"/api/tasks/{attacker['id']}/events", params={"after": page["next_after"]})
+        assert r.status_code == 502 and "event 3's JSON" in r.json()["detail"], r.text
+        assert "closing a stream of task" in stack.log("gateway")

@@ -316,8 +316,9 @@ def test_a_body_that_is_not_its_events_makes_the_binary_stream_unreadable(
 
     async def main() -> None:
         reader = LogReader(store, block=40, first_read=40)
+        assert [i for i, _ in await reader.read(TASK, 0, binary=True)] == [1]  # before it
         with pytest.raises(EventLogUnreadable, match="event 2's bus body"):
-            await reader.read(TASK, 0, binary=True)
+            await reader.read(TASK, 1, binary=True)
         assert [i for i, _ in await reader.read(TASK, 0)] == [1, 2]  # JSON readers: unaffected
 
     asyncio.run(main())
@@ -334,7 +335,8 @@ def test_a_json_row_that_carries_a_second_message_makes_the_stream_unreadable(
     async def main() -> None:
         for binary in (False, True):
             reader = LogReader(store, block=40, first_read=40)
+            assert [i for i, _ in await reader.read(TASK, 0, binary=binary)] == [1]
             with pytest.raises(EventLogUnreadable, match="event 2's JSON is not that event's"):
-                await reader.read(TASK, 0, binary=binary)
+                await reader.read(TASK, 1, binary=binary)
 
     asyncio.run(main())

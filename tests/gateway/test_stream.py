@@ -345,7 +345,8 @@ def test_a_forged_log_row_is_a_clear_error_not_a_forged_message(tmp_path: Path) 
             assert rig.client.of("error")[0]["message"].endswith(
                 "event 2's JSON is not that event's"
             )
-            assert [m["type"] for m in rig.client.sent] == ["connected", "state", "error"]
+            # Event 1, before the forged row, still arrives; then the error.
+            assert [m["type"] for m in rig.client.sent] == ["connected", "state", "event", "error"]
             assert rig.client.of("state")[0]["status"] == "RUNNING"  # the store's, not forged
             assert rig.stream.phase is Phase.CLOSED
         finally:

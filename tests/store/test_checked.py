@@ -11,7 +11,7 @@ import pytest
 
 from bus.messages import Event, State, bus_encoder, event_data_json
 from store import Store
-from store.checked import check_bodies, check_json
+from store.checked import checked_bodies, checked_json
 from store.eventlog import EventLogUnreadable
 
 pytestmark = pytest.mark.timeout(60)
@@ -44,8 +44,9 @@ FORGED_JSON = {
 @pytest.mark.parametrize("forged", list(FORGED_JSON))
 def test_a_json_row_that_is_not_its_events_is_refused(forged: str) -> None:
     rows = [(1, _data(1)), (2, FORGED_JSON[forged]), (3, _data(3))]
+    assert checked_json(TASK, rows) == rows[:1]  # the events before it: still readable
     with pytest.raises(EventLogUnreadable, match="event 2's JSON is not that event's"):
-        check_json(TASK, rows)
+        checked_json(TASK, rows[1:])
 
 
 def test_the_forged_second_message_is_what_a_batch_would_have_carried() -> None:
@@ -56,10 +57,11 @@ def test_the_forged_second_message_is_what_a_batch_would_have_carried() -> None:
 
 def test_events_as_the_task_logs_them_pass() -> None:
     rows = [(1, _data(1)), (2, _data(2, text="caf\u00e9 \u2603")), (3, _data(3, deep={"a": [1]}))]
-    check_json(TASK, rows)
-    check_json(TASK, [])
-    bodies = [(i, bus_encoder.encode(_event(i)), None) for i in (1, 2)]
-    check_bodies(TASK, [*bodies, (3, None, _data(3))])  # an older row: its JSON is checked
+    assert checked_json(TASK, rows) == rows
+    assert checked_json(TASK, []) == []
+    got = [(i, bus_encoder.encode(_event(i)), None) for i in (1, 2)]
+    got.append((3, None, _data(3)))  # an older row: its JSON is checked
+    assert checked_bodies(TASK, got) == got
 
 
 @pytest.mark.parametrize(
@@ -75,8 +77,9 @@ def test_a_body_that_is_not_its_events_is_refused(forged: str) -> None:
         "not MessagePack": b"\xc1",
     }[forged]
     got = [(1, bus_encoder.encode(_event(1)), None), (2, body, None)]
+    assert checked_bodies(TASK, got) == got[:1]
     with pytest.raises(EventLogUnreadable, match="event 2's bus body is not"):
-        check_bodies(TASK, got)
+        checked_bodies(TASK, got[1:])
 
 
 def test_a_duplicate_kind_in_a_body_is_refused() -> None:
@@ -84,12 +87,12 @@ def test_a_duplicate_kind_in_a_body_is_refused() -> None:
     body = bus_encoder.encode(_event(1))
     forged = bytes([body[0] + 1]) + body[1:] + msgspec.msgpack.encode("kind") + b"\xa5state"
     with pytest.raises(EventLogUnreadable, match="event 1's bus body is not"):
-        check_bodies(TASK, [(1, forged, None)])
+        checked_bodies(TASK, [(1, forged, None)])
 
 
 def test_an_older_rows_forged_json_is_refused_on_the_binary_path() -> None:
     with pytest.raises(EventLogUnreadable, match="event 1's JSON is not that event's"):
-        check_bodies(TASK, [(1, None, FORGED_JSON["a second message"].replace(b":2", b":1", 1))])
+        checked_bodies(TASK, [(1, None, FORGED_JSON["a second message"].replace(b":2", b":1", 1))])
 
 
 @pytest.fixture
@@ -103,8 +106,9 @@ def store(db_url: str, tmp_path: Path) -> Iterator[Store]:
 def test_the_store_reads_only_checked_rows(store: Store) -> None:
     """Every reader (log reader, REST page, supervisor) goes through these checks."""
     store.append_events(TASK, [(1, _data(1)), (2, FORGED_JSON["a second message"])])
-    assert store.read_events(TASK, 0, 1) == [(1, _data(1))]  # the rows before it: readable
+    assert store.read_events(TASK, 0, 10) == [(1, _data(1))]  # the rows before it: readable
+    assert store.read_event_bodies(TASK, 0, 10) == [(1, None, _data(1))]
     with pytest.raises(EventLogUnreadable, match="event 2's JSON"):
-        store.read_events(TASK, 0, 10)
+        store.read_events(TASK, 1, 10)
     with pytest.raises(EventLogUnreadable, match="event 2's JSON"):
-        store.read_event_bodies(TASK, 0, 10)  # logged without bodies: the JSON is checked
+        store.read_event_bodies(TASK, 1, 10)  # logged without bodies: the JSON is checked
