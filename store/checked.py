@@ -113,7 +113,7 @@ def checked_bodies(task_id: str, got: list[BodyRow]) -> list[BodyRow]:
     if list(map(_event_id, evs)) != ids or (evs and set(map(_task_id, evs)) != {task_id}):
         return _checked(task_id, got, _row_fault)
     older = [(i, d) for i, b, d in got if b is None and d is not None]
-    if older and checked_json(task_id, older) != older:
+    if older and not all(_json_row_fault(task_id, row) is None for row in older):
         return _checked(task_id, got, _row_fault)
     return got
 
