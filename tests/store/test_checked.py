@@ -11,7 +11,7 @@ import pytest
 
 from bus.messages import Event, State, bus_encoder, event_data_json
 from store import Store
-from store.checked import checked_bodies, checked_json
+from store.checked import _BODY_START, _Body, checked_bodies, checked_json
 from store.eventlog import EventLogUnreadable
 
 pytestmark = pytest.mark.timeout(60)
@@ -53,6 +53,12 @@ def test_the_forged_second_message_is_what_a_batch_would_have_carried() -> None:
     """The case above is a real attack, not a malformed row: spliced, it parses as two."""
     spliced = b"[" + b'{"type":"event","data":' + FORGED_JSON["a second message"] + b"}]"
     assert json.loads(spliced)[1] == FINAL
+
+
+def test_the_body_check_has_the_bus_events_fields() -> None:
+    """The store may not import the bus: its copy of the Event's fields is held to it here."""
+    assert _Body.__struct_fields__ == Event.__struct_fields__
+    assert bus_encoder.encode(_event(1)).startswith(_BODY_START)
 
 
 def test_events_as_the_task_logs_them_pass() -> None:
