@@ -111,7 +111,8 @@ def test_memory_limit_counts_what_the_fork_owns(stack: Stack, api: httpx.Client)
     small = {"memory_limit_mb": 150}
     fine = run(api, small, events=20, rate=10)
     assert psutil.Process(pid_of(stack, fine)).ppid() == zygotes(stack)[-1]
-    assert wait_status(api, fine, TERMINAL)["status"] == "COMPLETED"
+    ended = wait_status(api, fine, TERMINAL)
+    assert ended["status"] == "COMPLETED", ended
     hog = run(api, small, events=10, rate=10, exit_after=3, crash="oom")
     final = wait_status(api, hog, TERMINAL)
     assert final["status"] == "FAILED" and "memory limit" in final["last_message"], final
