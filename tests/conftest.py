@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from metastream.stack import Stack
+from store import Store
 from tests.pgserver import PgServer, pg_bin
 
 # Every test stack starts a fork server; pre-importing MetaGPT there costs ~8 s of CPU per
@@ -84,6 +85,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/db.sqlite"
     server: PgServer = request.getfixturevalue("pg_server")
     return server.create_database()
+
+
+@pytest.fixture
+def db_store(db_url: str, tmp_path: Path) -> Iterator[Store]:
+    """A store with its schema on each backend (``db_url``), SQLite event logs under tmp_path."""
+    s = Store(db_url, tmp_path / "events")
+    s.create_schema()
+    yield s
+    s.close()
 
 
 @pytest.fixture(params=BACKENDS)

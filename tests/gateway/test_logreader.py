@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -31,11 +30,8 @@ def frame(i: int) -> bytes:
 
 
 @pytest.fixture
-def store(db_url: str, tmp_path: Path) -> Iterator[Store]:
-    s = Store(db_url, tmp_path / "events")
-    s.create_schema()
-    yield s
-    s.close()
+def store(db_store: Store) -> Store:
+    return db_store  # (tests/conftest.py: on each backend)
 
 
 def append(store: Store, ids: range) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -105,11 +103,8 @@ def test_an_older_rows_forged_json_is_refused_on_the_binary_path() -> None:
 
 
 @pytest.fixture
-def store(db_url: str, tmp_path: Path) -> Iterator[Store]:
-    s = Store(db_url, tmp_path / "events")
-    s.create_schema()
-    yield s
-    s.close()
+def store(db_store: Store) -> Store:
+    return db_store  # (tests/conftest.py: on each backend)
 
 
 def test_the_store_reads_only_checked_rows(store: Store) -> None:
