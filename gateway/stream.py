@@ -43,9 +43,9 @@ T = TypeVar("T")
 CLOSE_NORMAL = 1000
 CLOSE_NOT_FOUND = 4404
 CLOSE_START_FAILED = 1011
-CLOSE_LOG_UNREADABLE = (
-    1011  # (a server-side error, as RFC 6455 has it; the error message says which)
-)
+# A task's log that cannot be read: a server-side error, as RFC 6455 has it (the error
+# message sent before the close says which).
+CLOSE_LOG_UNREADABLE = 1011
 CLOSE_TOO_MANY = 4429
 LIVE_AGAIN_BELOW = 256  # a log pass finding fewer new events than this: back to live
 QUIET_POLL = 1.0  # with no bus traffic for this long, look at the log (a lost final state...)

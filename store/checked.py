@@ -96,7 +96,7 @@ def checked_json(task_id: str, rows: list[Row]) -> list[Row]:
         task_id
     }:
         return rows
-    return _checked(task_id, rows, _json_row_fault)
+    return _checked(task_id, rows, _json_fault)
 
 
 def checked_bodies(task_id: str, got: list[BodyRow]) -> list[BodyRow]:
@@ -112,7 +112,7 @@ def checked_bodies(task_id: str, got: list[BodyRow]) -> list[BodyRow]:
     if list(map(_event_id, evs)) != ids or (evs and set(map(_task_id, evs)) != {task_id}):
         return _checked(task_id, got, _row_fault)
     older = [(i, d) for i, b, d in got if b is None and d is not None]
-    if older and not all(_json_row_fault(task_id, row) is None for row in older):
+    if older and not all(_json_fault(task_id, row) is None for row in older):
         return _checked(task_id, got, _row_fault)
     return got
 
@@ -130,14 +130,22 @@ def _checked(task_id: str, rows: list[R], fault: Callable[[str, R], str | None])
     raise AssertionError("a page failed its check but none of its rows")
 
 
-def _json_row_fault(task_id: str, row: Row) -> str | None:
-    return _json_fault(task_id, row[0], row[1])
+def _json_fault(task_id: str, row: Row) -> str | None:
+    i, data = row
+    try:
+        key = _key_decoder.decode(data)
+        data.decode()
+    except ValueError:
+        return "JSON is not that event's"
+    if key.event_id != i or key.task_id != task_id:
+        return "JSON is not that event's"
+    return None
 
 
 def _row_fault(task_id: str, row: BodyRow) -> str | None:
     i, body, data = row
     if body is None:
-        return _json_fault(task_id, i, data or b"")
+        return _json_fault(task_id, (i, data or b""))
     try:
         if not body.startswith(_BODY_START):
             return "bus body is not an event"
@@ -146,15 +154,4 @@ def _row_fault(task_id: str, row: BodyRow) -> str | None:
         return "bus body is not an event"
     if ev.event_id != i or ev.task_id != task_id:
         return "bus body is not that event's"
-    return None
-
-
-def _json_fault(task_id: str, i: int, data: bytes | None) -> str | None:
-    try:
-        key = _key_decoder.decode(data or b"")
-        (data or b"").decode()
-    except ValueError:
-        return "JSON is not that event's"
-    if key.event_id != i or key.task_id != task_id:
-        return "JSON is not that event's"
     return None
